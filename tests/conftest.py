@@ -1,0 +1,55 @@
+"""Shared fixtures: the packaged guideline, a fresh checker, the real Redis when it is up."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from worker.check import Checker  # noqa: E402
+from worker.guideline import Knowledge, default_knowledge  # noqa: E402
+from worker.history import InMemoryHistory  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+SEEDS = ROOT / "seeds"
+SHARED = ROOT.parent / "shared"
+
+
+@pytest.fixture(scope="session")
+def knowledge() -> Knowledge:
+    return default_knowledge()
+
+
+@pytest.fixture
+def checker(knowledge: Knowledge) -> Checker:
+    return Checker(knowledge, InMemoryHistory())
+
+
+REDIS_TEST_DB = int(os.environ.get("ORDERCHECK_TEST_REDIS_DB", "13"))
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    """The real Redis on a database of the tests' own, flushed around each test.
+
+    Skips locally when Redis is down; fails in CI (CI=true), where it must be up.
+    """
+    import redis
+
+    url = f"redis://127.0.0.1:6379/{REDIS_TEST_DB}"
+    client = redis.Redis.from_url(url)
+    try:
+        client.ping()
+    except redis.ConnectionError:
+        if os.environ.get("CI"):
+            pytest.fail("Redis is not running on 127.0.0.1:6379 (CI needs it)")
+        pytest.skip("Redis is not running on 127.0.0.1:6379")
+    client.flushdb()
+    yield url
+    client.flushdb()
+    client.close()

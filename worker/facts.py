@@ -1,0 +1,304 @@
+"""Extracts the facts of guideline.md section 3 from one order, with where each came from.
+
+Sources are read in order of trust: OBR-4 (codes, then text), OBR-24 / IPC-5 modality, OBR-13,
+OBR-31, ORC-16, DG1-3/4, OBX-3/5, NTE, then patient-level notes and allergies. Codes go through
+the site code map, then the standard code tables; unknown codes fall back to the text.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import date, datetime
+
+from worker.guideline import CodeMapEntry, Knowledge, ProcedureCodeDef
+from worker.models import (
+    Coded,
+    Contrast,
+    Evidence,
+    Laterality,
+    Order,
+    OrderFacts,
+    ParsedMessage,
+    ProcedureClass,
+    Region,
+    TextSource,
+)
+from worker.text import affirmed, largest_size_cm
+
+_CLASS_ORDER: tuple[ProcedureClass, ...] = (
+    "biopsy", "excision", "pet", "mra", "cta", "mri", "ct", "us", "radiograph", "guidance")
+_REGION_ORDER: tuple[Region, ...] = (
+    "whole_body", "thigh", "knee", "hip", "ankle", "lower_extremity", "chest", "abdomen",
+    "pelvis", "spine", "head", "upper_extremity")
+_LIMB_REGIONS = {"thigh", "lower_extremity", "knee", "hip", "ankle", "unknown"}
+_ONE_LETTER = re.compile(r"^\W*\w\W*$")
+
+
+def procedure_text(order: Order) -> str:
+    seen: list[str] = []
+    for p in order.procedures:
+        if p.text and p.text not in seen:
+            seen.append(p.text)
+    return " ".join(seen)
+
+
+def classify_text(text: str, kn: Knowledge) -> ProcedureClass | None:
+    for cls in _CLASS_ORDER:
+        pattern = kn.procedure_class.get(cls)
+        if pattern is not None and pattern.search(text):
+            return cls
+    return None
+
+
+def contrast_from_text(text: str, kn: Knowledge) -> Contrast:
+    """Contrast of a procedure text: "MRI THIGH WO/W", "CT FEMUR LT W/CONTRAST", ..."""
+    if kn.contrast["without_and_with"].search(text):
+        return "without_and_with"
+    without = list(kn.contrast["without"].finditer(text))
+    blanked = text
+    for m in without:
+        blanked = blanked[:m.start()] + " " * (m.end() - m.start()) + blanked[m.end():]
+    strong = kn.contrast["with"].search(blanked)
+    if without and strong:
+        return "without_and_with"
+    if without:
+        return "without"
+    if strong or kn.contrast["with_weak"].search(blanked):
+        return "with"
+    return "unspecified"
+
+
+def region_from_text(text: str, kn: Knowledge) -> Region | None:
+    for region in _REGION_ORDER:
+        pattern = kn.region.get(region)
+        if pattern is not None and pattern.search(text):
+            return region
+    return None
+
+
+def laterality_from_text(text: str, kn: Knowledge, allow_letters: bool) -> Laterality | None:
+    found = set()
+    for side in ("bilateral", "left", "right"):
+        for m in kn.laterality[side].finditer(text):
+            if allow_letters or not _ONE_LETTER.match(m.group(0)):
+                found.add(side)
+                break
+    if "bilateral" in found or {"left", "right"} <= found:
+        return "bilateral"
+    if found:
+        side = found.pop()
+        return "left" if side == "left" else "right"
+    return None
+
+
+def age_on(birth: date | None, on: date) -> int | None:
+    if birth is None:
+        return None
+    return on.year - birth.year - ((on.month, on.day) < (birth.month, birth.day))
+
+
+class _Collector:
+    """Collects facts and their evidence."""
+
+    def __init__(self) -> None:
+        self.evidence: list[Evidence] = []
+
+    def note(self, fact: str, value: str, source: str) -> None:
+        self.evidence.append(Evidence(fact=fact, value=value[:120], source=source))
+
+    def first_affirmed(self, fact: str, pattern: re.Pattern[str], texts: list[TextSource],
+                       kn: Knowledge) -> bool:
+        for src in texts:
+            hit = affirmed(pattern, src.text, kn)
+            if hit is not None:
+                self.note(fact, hit.words, src.source)
+                return True
+        return False
+
+
+def _code_meaning(order: Order, kn: Knowledge
+                  ) -> tuple[ProcedureCodeDef | CodeMapEntry | None, Coded | None]:
+    """The most specific coded meaning of the ordered procedure (biopsy codes win)."""
+    hits = []
+    for p in order.procedures:
+        meaning = kn.lookup_procedure(p.code, p.system)
+        if meaning is not None:
+            hits.append((meaning, p))
+    if not hits:
+        return None, None
+    for meaning, p in hits:
+        if meaning.class_ == "biopsy":
+            return meaning, p
+    for meaning, p in hits:
+        if meaning.class_ != "guidance":
+            return meaning, p
+    return hits[0]
+
+
+def extract(order: Order, message: ParsedMessage, kn: Knowledge,
+            siblings: list[Order] | None = None) -> OrderFacts:
+    """The facts of one order. Pure: reads only its arguments."""
+    col = _Collector()
+    facts = OrderFacts()
+    proc_text = procedure_text(order)
+    facts.procedure_text = proc_text
+    meaning, coded = _code_meaning(order, kn)
+    text_class = classify_text(proc_text, kn) if proc_text else None
+    cls: ProcedureClass | None = None
+    if meaning is not None and coded is not None:
+        facts.procedure_code = f"{coded.system or '?'} {coded.code}".strip()
+        col.note("procedure_class", f"{coded.code} {coded.text}".strip(),
+                 f"OBR-4 code ({coded.system or 'no system'})")
+        cls = meaning.class_
+        if cls == "guidance" and text_class in ("biopsy", None):
+            cls = "biopsy" if text_class == "biopsy" else "guidance"
+        facts.contrast = meaning.contrast
+        facts.region = meaning.region
+        facts.joint_code = meaning.joint
+    if cls is None or cls in ("guidance", "other", "unknown"):
+        if text_class is not None and text_class != "guidance":
+            cls = text_class
+            col.note("procedure_class", proc_text, "OBR-4 text")
+        elif order.modality and order.modality in kn.vocab.modality and cls is None:
+            cls = kn.vocab.modality[order.modality]
+            col.note("procedure_class", order.modality, "OBR-24/IPC-5 modality")
+        elif text_class == "guidance" and cls is None:
+            cls = "guidance"
+    facts.procedure_class = cls or "unknown"
+    if facts.contrast == "unspecified" and facts.procedure_class in ("ct", "mri", "cta", "mra"):
+        facts.contrast = contrast_from_text(proc_text, kn)
+    elif facts.procedure_class in ("radiograph", "us", "biopsy", "excision", "pet"):
+        facts.contrast = "none" if facts.contrast == "unspecified" else facts.contrast
+    text_region = region_from_text(proc_text, kn)
+    if text_region is not None and (facts.region == "unknown" or (
+            facts.region == "lower_extremity" and text_region == "thigh")):
+        facts.region = text_region
+    if facts.region in ("knee", "hip", "ankle") and facts.procedure_class in ("mri", "us") \
+            and meaning is None:
+        facts.joint_code = True  # a joint examination ordered by text
+
+    order_texts = list(order.texts)
+    indication = order_texts + list(message.context)
+    with_proc = ([TextSource(source="OBR-4", text=proc_text)] if proc_text else []) + indication
+    codes = [c for src in indication for c in src.codes]
+    diagnoses = [(c, d) for c in codes for d in kn.lookup_diagnosis(c.code)
+                 if c.system.upper() in ("", *kn.codes.systems.get("I10", []), "I10")
+                 or kn.system_alias.get(c.system.upper()) == "I10"]
+
+    # Laterality: procedure text, diagnosis codes, then indication text.
+    side = laterality_from_text(proc_text, kn, allow_letters=True) if proc_text else None
+    if side is None:
+        sides = {d.laterality for _, d in diagnoses if d.laterality != "unknown"}
+        if sides:
+            side = "bilateral" if len(sides) > 1 else sides.pop()
+    if side is None:
+        for src in indication:
+            side = laterality_from_text(src.text, kn, allow_letters=False)
+            if side:
+                break
+    facts.laterality = side or "unknown"
+
+    # Indication: a soft-tissue mass of the thigh.
+    facts.trauma = col.first_affirmed("trauma", kn.terms["trauma"], with_proc, kn) or any(
+        d.meaning == "trauma" for _, d in diagnoses)
+    strong = col.first_affirmed("mass", kn.terms["mass_strong"], with_proc, kn)
+    weak = not strong and not facts.trauma and col.first_affirmed(
+        "mass", kn.terms["mass_weak"], with_proc, kn)
+    coded_mass = [c for c, d in diagnoses if d.meaning == "mass"]
+    if coded_mass:
+        col.note("mass", coded_mass[0].code, "ICD-10-CM code")
+    text_mass = strong or weak
+    facts.mass = text_mass or bool(coded_mass) or (
+        any(d.meaning == "mass_if_text" for _, d in diagnoses) and text_mass)
+    facts.bone_lesion = col.first_affirmed("bone_lesion", kn.terms["bone_lesion"], with_proc,
+                                           kn) and not any(
+        kn.terms["soft_tissue"].search(s.text) for s in with_proc)
+    thigh_in_text = next((s for s in with_proc if kn.terms["thigh_site"].search(s.text)), None)
+    if thigh_in_text is not None:
+        col.note("thigh_site", kn.terms["thigh_site"].search(thigh_in_text.text).group(0),  # type: ignore[union-attr]
+                 thigh_in_text.source)
+    facts.thigh_site = (thigh_in_text is not None or facts.region == "thigh"
+                        or any(d.site == "thigh" for _, d in diagnoses))
+
+    # Size, depth, radiograph findings and red flags.
+    for src in with_proc:
+        size = largest_size_cm(src.text)
+        if size is not None and (facts.size_cm is None or size[0] > facts.size_cm):
+            facts.size_cm = round(size[0], 2)
+            col.note("size_cm", size[1], src.source)
+    for fact in ("deep", "superficial", "calcification", "bony_involvement", "growing",
+                 "painful", "recurrence", "haemorrhage", "vascular", "mineralisation_request"):
+        setattr(facts, fact, col.first_affirmed(fact, kn.terms[fact], indication, kn))
+    if not facts.haemorrhage and any(d.meaning == "haemorrhage" for _, d in diagnoses):
+        facts.haemorrhage = True
+        col.note("haemorrhage", "M79.81", "ICD-10-CM code")
+    facts.radiograph_documented = col.first_affirmed(
+        "radiograph_documented", kn.terms["radiograph_done"], indication, kn)
+    for sib in siblings or []:
+        if sib is not order and classify_text(procedure_text(sib), kn) == "radiograph":
+            facts.radiograph_documented = True
+            col.note("radiograph_documented", procedure_text(sib), "OBR-4 of another order")
+    facts.prior_mri_documented = col.first_affirmed(
+        "prior_mri_documented", kn.terms["prior_mri"], indication, kn)
+
+    # MRI contraindications.
+    contra: list[str] = []
+    device_hit = col.first_affirmed("mri_contraindication", kn.terms["device"], indication, kn)
+    if device_hit and not _conditional_device(indication, kn):
+        contra.append("device")
+    elif any(d.meaning == "device" for _, d in diagnoses) and not _conditional_device(
+            indication, kn):
+        contra.append("device")
+        col.note("mri_contraindication", "Z95", "ICD-10-CM code")
+    if col.first_affirmed("mri_contraindication", kn.terms["habitus"], indication, kn):
+        contra.append("habitus")
+    if col.first_affirmed("mri_contraindication", kn.terms["metal"], indication, kn):
+        contra.append("metal")
+    if not contra and col.first_affirmed("mri_contraindication", kn.terms["general"],
+                                         indication, kn):
+        contra.append("other")
+    facts.mri_contraindications = contra  # type: ignore[assignment]
+
+    # Contrast cautions.
+    cautions: list[str] = []
+    threshold = kn.vocab.caution.egfr_threshold
+    for src in indication:
+        for m in kn.egfr.finditer(src.text):
+            value = next((g for g in m.groups() if g), None)
+            if value is not None and float(value) < threshold:
+                cautions.append("egfr")
+                col.note("contrast_caution", m.group(0), src.source)
+                break
+        if cautions:
+            break
+    for key in ("dialysis", "pregnancy", "gadolinium_reaction"):
+        coded_hit = any(d.meaning == key for _, d in diagnoses)
+        if col.first_affirmed("contrast_caution", kn.terms[key], indication, kn) or coded_hit:
+            cautions.append(key)
+    facts.contrast_cautions = cautions  # type: ignore[assignment]
+
+    # Patient and provider.
+    ref = (order.ordered_at or message.header.timestamp or datetime.now()).date()
+    age = age_on(message.patient.birth_date, ref)
+    if age is not None and age < 0:
+        age = age_on(message.patient.birth_date, date.today())
+    facts.age_years = age
+    facts.adult = age is None or age >= kn.guideline.guideline.adult_age_years
+    facts.ordering_provider = order.ordering_provider
+    facts.evidence = col.evidence
+    return facts
+
+
+def _conditional_device(texts: list[TextSource], kn: Knowledge) -> bool:
+    """A device said to be MR conditional (and not "non-conditional") is no contraindication."""
+    for src in texts:
+        if kn.terms["device"].search(src.text) and affirmed(
+                kn.terms["device_conditional"], src.text, kn) and not re.search(
+                r"\b(?:non|not)[\s-]+(?:mri?[\s-]+)?(?:conditional|safe|compatible)",
+                src.text, re.IGNORECASE):
+            return True
+    return False
+
+
+def limb_region(region: Region) -> bool:
+    return region in _LIMB_REGIONS

@@ -1,0 +1,344 @@
+"""Loads and validates the guideline data files (worker/data/*.toml) and a site code map.
+
+Clinical knowledge is data: the rules' texts, citations and preferred procedures, the codes, the
+vocabulary and the protocol steps. Every file is validated by pydantic when loaded, so a broken
+entry fails at start-up with the file and the entry named (GuidelineError), never at 3 a.m.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from worker.errors import GuidelineError
+from worker.models import Contrast, Laterality, ProcedureClass, Region
+
+RULE_IDS = (
+    "CT_BEFORE_MRI", "BIOPSY_BEFORE_MRI", "PET_INITIAL", "MRI_ADD_CONTRAST",
+    "MRI_NO_PRECONTRAST", "RADIOGRAPH_FIRST", "REFER_SARCOMA_CENTRE", "CONTRAST_CAUTION",
+    "CODING_JOINT_CODE",
+)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Citation(_Strict):
+    source: str
+    detail: str = ""
+
+
+class ProcedureDef(_Strict):
+    code: str
+    system: str
+    text: str
+    loinc: str = ""
+    radlex: str = ""
+
+
+class RuleException(_Strict):
+    title: str
+    advice: str
+    preferred: str
+    citations: list[Citation]
+
+
+class RuleDef(_Strict):
+    kind: Literal["flag", "advice"]
+    severity: Literal["info", "warning", "critical"]
+    title: str
+    reason: str
+    advice: str
+    preferred: str | None = None
+    citations: list[Citation] = Field(min_length=1)
+    exceptions: dict[str, RuleException] = Field(default_factory=dict)
+
+
+class ProtocolStep(_Strict):
+    when: Literal["always", "haemorrhage", "vascular", "metal"]
+    text: str
+    citations: list[str] = Field(default_factory=list)
+
+
+class GuidelineMeta(_Strict):
+    id: str
+    version: str
+    title: str
+    scale: str
+    disclaimer: str
+    adult_age_years: int = Field(ge=0, le=30)
+    red_flag_size_cm: float = Field(gt=0)
+
+
+class GuidelineFile(_Strict):
+    guideline: GuidelineMeta
+    sources: dict[str, str]
+    procedures: dict[str, ProcedureDef]
+    rules: dict[str, RuleDef]
+    protocol: dict[Literal["mri", "ct"], list[ProtocolStep]]
+
+    @model_validator(mode="after")
+    def _references(self) -> GuidelineFile:
+        missing = sorted(set(RULE_IDS) - set(self.rules))
+        if missing:
+            raise ValueError(f"rules missing: {', '.join(missing)}")
+        unknown = sorted(set(self.rules) - set(RULE_IDS))
+        if unknown:
+            raise ValueError(f"rules not implemented by any validator: {', '.join(unknown)}")
+        for rule_id, rule in self.rules.items():
+            refs = [(f"rules.{rule_id}", rule.preferred, rule.citations)]
+            refs += [(f"rules.{rule_id}.exceptions.{k}", e.preferred, e.citations)
+                     for k, e in rule.exceptions.items()]
+            for where, preferred, citations in refs:
+                if preferred is not None and preferred not in self.procedures:
+                    raise ValueError(f"{where}: unknown preferred procedure {preferred!r}")
+                for c in citations:
+                    if c.source not in self.sources:
+                        raise ValueError(f"{where}: unknown citation source {c.source!r}")
+            if rule.kind == "flag" and rule.preferred is None:
+                raise ValueError(f"rules.{rule_id}: a flag must name a preferred procedure")
+        for kind, steps in self.protocol.items():
+            for i, step in enumerate(steps):
+                for tag in step.citations:
+                    if tag not in self.sources:
+                        raise ValueError(f"protocol.{kind}[{i}]: unknown citation source {tag!r}")
+        return self
+
+
+def _expand(codes: list[str]) -> list[str]:
+    out: list[str] = []
+    for item in codes:
+        lo, _, hi = item.partition("-")
+        lo, hi = lo.strip(), hi.strip()
+        if lo.isdigit() and hi.isdigit() and len(lo) == len(hi) > 1:  # a range, not LOINC 24702-3
+            if int(hi) < int(lo) or int(hi) - int(lo) > 1000:
+                raise ValueError(f"bad code range {item!r}")
+            out.extend(str(n).zfill(len(lo)) for n in range(int(lo), int(hi) + 1))
+        else:
+            out.append(item.strip().upper())
+    return out
+
+
+class ProcedureCodeDef(_Strict):
+    system: str
+    codes: list[str] = Field(min_length=1)
+    class_: ProcedureClass = Field(alias="class")
+    contrast: Contrast
+    region: Region
+    joint: bool = False
+    text: str = ""
+
+
+class DiagnosisDef(_Strict):
+    prefixes: list[str] = Field(min_length=1)
+    meaning: Literal["mass", "mass_if_text", "device", "dialysis", "pregnancy", "trauma",
+                     "haemorrhage"]
+    site: Literal["thigh", "lower_limb", "other"]
+    laterality: Laterality = "unknown"
+
+
+class CodesFile(_Strict):
+    version: str
+    systems: dict[str, list[str]]
+    procedure: list[ProcedureCodeDef]
+    diagnosis: list[DiagnosisDef]
+
+
+class CodeMapEntry(_Strict):
+    """A site's local procedure code (Epic EAP/IMG ids and the like)."""
+
+    system: str = ""  # "" matches any coding system
+    code: str
+    class_: ProcedureClass = Field(alias="class")
+    contrast: Contrast = "unspecified"
+    region: Region = "unknown"
+    joint: bool = False
+    text: str = ""
+
+
+class CodeMapFile(_Strict):
+    version: str = ""
+    code: list[CodeMapEntry] = Field(default_factory=list)
+
+
+class NegationDef(_Strict):
+    before: list[str]
+    after: list[str]
+    terminators: list[str]
+    window: int = Field(ge=1, le=20)
+
+
+class CautionDef(_Strict):
+    egfr: list[str]
+    egfr_threshold: float
+    dialysis: list[str]
+    pregnancy: list[str]
+    gadolinium_reaction: list[str]
+
+
+class VocabularyFile(_Strict):
+    version: str
+    negation: NegationDef
+    procedure_class: dict[ProcedureClass, list[str]]
+    modality: dict[str, ProcedureClass]
+    contrast: dict[Literal["without_and_with", "without", "with", "with_weak"], list[str]]
+    region: dict[Region, list[str]]
+    laterality: dict[Literal["left", "right", "bilateral"], list[str]]
+    indication: dict[Literal["mass_strong", "mass_weak", "trauma", "bone_lesion", "soft_tissue",
+                             "thigh_site"], list[str]]
+    findings: dict[Literal["calcification", "bony_involvement", "radiograph_done", "prior_mri",
+                           "deep", "superficial", "growing", "painful", "recurrence",
+                           "haemorrhage", "vascular"], list[str]]
+    contraindication: dict[Literal["device", "device_conditional", "general", "habitus", "metal",
+                                   "mineralisation_request"], list[str]]
+    caution: CautionDef
+
+
+def compile_terms(patterns: list[str], where: str) -> re.Pattern[str]:
+    """One case-insensitive regex matching any of *patterns*; names *where* on a bad pattern."""
+    for i, p in enumerate(patterns):
+        try:
+            re.compile(p)
+        except re.error as exc:
+            raise ValueError(f"{where}[{i}]: invalid pattern {p!r}: {exc}") from None
+    if not patterns:
+        return re.compile(r"(?!x)x")
+    return re.compile("|".join(f"(?:{p})" for p in patterns), re.IGNORECASE)
+
+
+class Knowledge:
+    """Everything the extractor and the rules read, validated and indexed once."""
+
+    def __init__(self, guideline: GuidelineFile, codes: CodesFile, vocab: VocabularyFile,
+                 code_map: CodeMapFile) -> None:
+        self.guideline = guideline
+        self.codes = codes
+        self.vocab = vocab
+        self.version = guideline.guideline.version
+        self.system_alias: dict[str, str] = {}
+        for canonical, aliases in codes.systems.items():
+            for alias in [canonical, *aliases]:
+                self.system_alias[alias.upper()] = canonical
+        self.procedures: dict[tuple[str, str], ProcedureCodeDef | CodeMapEntry] = {}
+        for i, entry in enumerate(codes.procedure):
+            system = self.system_alias.get(entry.system.upper())
+            if system is None:
+                raise ValueError(f"procedure[{i}]: unknown system {entry.system!r}")
+            for code in _expand(entry.codes):
+                self.procedures[(system, code)] = entry
+        self.local: dict[tuple[str, str], CodeMapEntry] = {}
+        for local in code_map.code:
+            self.local[(local.system.upper(), local.code.strip().upper())] = local
+        self.diagnoses: list[tuple[str, DiagnosisDef]] = sorted(
+            ((p.replace(".", "").upper(), d) for d in codes.diagnosis for p in d.prefixes),
+            key=lambda item: -len(item[0]))
+        v = vocab
+        self.negation_before = compile_terms(v.negation.before, "negation.before")
+        self.negation_after = compile_terms(v.negation.after, "negation.after")
+        self.negation_stop = compile_terms(v.negation.terminators, "negation.terminators")
+        self.procedure_class = {k: compile_terms(p, f"procedure_class.{k}")
+                                for k, p in v.procedure_class.items()}
+        self.contrast = {k: compile_terms(p, f"contrast.{k}") for k, p in v.contrast.items()}
+        self.region = {k: compile_terms(p, f"region.{k}") for k, p in v.region.items()}
+        self.laterality = {k: compile_terms(p, f"laterality.{k}") for k, p in v.laterality.items()}
+        self.terms: dict[str, re.Pattern[str]] = {}
+        for section in ("indication", "findings", "contraindication"):
+            for key, pats in getattr(v, section).items():
+                self.terms[key] = compile_terms(pats, f"{section}.{key}")
+        caution = v.caution
+        self.egfr = compile_terms(caution.egfr, "caution.egfr")
+        for key in ("dialysis", "pregnancy", "gadolinium_reaction"):
+            self.terms[key] = compile_terms(getattr(caution, key), f"caution.{key}")
+
+    def rule(self, rule_id: str) -> RuleDef:
+        return self.guideline.rules[rule_id]
+
+    def cite(self, citations: list[Citation]) -> list[str]:
+        """Citation strings for output: "TAG: source text (detail)"."""
+        out = []
+        for c in citations:
+            detail = f" ({c.detail})" if c.detail else ""
+            out.append(f"{c.source}: {self.guideline.sources[c.source]}{detail}")
+        return out
+
+    def lookup_procedure(self, code: str, system: str) -> ProcedureCodeDef | CodeMapEntry | None:
+        """A procedure code's meaning: site code map first, then standard codes."""
+        code_u = code.strip().upper()
+        system_u = system.strip().upper()
+        if not code_u:
+            return None
+        local = self.local.get((system_u, code_u)) or self.local.get(("", code_u))
+        if local is not None:
+            return local
+        canonical = self.system_alias.get(system_u)
+        if canonical is not None:
+            return self.procedures.get((canonical, code_u))
+        if not system_u:  # no system given: accept a code that is unambiguous in our tables
+            for canonical in ("CPT", "LN", "RADLEX"):
+                hit = self.procedures.get((canonical, code_u))
+                if hit is not None:
+                    return hit
+        return None
+
+    def lookup_diagnosis(self, code: str) -> list[DiagnosisDef]:
+        norm = code.replace(".", "").strip().upper()
+        if not norm:
+            return []
+        hits: list[DiagnosisDef] = []
+        seen: set[str] = set()
+        for prefix, d in self.diagnoses:
+            if norm.startswith(prefix) and d.meaning not in seen:
+                hits.append(d)
+                seen.add(d.meaning)
+        return hits
+
+
+def _read_toml(path: Path | Any, label: str) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise GuidelineError(f"{label}: cannot read: {exc.strerror or exc}") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise GuidelineError(f"{label}: not valid TOML: {exc}") from None
+
+
+def _validate(model: type[BaseModel], data: dict[str, Any], label: str) -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        raise GuidelineError(
+            f"{label}: entry {where}: {first['msg']} ({exc.error_count()} error(s))") from None
+
+
+def load_knowledge(code_map: Path | None = None, data_dir: Path | None = None) -> Knowledge:
+    """Read and validate the guideline files (and a site code map). Raises GuidelineError."""
+    base: Any = data_dir if data_dir is not None else resources.files("worker") / "data"
+    files = {}
+    for name, model in (("guideline.toml", GuidelineFile), ("codes.toml", CodesFile),
+                        ("vocabulary.toml", VocabularyFile)):
+        files[name] = _validate(model, _read_toml(base / name, name), name)
+    map_path: Any = code_map if code_map is not None else base / "codemap.toml"
+    map_label = str(code_map) if code_map is not None else "codemap.toml"
+    cmap = _validate(CodeMapFile, _read_toml(map_path, map_label), map_label)
+    try:
+        return Knowledge(files["guideline.toml"], files["codes.toml"], files["vocabulary.toml"],
+                         cmap)
+    except ValueError as exc:
+        raise GuidelineError(f"guideline data: {exc}") from None
+
+
+@cache
+def default_knowledge() -> Knowledge:
+    """The packaged guideline with the packaged (empty) site code map, loaded once."""
+    return load_knowledge()

@@ -1,0 +1,258 @@
+"""From a RawMessage to the pydantic models the rules read (worker/models.py).
+
+Segments are grouped into orders: an ORC starts a group, an OBR joins the open group (or starts
+one that shares the last ORC when the group already has an OBR), and the segments after it
+(NTE, DG1, OBX, TQ1, IPC, Z segments) belong to that group. Segments before the first ORC/OBR
+(PID, PV1, NTE, AL1, DG1) are patient context shared by every order of the message.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta, timezone
+
+from worker.errors import HL7ParseError
+from worker.hl7.parse import RawMessage, RawSegment
+from worker.models import (
+    Coded,
+    MessageHeader,
+    Order,
+    ParsedMessage,
+    PatientId,
+    PatientRef,
+    TextSource,
+)
+
+
+def parse_ts(value: str) -> datetime | None:
+    """HL7 TS/DTM (YYYY[MM[DD[HH[MM[SS[.S]]]]]][+/-ZZZZ]) to a datetime; None when unreadable."""
+    value = value.strip()
+    if not value:
+        return None
+    tz = None
+    for sign in ("+", "-"):
+        if sign in value[4:]:
+            pos = value.index(sign, 4)
+            offset = value[pos + 1:]
+            value = value[:pos]
+            if len(offset) == 4 and offset.isdigit():
+                minutes = int(offset[:2]) * 60 + int(offset[2:])
+                tz = timezone(timedelta(minutes=minutes if sign == "+" else -minutes))
+            break
+    value = value.split(".", 1)[0]
+    if not value.isdigit() or len(value) < 4:
+        return None
+    parts = [value[0:4], value[4:6] or "1", value[6:8] or "1", value[8:10] or "0",
+             value[10:12] or "0", value[12:14] or "0"]
+    try:
+        y, mo, d, h, mi, s = (int(p) for p in parts)
+        return datetime(y, mo, d, min(h, 23), min(mi, 59), min(s, 59), tzinfo=tz)
+    except ValueError:
+        return None
+
+
+def parse_date(value: str) -> date | None:
+    ts = parse_ts(value)
+    return ts.date() if ts else None
+
+
+def _coded(msg: RawMessage, raw: str) -> list[Coded]:
+    """A CE/CWE field (all repetitions): primary and alternate triplets, empty ones dropped."""
+    out: list[Coded] = []
+    for rep in msg.repetitions(raw):
+        comps = msg.components(rep)
+        for start in (0, 3):
+            code = msg.value(comps[start]) if len(comps) > start else ""
+            text = msg.value(comps[start + 1]) if len(comps) > start + 1 else ""
+            system = msg.value(comps[start + 2]) if len(comps) > start + 2 else ""
+            sub = msg.delimiters.subcomponent
+            if sub:
+                code, text, system = (v.split(sub, 1)[0] for v in (code, text, system))
+            if code or text:
+                out.append(Coded(code=code, text=text, system=system))
+    return out
+
+
+def _text(msg: RawMessage, raw: str) -> str:
+    """A free-text field with every repetition and component joined by spaces."""
+    pieces = []
+    for rep in msg.repetitions(raw):
+        for comp in msg.components(rep):
+            value = msg.value(comp.replace(msg.delimiters.subcomponent, " ")
+                              if msg.delimiters.subcomponent else comp)
+            if value:
+                pieces.append(value)
+    return " ".join(pieces)
+
+
+def _source(msg: RawMessage, label: str, raw: str, coded: bool = False) -> TextSource | None:
+    codes = _coded(msg, raw) if coded else []
+    text = " ".join(c.text for c in codes if c.text) if coded else _text(msg, raw)
+    if not text and not codes:
+        return None
+    return TextSource(source=label, text=text, codes=codes)
+
+
+def read_header(msg: RawMessage) -> MessageHeader:
+    msh = msg.msh
+    comp = msg.component
+    return MessageHeader(
+        field_separator=msg.delimiters.field,
+        encoding_characters=msh.get(2),
+        sending_application=comp(msh.get(3), 1),
+        sending_facility=comp(msh.get(4), 1),
+        receiving_application=comp(msh.get(5), 1),
+        receiving_facility=comp(msh.get(6), 1),
+        timestamp=parse_ts(comp(msh.get(7), 1)),
+        message_type=comp(msh.get(9), 1).upper(),
+        trigger_event=comp(msh.get(9), 2).upper(),
+        message_structure=comp(msh.get(9), 3).upper(),
+        control_id=msg.value(msh.get(10)),
+        processing_id=comp(msh.get(11), 1).upper(),
+        version=comp(msh.get(12), 1),
+        accept_ack_type=msg.value(msh.get(15)).upper(),
+        application_ack_type=msg.value(msh.get(16)).upper(),
+        charset=msg.value(msh.get(18).split(msg.delimiters.repetition or "\x00")[0]),
+    )
+
+
+def read_patient(msg: RawMessage) -> PatientRef:
+    pid = msg.first("PID")
+    if pid is None:
+        return PatientRef()
+    ids: list[PatientId] = []
+    for field_no in (3, 2, 4):  # PID-3; PID-2 and PID-4 in old feeds
+        for rep in msg.repetitions(pid.get(field_no)):
+            comps = msg.components(rep)
+            value = msg.value(comps[0]) if comps else ""
+            if not value:
+                continue
+            authority = msg.value(comps[3]) if len(comps) > 3 else ""
+            sub = msg.delimiters.subcomponent
+            if sub and sub in authority:
+                authority = authority.split(sub, 1)[0] or authority.replace(sub, "")
+            id_type = msg.value(comps[4]) if len(comps) > 4 else ""
+            ids.append(PatientId(id=value, authority=authority, type=id_type))
+        if ids:
+            break
+    return PatientRef(identifiers=ids, birth_date=parse_date(msg.component(pid.get(7), 1)),
+                      sex=msg.component(pid.get(8), 1))
+
+
+def _provider(msg: RawMessage, raw: str) -> str:
+    if not raw:
+        return ""
+    comps = [msg.value(c) for c in msg.components(msg.repetitions(raw)[0] if msg.repetitions(raw)
+                                                  else raw)[:3]]
+    return " ".join(c for c in comps if c)
+
+
+class _Group:
+    def __init__(self, index: int, orc: RawSegment | None) -> None:
+        self.index = index
+        self.orc = orc
+        self.obr: RawSegment | None = None
+        self.others: list[RawSegment] = []
+
+
+def _group(msg: RawMessage) -> tuple[list[RawSegment], list[_Group]]:
+    context: list[RawSegment] = []
+    groups: list[_Group] = []
+    current: _Group | None = None
+    for i, seg in enumerate(msg.segments[1:], start=1):
+        if seg.id == "ORC":
+            current = _Group(i, seg)
+            groups.append(current)
+        elif seg.id == "OBR":
+            if current is None or current.obr is not None:
+                current = _Group(i, current.orc if current else None)
+                groups.append(current)
+            current.obr = seg
+        elif current is None:
+            context.append(seg)
+        else:
+            current.others.append(seg)
+    return context, groups
+
+
+def _first(*values: str) -> str:
+    return next((v for v in values if v), "")
+
+
+def _order(msg: RawMessage, group: _Group) -> Order:
+    orc, obr = group.orc, group.obr
+    c = msg.component
+    get_orc = orc.get if orc else (lambda n: "")
+    get_obr = obr.get if obr else (lambda n: "")
+    tq1 = next((s for s in group.others if s.id == "TQ1"), None)
+    ipc = next((s for s in group.others if s.id == "IPC"), None)
+    procedures = _coded(msg, get_obr(4)) + _coded(msg, get_obr(44))
+    if ipc is not None and not procedures:
+        procedures = _coded(msg, ipc.get(6))  # IPC-6 protocol code as a last resort
+    texts: list[TextSource] = []
+    for label, raw, coded in (("OBR-13", get_obr(13), False), ("OBR-31", get_obr(31), True),
+                              ("ORC-16", get_orc(16), True)):
+        src = _source(msg, label, raw, coded)
+        if src:
+            texts.append(src)
+    for seg in group.others:
+        texts.extend(_segment_texts(msg, seg))
+    ordered_at = (parse_ts(c(get_orc(9), 1)) or parse_ts(c(get_obr(6), 1))
+                  or (parse_ts(c(tq1.get(7), 1)) if tq1 else None)
+                  or parse_ts(c(get_orc(7), 4)) or parse_ts(c(get_obr(7), 1)))
+    modality = _first(c(get_obr(24), 1), c(ipc.get(5), 1) if ipc else "")
+    return Order(
+        order_control=c(get_orc(1), 1).upper(),
+        order_status=c(get_orc(5), 1).upper(),
+        placer_number=_first(c(get_orc(2), 1), c(get_obr(2), 1)),
+        filler_number=_first(c(get_orc(3), 1), c(get_obr(3), 1)),
+        procedures=procedures,
+        modality=modality.upper(),
+        result_status=c(get_obr(25), 1).upper(),
+        ordered_at=ordered_at,
+        ordering_provider=_first(_provider(msg, get_orc(12)), _provider(msg, get_obr(16))),
+        accession=_first(c(ipc.get(1), 1) if ipc else "", c(get_obr(18), 1)),
+        texts=texts,
+        segment_index=group.index,
+    )
+
+
+def _segment_texts(msg: RawMessage, seg: RawSegment) -> list[TextSource]:
+    """Text a segment contributes to an order or to the patient context."""
+    out: list[TextSource] = []
+    if seg.id == "NTE":
+        src = _source(msg, "NTE-3", seg.get(3))
+        if src:
+            out.append(src)
+    elif seg.id == "DG1":
+        codes = _coded(msg, seg.get(3))
+        description = _text(msg, seg.get(4))
+        text = " ".join([*(c.text for c in codes if c.text), description]).strip()
+        if codes or text:
+            out.append(TextSource(source="DG1-3", text=text, codes=codes))
+    elif seg.id == "OBX":
+        question = " ".join(c.text or c.code for c in _coded(msg, seg.get(3)))
+        answer = _text(msg, seg.get(5))
+        units = msg.component(seg.get(6), 1) or msg.component(seg.get(6), 2)
+        if answer:
+            codes = _coded(msg, seg.get(5)) if msg.value(seg.get(2)) in ("CE", "CWE") else []
+            text = f"{question}: {answer}" + (f" {units}" if units else "")
+            out.append(TextSource(source="OBX-5", text=text.strip(": "), codes=codes))
+    elif seg.id == "AL1":
+        allergen = " ".join(c.text or c.code for c in _coded(msg, seg.get(3)))
+        reaction = _text(msg, seg.get(5))
+        if allergen:
+            out.append(TextSource(source="AL1-3", text=f"allergy to {allergen} {reaction}".strip()))
+    return out
+
+
+def read_message(msg: RawMessage) -> ParsedMessage:
+    """The header, patient and orders of a message. Raises HL7ParseError on bad required fields."""
+    header = read_header(msg)
+    if not header.message_type:
+        raise HL7ParseError("MSH-9 message type is missing", "MSH", 9, code="101")
+    context_segments, groups = _group(msg)
+    context: list[TextSource] = []
+    for seg in context_segments:
+        context.extend(_segment_texts(msg, seg))
+    return ParsedMessage(header=header, patient=read_patient(msg),
+                         orders=[_order(msg, g) for g in groups], context=context)

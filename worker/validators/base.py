@@ -1,0 +1,59 @@
+"""What every rule receives and returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from worker.guideline import Knowledge
+from worker.history import same_side
+from worker.models import HistoryEntry, OrderFacts, SiteSettings
+
+MRI_CLASSES = ("mri",)
+_THIGH_REGIONS = ("thigh", "lower_extremity", "unknown")
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One rule's result for one order.
+
+    rule_id: a rule id of guideline.toml; kind: "flag" (not-appropriate) or "advice";
+    exception: the id of the rule exception that applied (then kind is "advice");
+    detail: what in this order triggered the rule, in words.
+    """
+
+    rule_id: str
+    kind: Literal["flag", "advice"]
+    detail: str = ""
+    exception: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RuleContext:
+    """The order's facts, the patient's history and the site's settings. No I/O behind it."""
+
+    facts: OrderFacts
+    history: list[HistoryEntry]
+    site: SiteSettings
+    knowledge: Knowledge
+    red_flags: list[str] = field(default_factory=list)
+
+    @property
+    def mri_on_record(self) -> bool:
+        """An MRI of this thigh is in the history or documented in the order."""
+        if self.facts.prior_mri_documented:
+            return True
+        return any(e.procedure_class in MRI_CLASSES and e.region in _THIGH_REGIONS
+                   and same_side(e.laterality, self.facts.laterality) for e in self.history)
+
+    @property
+    def radiograph_on_record(self) -> bool:
+        if self.facts.radiograph_documented:
+            return True
+        return any(e.procedure_class == "radiograph" and e.region in (*_THIGH_REGIONS, "knee",
+                                                                       "hip")
+                   and same_side(e.laterality, self.facts.laterality) for e in self.history)
+
+
+def describe_red_flags(ctx: RuleContext) -> str:
+    return ", ".join(ctx.red_flags) if ctx.red_flags else "none stated"
