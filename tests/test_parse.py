@@ -67,7 +67,8 @@ def test_declared_latin1_but_utf8_bytes() -> None:
 
 def test_escape_sequences() -> None:
     d = Delimiters()
-    assert d.decode(r"A\T\B \S\ \F\ \R\ \E\ x\.br\y \X41\ \H\bold\N\") == "A&B ^ | ~ \\ x\ny A bold"
+    received = "A\\T\\B \\S\\ \\F\\ \\R\\ \\E\\ x\\.br\\y \\X41\\ \\H\\bold\\N\\"
+    assert d.decode(received) == "A&B ^ | ~ \\ x\ny A bold"
     assert d.decode("unterminated \\T") == "unterminated \\T"
     text = "a|b^c&d~e\\f\ng"
     assert d.decode(d.encode(text)) == text
