@@ -1,0 +1,323 @@
+"""The advisory store, the resend (dedup) table and the patient history, in memory or in Redis.
+
+Redis layout (prefix "oc:" by default; patient keys are hashed, never stored in key names):
+
+    oc:adv:{id}          hash: record (JSON, written once), raw_out, delivery, attempts,
+                         delivery_error, delivered_at, destination, disposition
+    oc:adv:{id}:audit    list of Disposition JSON, append only
+    oc:adv:index         sorted set of ids by received_at (epoch seconds)
+    oc:adv:undelivered   set of ids whose delivery gave up
+    oc:advisories        stream: one JSON entry per advisory, for other consumers
+    oc:dedup:{sha}       the ACK we gave to (MSH-3, MSH-4, MSH-10), with a TTL
+    oc:hist:{sha}        set of HistoryEntry JSON for one patient identifier
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from worker.errors import StoreError
+from worker.models import HistoryEntry
+from worker.records import AdvisoryQuery, AdvisoryRecord, Delivery, Disposition
+
+_MUTABLE = ("raw_out", "delivery", "delivery_attempts", "delivery_error", "delivered_at",
+            "destination", "disposition")
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
+
+
+def dedup_key(application: str, facility: str, control_id: str) -> str:
+    return _sha(f"{application}\x1f{facility}\x1f{control_id}")
+
+
+class AdvisoryStore(Protocol):
+    def put(self, record: AdvisoryRecord) -> bool:
+        """Store a new record; False (and nothing changed) when the id exists already."""
+
+    def get(self, advisory_id: str) -> AdvisoryRecord | None: ...
+
+    def update(self, advisory_id: str, **fields: Any) -> None:
+        """Set delivery fields (raw_out, delivery, delivery_attempts, delivery_error, ...)."""
+
+    def dispose(self, advisory_id: str, disposition: Disposition) -> AdvisoryRecord:
+        """Append a review decision to the audit trail and set the record's disposition."""
+
+    def iter_newest(self, since: datetime | None = None,
+                    until: datetime | None = None) -> Iterator[AdvisoryRecord]: ...
+
+    def publish(self, record: AdvisoryRecord) -> None:
+        """Append the advisory as JSON to the stream for other consumers."""
+
+    def purge(self, before: datetime) -> int:
+        """Delete records received before *before*; returns how many."""
+
+
+def query(store: AdvisoryStore, q: AdvisoryQuery, offset: int = 0,
+          limit: int | None = 50) -> list[AdvisoryRecord]:
+    """The records matching *q*, newest first, one page."""
+    out: list[AdvisoryRecord] = []
+    skipped = 0
+    for rec in store.iter_newest(q.since, q.until):
+        if not q.matches(rec):
+            continue
+        if skipped < offset:
+            skipped += 1
+            continue
+        out.append(rec)
+        if limit is not None and len(out) >= limit:
+            break
+    return out
+
+
+def _apply(rec: AdvisoryRecord, fields: dict[str, Any]) -> AdvisoryRecord:
+    unknown = set(fields) - set(_MUTABLE)
+    if unknown:
+        raise StoreError(f"not updatable: {', '.join(sorted(unknown))}")
+    return rec.model_copy(update=fields)
+
+
+class MemoryStore:
+    """Advisories in a dict (the embedded default): lost when the process ends."""
+
+    def __init__(self) -> None:
+        self._records: dict[str, AdvisoryRecord] = {}
+        self.stream: list[str] = []
+
+    def put(self, record: AdvisoryRecord) -> bool:
+        if record.id in self._records:
+            return False
+        self._records[record.id] = record
+        return True
+
+    def get(self, advisory_id: str) -> AdvisoryRecord | None:
+        return self._records.get(advisory_id)
+
+    def update(self, advisory_id: str, **fields: Any) -> None:
+        rec = self._records.get(advisory_id)
+        if rec is None:
+            raise StoreError("no such advisory")
+        self._records[advisory_id] = _apply(rec, fields)
+
+    def dispose(self, advisory_id: str, disposition: Disposition) -> AdvisoryRecord:
+        rec = self._records.get(advisory_id)
+        if rec is None:
+            raise StoreError("no such advisory")
+        rec = rec.model_copy(update={"disposition": disposition.state,
+                                     "audit": [*rec.audit, disposition]})
+        self._records[advisory_id] = rec
+        return rec
+
+    def iter_newest(self, since: datetime | None = None,
+                    until: datetime | None = None) -> Iterator[AdvisoryRecord]:
+        for rec in sorted(self._records.values(), key=lambda r: r.received_at, reverse=True):
+            if (since is None or rec.received_at >= since) and (
+                    until is None or rec.received_at < until):
+                yield rec
+
+    def publish(self, record: AdvisoryRecord) -> None:
+        self.stream.append(json.dumps(record.flags_json()))
+        del self.stream[:-10000]
+
+    def purge(self, before: datetime) -> int:
+        old = [k for k, r in self._records.items() if r.received_at < before]
+        for k in old:
+            del self._records[k]
+        return len(old)
+
+
+class MemoryDedup:
+    """The resend table in memory: (MSH-3, MSH-4, MSH-10) -> the ACK we gave."""
+
+    def __init__(self, max_entries: int = 200_000) -> None:
+        self._acks: dict[str, bytes] = {}
+        self._max = max_entries
+
+    def get(self, key: str) -> bytes | None:
+        return self._acks.get(key)
+
+    def set(self, key: str, ack: bytes, ttl: int) -> None:
+        if len(self._acks) >= self._max:
+            self._acks.pop(next(iter(self._acks)))
+        self._acks[key] = ack
+
+
+def _ts(dt: datetime) -> float:
+    return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
+
+
+class RedisStore:
+    """Advisories, resend table and history in Redis (redis-py client, or fakeredis in tests)."""
+
+    def __init__(self, client: Any, prefix: str = "oc:", stream_maxlen: int = 100_000) -> None:
+        self.r = client
+        self.p = prefix
+        self.stream_maxlen = stream_maxlen
+
+    # -- advisories ----------------------------------------------------------------------------
+    def _key(self, advisory_id: str) -> str:
+        return f"{self.p}adv:{advisory_id}"
+
+    def put(self, record: AdvisoryRecord) -> bool:
+        body = record.model_dump_json(exclude=set(_MUTABLE) | {"audit"})
+        key = self._key(record.id)
+        if not self.r.hsetnx(key, "record", body):
+            return False
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hset(key, mapping=self._mutable_fields(record.model_dump(mode="json",
+                                                                      include=set(_MUTABLE))))
+        pipe.zadd(f"{self.p}adv:index", {record.id: _ts(record.received_at)})
+        pipe.execute()
+        return True
+
+    @staticmethod
+    def _mutable_fields(values: dict[str, Any]) -> dict[str, str]:
+        return {k: "" if v is None else str(v) for k, v in values.items()}
+
+    def get(self, advisory_id: str) -> AdvisoryRecord | None:
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hgetall(self._key(advisory_id))
+        pipe.lrange(f"{self._key(advisory_id)}:audit", 0, -1)
+        fields, audit = pipe.execute()
+        return self._load(fields, audit) if fields else None
+
+    def _load(self, fields: dict[bytes, bytes], audit: list[bytes]) -> AdvisoryRecord | None:
+        f = {k.decode(): v.decode("utf-8") for k, v in fields.items()}
+        if "record" not in f:
+            return None
+        data = json.loads(f["record"])
+        for name in _MUTABLE:
+            if name in f and f[name] != "":
+                data[name] = f[name]
+        data["audit"] = [json.loads(a) for a in audit]
+        return AdvisoryRecord.model_validate(data)
+
+    def update(self, advisory_id: str, **fields: Any) -> None:
+        unknown = set(fields) - set(_MUTABLE)
+        if unknown:
+            raise StoreError(f"not updatable: {', '.join(sorted(unknown))}")
+        values = {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in fields.items()}
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hset(self._key(advisory_id), mapping=self._mutable_fields(values))
+        if fields.get("delivery") == "undelivered":
+            pipe.sadd(f"{self.p}adv:undelivered", advisory_id)
+        elif "delivery" in fields:
+            pipe.srem(f"{self.p}adv:undelivered", advisory_id)
+        pipe.execute()
+
+    def dispose(self, advisory_id: str, disposition: Disposition) -> AdvisoryRecord:
+        key = self._key(advisory_id)
+        if not self.r.hexists(key, "record"):
+            raise StoreError("no such advisory")
+        pipe = self.r.pipeline(transaction=True)
+        pipe.rpush(f"{key}:audit", disposition.model_dump_json())
+        pipe.hset(key, "disposition", disposition.state)
+        pipe.execute()
+        rec = self.get(advisory_id)
+        assert rec is not None
+        return rec
+
+    def iter_newest(self, since: datetime | None = None,
+                    until: datetime | None = None) -> Iterator[AdvisoryRecord]:
+        high: str | float = "+inf" if until is None else f"({_ts(until)}"
+        low: str | float = "-inf" if since is None else _ts(since)
+        start, page = 0, 200
+        while True:
+            ids = self.r.zrevrangebyscore(f"{self.p}adv:index", high, low, start=start, num=page)
+            if not ids:
+                return
+            pipe = self.r.pipeline(transaction=False)
+            for i in ids:
+                key = self._key(i.decode())
+                pipe.hgetall(key)
+                pipe.lrange(f"{key}:audit", 0, -1)
+            replies = pipe.execute()
+            for fields, audit in zip(replies[::2], replies[1::2], strict=True):
+                rec = self._load(fields, audit) if fields else None
+                if rec is not None:
+                    yield rec
+            start += page
+
+    def undelivered_ids(self) -> list[str]:
+        return sorted(i.decode() for i in self.r.smembers(f"{self.p}adv:undelivered"))
+
+    def publish(self, record: AdvisoryRecord) -> None:
+        self.r.xadd(f"{self.p}advisories", {"advisory": json.dumps(record.flags_json())},
+                    maxlen=self.stream_maxlen, approximate=True)
+
+    def purge(self, before: datetime) -> int:
+        ids = self.r.zrangebyscore(f"{self.p}adv:index", "-inf", f"({_ts(before)}")
+        if not ids:
+            return 0
+        pipe = self.r.pipeline(transaction=False)
+        for i in ids:
+            key = self._key(i.decode())
+            pipe.delete(key, f"{key}:audit")
+            pipe.srem(f"{self.p}adv:undelivered", i)
+        pipe.zrem(f"{self.p}adv:index", *ids)
+        pipe.execute()
+        return len(ids)
+
+    # -- resend table (dedup) ------------------------------------------------------------------
+    def dedup_get(self, key: str) -> bytes | None:
+        value: bytes | None = self.r.get(f"{self.p}dedup:{key}")
+        return value
+
+    def dedup_set(self, key: str, ack: bytes, ttl: int) -> None:
+        self.r.set(f"{self.p}dedup:{key}", ack, ex=ttl)
+
+
+class RedisDedup:
+    """The resend table in Redis, with the same interface as MemoryDedup."""
+
+    def __init__(self, store: RedisStore) -> None:
+        self.store = store
+
+    def get(self, key: str) -> bytes | None:
+        return self.store.dedup_get(key)
+
+    def set(self, key: str, ack: bytes, ttl: int) -> None:
+        self.store.dedup_set(key, ack, ttl)
+
+
+class RedisHistory:
+    """Patient imaging history in Redis sets, keyed by a hash of each patient identifier."""
+
+    def __init__(self, client: Any, prefix: str = "oc:", ttl: int = 400 * 24 * 3600) -> None:
+        self.r = client
+        self.p = prefix
+        self.ttl = ttl
+
+    def _key(self, patient_key: str) -> str:
+        return f"{self.p}hist:{_sha(patient_key)}"
+
+    def add(self, patient_keys: list[str], entry: HistoryEntry) -> None:
+        body = entry.model_dump_json()
+        pipe = self.r.pipeline(transaction=False)
+        for key in patient_keys:
+            pipe.sadd(self._key(key), body)
+            pipe.expire(self._key(key), self.ttl)
+        pipe.execute()
+
+    def entries(self, patient_keys: list[str]) -> list[HistoryEntry]:
+        if not patient_keys:
+            return []
+        members = self.r.sunion([self._key(k) for k in patient_keys])
+        return sorted((HistoryEntry.model_validate_json(m) for m in members),
+                      key=lambda e: (e.at is None, e.at or datetime.min, e.control_id))
+
+
+def mark_delivery(store: AdvisoryStore, advisory_id: str, state: Delivery, attempts: int,
+                  error: str = "", destination: str = "") -> None:
+    fields: dict[str, Any] = {"delivery": state, "delivery_attempts": attempts,
+                              "delivery_error": error}
+    if destination:
+        fields["destination"] = destination
+    if state == "delivered":
+        fields["delivered_at"] = datetime.now(UTC)
+    store.update(advisory_id, **fields)
