@@ -109,6 +109,8 @@ class _Collector:
     def first_affirmed(self, fact: str, pattern: re.Pattern[str], texts: list[TextSource],
                        kn: Knowledge) -> bool:
         for src in texts:
+            if src.negated:
+                continue
             hit = affirmed(pattern, src.text, kn)
             if hit is not None:
                 self.note(fact, hit.words, src.source)

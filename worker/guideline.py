@@ -171,6 +171,7 @@ class CodeMapFile(_Strict):
 class NegationDef(_Strict):
     before: list[str]
     after: list[str]
+    answer: list[str]
     terminators: list[str]
     window: int = Field(ge=1, le=20)
 
@@ -242,6 +243,7 @@ class Knowledge:
         v = vocab
         self.negation_before = compile_terms(v.negation.before, "negation.before")
         self.negation_after = compile_terms(v.negation.after, "negation.after")
+        self.negation_answer = compile_terms(v.negation.answer, "negation.answer")
         self.negation_stop = compile_terms(v.negation.terminators, "negation.terminators")
         self.procedure_class = {k: compile_terms(p, f"procedure_class.{k}")
                                 for k, p in v.procedure_class.items()}

@@ -93,6 +93,7 @@ class TextSource(_Model):
     source: str
     text: str
     codes: list[Coded] = Field(default_factory=list)
+    negated: bool = False  # an ask-at-order-entry question answered "no" (OBX-5 N, No, None)
 
 
 class Order(_Model):

@@ -54,6 +54,8 @@ def is_negated(text: str, start: int, end: int, kn: Knowledge) -> bool:
         if kn.negation_before.search(before, from_pos):
             return True
     after = text[end:right]
+    if kn.negation_answer.match(after):
+        return True
     after_words = list(_WORD.finditer(after))
     limit = after_words[min(3, len(after_words) - 1)].end() if after_words else len(after)
     return bool(kn.negation_after.search(after[:max(limit, 0) + 1]))

@@ -216,6 +216,11 @@ def _order(msg: RawMessage, group: _Group) -> Order:
     )
 
 
+# OBX-5 answers that deny the question asked (Y/N, yes/no, table 0136 and common variants).
+_NEGATIVE_ANSWERS = frozenset({"N", "NO", "NONE", "NEGATIVE", "NEG", "FALSE", "0", "DENIED",
+                               "DENIES", "NO^NO", "N^NO", "NOT KNOWN", "UNKNOWN", "NIL"})
+
+
 def _segment_texts(msg: RawMessage, seg: RawSegment) -> list[TextSource]:
     """Text a segment contributes to an order or to the patient context."""
     out: list[TextSource] = []
@@ -236,7 +241,10 @@ def _segment_texts(msg: RawMessage, seg: RawSegment) -> list[TextSource]:
         if answer:
             codes = _coded(msg, seg.get(5)) if msg.value(seg.get(2)) in ("CE", "CWE") else []
             text = f"{question}: {answer}" + (f" {units}" if units else "")
-            out.append(TextSource(source="OBX-5", text=text.strip(": "), codes=codes))
+            first = msg.component(seg.get(5), 1).strip().upper()
+            negative = first in _NEGATIVE_ANSWERS or answer.strip().upper() in _NEGATIVE_ANSWERS
+            out.append(TextSource(source="OBX-5", text=text.strip(": "), codes=codes,
+                                  negated=bool(question) and negative))
     elif seg.id == "AL1":
         allergen = " ".join(c.text or c.code for c in _coded(msg, seg.get(3)))
         reaction = _text(msg, seg.get(5))
