@@ -11,9 +11,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from worker.check import Checker  # noqa: E402
-from worker.guideline import Knowledge, default_knowledge  # noqa: E402
-from worker.history import InMemoryHistory  # noqa: E402
+from worker.check import Checker
+from worker.guideline import Knowledge, default_knowledge
+from worker.history import InMemoryHistory
 
 ROOT = Path(__file__).resolve().parent.parent
 SEEDS = ROOT / "seeds"
