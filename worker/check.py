@@ -13,7 +13,7 @@ from worker.errors import HL7ParseError
 from worker.facts import extract
 from worker.guideline import Knowledge, ProcedureDef
 from worker.history import History
-from worker.hl7.parse import RawMessage, parse_message, split_messages
+from worker.hl7.parse import RawMessage, parse_message, peek_msh, split_messages
 from worker.hl7.read import read_message
 from worker.models import (
     Advice,
@@ -200,32 +200,12 @@ class Checker:
 
     def _rejected(self, data: bytes, exc: HL7ParseError, source: str) -> CheckResult:
         where = f"{source}: " if source else ""
-        return CheckResult(message_control_id=_control_id_guess(data),
-                           message_type=_type_guess(data), verdict="rejected",
+        head = peek_msh(data)
+        return CheckResult(message_control_id=head.control_id,
+                           message_type=head.message_type, verdict="rejected",
                            guideline_version=self.kn.version, error=f"{where}{exc}",
                            reason="The message could not be read.", source=source)
 
 
 def _procedure(p: ProcedureDef) -> Procedure:
     return Procedure(code=p.code, system=p.system, text=p.text)
-
-
-def _msh_fields(data: bytes) -> list[str]:
-    head = data.replace(b"\x0b", b"").lstrip()[:512].split(b"\r")[0].split(b"\n")[0]
-    if not head.startswith(b"MSH") or len(head) < 4:
-        return []
-    text = head.decode("latin-1")
-    return ["MSH", text[3], *text.split(text[3])[1:]]
-
-
-def _control_id_guess(data: bytes) -> str:
-    fields = _msh_fields(data)
-    return fields[10].strip() if len(fields) > 10 else ""
-
-
-def _type_guess(data: bytes) -> str:
-    fields = _msh_fields(data)
-    if len(fields) > 9 and len(fields) > 2 and fields[2]:
-        comps = fields[9].split(fields[2][0])
-        return "^".join(c for c in comps[:2] if c)
-    return ""

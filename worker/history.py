@@ -7,7 +7,7 @@ PID-3; an entry is recorded under every identifier of the patient and found by a
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import OrderedDict
 from typing import Protocol
 
 from worker.models import HistoryEntry, Laterality
@@ -22,15 +22,26 @@ class History(Protocol):
 
 
 class InMemoryHistory:
-    """History kept in a dict: lost when the process ends."""
+    """History kept in a dict: lost when the process ends.
 
-    def __init__(self, max_entries_per_patient: int = 200) -> None:
-        self._data: dict[str, list[HistoryEntry]] = defaultdict(list)
+    Bounded for long runs (a replay of a day of messages): at most *max_entries_per_patient*
+    studies per key and *max_patients* keys, the least recently used key forgotten first.
+    """
+
+    def __init__(self, max_entries_per_patient: int = 200, max_patients: int = 500_000) -> None:
+        self._data: OrderedDict[str, list[HistoryEntry]] = OrderedDict()
         self._max = max_entries_per_patient
+        self._max_patients = max_patients
 
     def add(self, patient_keys: list[str], entry: HistoryEntry) -> None:
         for key in patient_keys:
-            bucket = self._data[key]
+            bucket = self._data.get(key)
+            if bucket is None:
+                bucket = self._data[key] = []
+                if len(self._data) > self._max_patients:
+                    self._data.popitem(last=False)
+            else:
+                self._data.move_to_end(key)
             if entry not in bucket:
                 bucket.append(entry)
                 del bucket[:-self._max]
@@ -38,10 +49,18 @@ class InMemoryHistory:
     def entries(self, patient_keys: list[str]) -> list[HistoryEntry]:
         out: list[HistoryEntry] = []
         for key in patient_keys:
-            for entry in self._data.get(key, ()):
+            bucket = self._data.get(key)
+            if bucket is None:
+                continue
+            self._data.move_to_end(key)
+            for entry in bucket:
                 if entry not in out:
                     out.append(entry)
         return out
+
+    def __len__(self) -> int:
+        """The number of patient keys held."""
+        return len(self._data)
 
     def clear(self) -> None:
         self._data.clear()

@@ -20,6 +20,8 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from pydantic import BaseModel
+
 from worker.errors import StoreError
 from worker.models import HistoryEntry
 from worker.records import AdvisoryQuery, AdvisoryRecord, Delivery, Disposition
@@ -57,6 +59,24 @@ class AdvisoryStore(Protocol):
     def purge(self, before: datetime) -> int:
         """Delete records received before *before*; returns how many."""
 
+    def keep_rejected(self, entry: RejectedEntry) -> None:
+        """Keep a message the listener refused (AR/AE), for review; the newest 10,000."""
+
+    def rejected(self, limit: int = 100) -> list[RejectedEntry]: ...
+
+
+class RejectedEntry(BaseModel):
+    """A refused message kept for review. raw is patient data: shown only behind the login."""
+
+    control_id: str
+    ack_code: str
+    reason: str
+    received_at: datetime
+    raw: str
+
+
+REJECTED_KEEP = 10_000
+
 
 def query(store: AdvisoryStore, q: AdvisoryQuery, offset: int = 0,
           limit: int | None = 50) -> list[AdvisoryRecord]:
@@ -87,6 +107,7 @@ class MemoryStore:
 
     def __init__(self) -> None:
         self._records: dict[str, AdvisoryRecord] = {}
+        self._rejected: list[RejectedEntry] = []
         self.stream: list[str] = []
 
     def put(self, record: AdvisoryRecord) -> bool:
@@ -124,7 +145,15 @@ class MemoryStore:
         self.stream.append(json.dumps(record.flags_json()))
         del self.stream[:-10000]
 
+    def keep_rejected(self, entry: RejectedEntry) -> None:
+        self._rejected.append(entry)
+        del self._rejected[:-REJECTED_KEEP]
+
+    def rejected(self, limit: int = 100) -> list[RejectedEntry]:
+        return list(reversed(self._rejected[-limit:]))
+
     def purge(self, before: datetime) -> int:
+        self._rejected = [r for r in self._rejected if r.received_at >= before]
         old = [k for k, r in self._records.items() if r.received_at < before]
         for k in old:
             del self._records[k]
@@ -250,7 +279,24 @@ class RedisStore:
         self.r.xadd(f"{self.p}advisories", {"advisory": json.dumps(record.flags_json())},
                     maxlen=self.stream_maxlen, approximate=True)
 
+    def keep_rejected(self, entry: RejectedEntry) -> None:
+        pipe = self.r.pipeline(transaction=False)
+        pipe.lpush(f"{self.p}rejected", entry.model_dump_json())
+        pipe.ltrim(f"{self.p}rejected", 0, REJECTED_KEEP - 1)
+        pipe.execute()
+
+    def rejected(self, limit: int = 100) -> list[RejectedEntry]:
+        return [RejectedEntry.model_validate_json(v)
+                for v in self.r.lrange(f"{self.p}rejected", 0, limit - 1)]
+
     def purge(self, before: datetime) -> int:
+        kept = [v for v in self.r.lrange(f"{self.p}rejected", 0, -1)
+                if RejectedEntry.model_validate_json(v).received_at >= before]
+        pipe = self.r.pipeline(transaction=True)
+        pipe.delete(f"{self.p}rejected")
+        if kept:
+            pipe.rpush(f"{self.p}rejected", *kept)
+        pipe.execute()
         ids = self.r.zrangebyscore(f"{self.p}adv:index", "-inf", f"({_ts(before)}")
         if not ids:
             return 0

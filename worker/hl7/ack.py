@@ -57,6 +57,16 @@ class AckTarget:
     processing_id: str = "P"
     version: str = "2.5.1"
     enhanced: bool = False  # MSH-15 or MSH-16 valued: answer CA/CE/CR
+    accept_ack_type: str = ""  # MSH-15 (table 0155): AL, NE, ER, SU
+
+    def wants_accept_ack(self, accepted: bool) -> bool:
+        """Whether MSH-15 asks for an accept ACK for this outcome (original mode: always)."""
+        mode = self.accept_ack_type.upper()
+        if not self.enhanced or mode in ("", "AL"):
+            return True
+        if mode == "NE":
+            return False
+        return accepted if mode == "SU" else not accepted  # ER: errors only
 
 
 def ack_code(target: AckTarget, outcome: str) -> str:

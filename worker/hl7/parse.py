@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import codecs
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from worker.errors import HL7ParseError
 from worker.hl7.escape import Delimiters
@@ -155,30 +156,98 @@ def split_messages(data: bytes) -> Iterator[tuple[int, bytes]]:
 
     Messages begin at MSH; MLLP framing bytes count as segment ends. Text before the first MSH
     that is not blank is yielded as its own (unreadable) message so that it gets an outcome.
+    `iter_messages` does the same for a stream read in chunks.
     """
-    data = data.translate(_FRAMING)
-    starts = [m.start() if data[m.start():m.start() + 3] == b"MSH" else m.start() + 1
-              for m in _MSH_START.finditer(data)]
-    if not starts:
-        if data.strip(b" \t\r\n\x00"):
-            yield 1, data
-        return
-    if data[:starts[0]].strip(b" \t\r\n\x00"):
-        yield 1, data[:starts[0]]
-    line_of = _line_counter(data)
-    for i, start in enumerate(starts):
-        end = starts[i + 1] if i + 1 < len(starts) else len(data)
-        yield line_of(start), data[start:end]
+    splitter = MessageSplitter()
+    yield from splitter.feed(data)
+    yield from splitter.close()
 
 
-def _line_counter(data: bytes) -> Callable[[int], int]:
-    """A function from byte offset to 1-based line number (CR, LF or CRLF each end one line)."""
+class ByteStream(Protocol):
+    """What `iter_messages` reads from: a binary file, sys.stdin.buffer, a socket file."""
 
-    def line_of(offset: int) -> int:
-        prefix = data[:offset]
-        return prefix.count(b"\n") + prefix.count(b"\r") - prefix.count(b"\r\n") + 1
+    def read(self, size: int = -1, /) -> bytes: ...
 
-    return line_of
+
+def iter_messages(stream: ByteStream, chunk_size: int = 1 << 20,
+                  max_message_bytes: int | None = 64 << 20) -> Iterator[tuple[int, bytes]]:
+    """`split_messages` for a file too large to hold: reads *stream* in chunks of *chunk_size*
+    bytes and yields each message as soon as the next one begins.
+
+    Memory stays within one chunk plus one message. A message (or leading text) longer than
+    *max_message_bytes* is not kept: it is yielded as b"" at its line, for the caller to report
+    (MessageSplitter.oversized counts them).
+    """
+    splitter = MessageSplitter(max_message_bytes)
+    while chunk := stream.read(chunk_size):
+        yield from splitter.feed(chunk)
+    yield from splitter.close()
+
+
+class MessageSplitter:
+    """The incremental splitter behind `split_messages` and `iter_messages`.
+
+    feed() takes bytes as they arrive and returns the messages completed by them (a message is
+    complete when the next MSH begins); close() returns the last one. Line numbers count CR, LF
+    and CRLF as one line end each, across chunks.
+    """
+
+    def __init__(self, max_message_bytes: int | None = None) -> None:
+        self._buf = b""  # the message in progress (from its MSH), or the text before the first
+        self._started = False  # whether the text in progress begins at an MSH
+        self._line = 1  # line on which the text in progress begins
+        self._scan = 0  # where the search for the next MSH resumes in _buf
+        self._max = max_message_bytes
+        self._dropping = False  # the text in progress passed the limit: only its tail is kept
+        self._skipped_lines = 0  # line ends in the bytes dropped
+        self.oversized = 0  # messages yielded as b"" because they passed the limit
+
+    def feed(self, chunk: bytes) -> list[tuple[int, bytes]]:
+        buf = self._buf + chunk.translate(_FRAMING)
+        out: list[tuple[int, bytes]] = []
+        prev = 0
+        for m in _MSH_START.finditer(buf, self._scan):
+            start = m.start() if buf[m.start():m.start() + 3] == b"MSH" else m.start() + 1
+            if start == 0 and (self._started or self._dropping):
+                continue  # the message in progress itself, or the cut of a dropped text
+            self._emit(buf[prev:start], out)
+            prev = start
+        buf = buf[prev:]
+        if self._max is not None and (self._dropping or len(buf) > self._max):
+            self._drop(buf)
+        else:
+            self._buf = buf
+        self._scan = max(0, len(self._buf) - 3)  # "MSH" may still be arriving
+        return out
+
+    def close(self) -> list[tuple[int, bytes]]:
+        out: list[tuple[int, bytes]] = []
+        self._emit(self._buf, out)
+        self._buf, self._scan = b"", 0
+        return out
+
+    def _emit(self, piece: bytes, out: list[tuple[int, bytes]]) -> None:
+        """Hand out the text in progress, ending with *piece*, and begin the next message."""
+        if self._dropping:
+            out.append((self._line, b""))
+            self.oversized += 1
+        elif self._started or piece.strip(b" \t\r\n\x00"):
+            out.append((self._line, piece))
+        self._line += self._skipped_lines + _count_lines(piece)
+        self._started, self._dropping, self._skipped_lines = True, False, 0
+
+    def _drop(self, buf: bytes) -> None:
+        """Keep only the last 3 bytes of an oversized text (an MSH may begin there)."""
+        dropped, kept = buf[:-3], buf[-3:]
+        self._skipped_lines += _count_lines(dropped) - (dropped.endswith(b"\r")
+                                                         and kept.startswith(b"\n"))
+        self._buf = kept
+        self._dropping = True
+
+
+def _count_lines(data: bytes) -> int:
+    """Line ends in *data*: CR, LF and CRLF count one each."""
+    return data.count(b"\n") + data.count(b"\r") - data.count(b"\r\n")
 
 
 def parse_message(data: bytes, line: int = 1) -> RawMessage:
@@ -241,3 +310,40 @@ def _check_msh(message: RawMessage) -> None:
         raise HL7ParseError("MSH-9 message type is missing", "MSH", 9, code="101")
     if not message.value(msh.get(10)):
         raise HL7ParseError("MSH-10 message control id is missing", "MSH", 10, code="101")
+
+
+@dataclass(frozen=True, slots=True)
+class MSHPeek:
+    """MSH fields read from bytes that may not parse: for the ACK or error of bad input."""
+
+    sending_application: str = ""
+    sending_facility: str = ""
+    receiving_application: str = ""
+    receiving_facility: str = ""
+    message_type: str = ""  # "ORM^O01"
+    trigger_event: str = ""
+    control_id: str = ""
+    processing_id: str = ""
+    version: str = ""
+    enhanced: bool = False
+
+
+def peek_msh(data: bytes) -> MSHPeek:
+    """Best-effort MSH fields of *data*; empty values where there is nothing readable."""
+    head = data.translate(_FRAMING).lstrip(b" \t\r\n\x00")[:2048]
+    head = head.split(b"\r", 1)[0].split(b"\n", 1)[0]
+    if not head.startswith(b"MSH") or len(head) < 5:
+        return MSHPeek()
+    text = head.decode("latin-1")
+    sep, comp = text[3], text[4]
+    fields = ["MSH", sep, *text.split(sep)[1:]]
+
+    def get(n: int, c: int = 1) -> str:
+        if n >= len(fields):
+            return ""
+        parts = fields[n].split(comp) if comp not in (sep, " ") else [fields[n]]
+        return parts[c - 1].strip()[:64] if len(parts) >= c else ""
+
+    kind = "^".join(p for p in (get(9), get(9, 2)) if p)
+    return MSHPeek(get(3), get(4), get(5), get(6), kind, get(9, 2), get(10), get(11),
+                   get(12), bool(get(15) or get(16)))

@@ -1,0 +1,107 @@
+"""CPU time per order: our parse+check and build_advisory, against hl7apy and python-hl7 parsing.
+
+    .venv/bin/python bench/check_speed.py [--generated 2000] [--rounds 5]
+
+Inputs: every message of seeds/*.hl7 plus --generated orders (tests/replaycorpus.py: flagged CT,
+appropriate MRI, out-of-scope chest CT). Each message is timed --rounds times with
+time.process_time_ns (CPU time of this process); a message's time is divided by its number of
+orders (at least 1). Prints median and p99 in microseconds per order, as a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+import hl7  # noqa: E402
+import replaycorpus  # noqa: E402
+from hl7apy.consts import VALIDATION_LEVEL  # noqa: E402
+from hl7apy.parser import parse_message as hl7apy_parse  # noqa: E402
+
+from worker.check import Checker  # noqa: E402
+from worker.guideline import default_knowledge  # noqa: E402
+from worker.history import InMemoryHistory  # noqa: E402
+from worker.hl7.build import advisory_control_id, build_advisory  # noqa: E402
+from worker.hl7.parse import split_messages  # noqa: E402
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def cr_text(data: bytes) -> str:
+    """The message as the other parsers want it: no MLLP bytes, CR segment ends, decoded."""
+    data = data.replace(b"\x0b", b"").replace(b"\x1c", b"").strip()
+    data = data.replace(b"\r\n", b"\r").replace(b"\n", b"\r")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.decode("latin-1")
+
+
+def _hl7apy(text: str) -> object:
+    return hl7apy_parse(text, validation_level=VALIDATION_LEVEL.TOLERANT, find_groups=False)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--generated", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+
+    messages = [m for p in sorted((ROOT / "seeds").glob("*.hl7"))
+                for _, m in split_messages(p.read_bytes())]
+    seeds = len(messages)
+    order_kinds = [k for k in replaycorpus.MIX if k in ("flagged", "appropriate", "out-of-scope")]
+    messages += [replaycorpus.message(i, order_kinds[i % len(order_kinds)])
+                 for i in range(args.generated)]
+    knowledge = default_knowledge()
+    meta = knowledge.guideline.guideline
+
+    samples: dict[str, list[float]] = {k: [] for k in (
+        "parse + check (ours)", "build_advisory", "hl7apy parse_message", "python-hl7 parse")}
+    failures = {k: 0 for k in samples}
+    for _ in range(args.rounds):
+        checker = Checker(knowledge, InMemoryHistory())  # one history per round, as the CLI
+        for data in messages:
+            t0 = time.process_time_ns()
+            outcome = checker.check_message(data)
+            orders = max(1, len(outcome.orders))
+            samples["parse + check (ours)"].append((time.process_time_ns() - t0) / 1000 / orders)
+            for order, result in zip(outcome.orders, outcome.results, strict=False):
+                if outcome.raw is None or result.verdict == "rejected":
+                    continue
+                t0 = time.process_time_ns()
+                build_advisory(outcome.raw, order, result,
+                               control_id=advisory_control_id("0123456789abcdef0123"),
+                               application="ORDERCHECK", facility="RAD", guideline_id=meta.id,
+                               disclaimer=meta.disclaimer)
+                samples["build_advisory"].append((time.process_time_ns() - t0) / 1000)
+            text = cr_text(data)
+            for name, parse in (("hl7apy parse_message", _hl7apy), ("python-hl7 parse", hl7.parse)):
+                t0 = time.process_time_ns()
+                try:
+                    parse(text)
+                except Exception:
+                    failures[name] += 1
+                samples[name].append((time.process_time_ns() - t0) / 1000 / orders)
+
+    print(f"{seeds} seed messages + {args.generated} generated orders, {args.rounds} rounds; "
+          f"CPU time (time.process_time_ns) per order, microseconds")
+    print(f"{'operation':<24} {'samples':>8} {'median us':>10} {'p99 us':>9} {'raised':>7}")
+    for name, values in samples.items():
+        print(f"{name:<24} {len(values):>8} {statistics.median(values):>10.1f} "
+              f"{percentile(values, 0.99):>9.1f} {failures[name]:>7}")
+    print("hl7apy: tolerant validation, find_groups=False; 'raised' counts messages it could not "
+          "parse (unreadable seeds included), python-hl7 likewise.")
+
+
+if __name__ == "__main__":
+    main()

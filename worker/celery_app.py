@@ -1,0 +1,41 @@
+"""The Celery application: Redis broker, late acknowledgement, no result backend.
+
+Start more workers on any host with `celery -A worker.celery_app worker` and the same
+ORDERCHECK_REDIS_URL. Settings are read once, here, from the environment.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from worker.settings import Settings
+
+QUEUE = "ordercheck"
+
+
+def make_app(settings: Settings) -> Celery:
+    app = Celery("ordercheck", include=["worker.tasks"])
+    app.conf.update(
+        broker_url=settings.redis_url or "memory://",
+        result_backend=None,
+        task_ignore_result=True,
+        task_acks_late=True,  # a killed worker's message runs again
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,  # late acks: hold at most one message per process
+        task_default_queue=QUEUE,
+        task_serializer="json",
+        accept_content=["json"],
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={"visibility_timeout": 300},  # seconds before redelivery
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+        task_send_sent_event=False,
+        worker_disable_rate_limits=True,
+        broker_pool_limit=10,
+        task_time_limit=120,
+    )
+    return app
+
+
+settings = Settings()
+app = make_app(settings)

@@ -1,0 +1,40 @@
+"""`ordercheck serve`: the MLLP listener and workers (design.md, "Contracts")."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from worker.errors import GuidelineError
+from worker.settings import Settings
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("serve", help="run the MLLP listener and the workers",
+                       description="Listen for HL7 orders over MLLP (127.0.0.1:2575 unless "
+                       "ORDERCHECK_LISTEN_HOST/PORT say otherwise), ACK them once queued, check "
+                       "them and deliver advisories to ORDERCHECK_ADVISORY_HOST/PORT. Without "
+                       "ORDERCHECK_REDIS_URL it runs on the embedded default (one process, no "
+                       "Redis).")
+    p.add_argument("--host", help="listen address (ORDERCHECK_LISTEN_HOST)")
+    p.add_argument("--port", type=int, help="listen port (ORDERCHECK_LISTEN_PORT)")
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from worker import serve
+
+    settings = Settings()
+    updates = {k: v for k, v in (("listen_host", args.host), ("listen_port", args.port))
+               if v is not None}
+    if updates:
+        settings = settings.model_copy(update=updates)
+    try:
+        return serve.run(settings)
+    except GuidelineError as exc:
+        print(f"ordercheck: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"ordercheck: cannot listen on {settings.listen_host}:{settings.listen_port}: "
+              f"{exc.strerror or exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,211 @@
+"""`ordercheck serve`: the MLLP listener plus workers, embedded or on Redis.
+
+Embedded (no ORDERCHECK_REDIS_URL): one process, see worker/embedded.py.
+Redis: the listener queues Celery tasks; `serve` also starts a Celery worker with one process
+per CPU core (ORDERCHECK_WORKERS) and stops it gracefully with the listener.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import ssl
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from worker.guideline import load_knowledge
+from worker.hl7.ack import AckError, AckTarget, build_ack
+from worker.hl7.mllp import FrameError, FrameErrorKind, MLLPServer
+from worker.ingest import Ingestor, Rejected
+from worker.runtime import Stores
+from worker.settings import Settings
+from worker.store import RejectedEntry
+
+log = logging.getLogger("ordercheck.serve")
+
+
+def listener_ssl(settings: Settings) -> ssl.SSLContext | None:
+    if settings.tls_cert is None:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(str(settings.tls_cert), str(settings.tls_key) if settings.tls_key
+                        else None)
+    if settings.tls_client_ca is not None:
+        ctx.load_verify_locations(str(settings.tls_client_ca))
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
+def _keeper(stores: Stores) -> Callable[[Rejected], None]:
+    from datetime import UTC, datetime
+
+    def keep(r: Rejected) -> None:
+        stores.store.keep_rejected(RejectedEntry(
+            control_id=r.control_id, ack_code=r.code, reason=r.reason,
+            received_at=datetime.fromtimestamp(r.received_at, UTC),
+            raw=r.raw.decode("utf-8", errors="replace")))
+
+    return keep
+
+
+class Service:
+    """The listener and its workers; start() then wait(); stop() is graceful."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.knowledge = load_knowledge(settings.code_map)  # a bad rule file fails here
+        self.embedded: Any = None
+        self.celery: subprocess.Popen[bytes] | None = None
+        if settings.redis_url:
+            from worker import tasks
+
+            self.stores = Stores(settings)
+            enqueue = tasks.enqueue
+        else:
+            from worker.embedded import EmbeddedRuntime
+
+            self.embedded = EmbeddedRuntime(settings, self.knowledge)
+            self.stores = self.embedded.stores
+            enqueue = self.embedded.enqueue
+        self.ingestor = Ingestor(settings, self.stores.dedup, enqueue, _keeper(self.stores))
+        self.pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="ordercheck-ingest")
+        self.server = MLLPServer(self._on_frame, on_error=self._on_frame_error,
+                                 host=settings.listen_host, port=settings.listen_port,
+                                 max_frame_bytes=settings.max_frame_bytes,
+                                 idle_timeout=settings.idle_timeout,
+                                 max_connections=settings.max_connections,
+                                 ssl=listener_ssl(settings))
+        self.http: ThreadingHTTPServer | None = None
+
+    async def _on_frame(self, frame: bytes) -> bytes | None:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.pool, self.ingestor.handle, frame)
+
+    async def _on_frame_error(self, error: FrameError) -> bytes | None:
+        if error.kind is FrameErrorKind.OVERSIZE:
+            return build_ack(AckTarget(), "AR", AckError(
+                "207", f"frame larger than {self.settings.max_frame_bytes} bytes"),
+                self.settings.application, self.settings.facility)
+        return None  # junk between frames is ignored; the next frame is served
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    async def start(self) -> None:
+        if self.embedded is not None:
+            self.embedded.start()
+        else:
+            self.celery = start_celery_worker(self.settings)
+        await self.server.start()
+        if self.settings.metrics_port is not None:
+            self.http = start_http(self.settings.listen_host, self.settings.metrics_port,
+                                   self.health)
+        mode = "redis" if self.settings.redis_url else "embedded"
+        log.warning("ordercheck listening on %s:%d (%s mode)", self.settings.listen_host,
+                    self.port, mode)
+
+    def health(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"listener": "ok",
+                                 "mode": "redis" if self.settings.redis_url else "embedded"}
+        if self.settings.redis_url:
+            from worker.runtime import redis_client
+
+            try:
+                redis_client(self.settings.redis_url).ping()
+                state["redis"] = "ok"
+            except Exception as exc:
+                state["redis"] = f"down: {type(exc).__name__}"
+            state["workers"] = "ok" if self.celery and self.celery.poll() is None else "down"
+        else:
+            state["queue"] = self.embedded.queue.qsize()
+        state["status"] = "ok" if all(v == "ok" for k, v in state.items()
+                                      if k in ("redis", "workers")) else "degraded"
+        return state
+
+    async def stop(self, grace: float = 10.0) -> None:
+        await self.server.close(grace)
+        self.pool.shutdown(wait=True)
+        if self.embedded is not None:
+            self.embedded.stop()
+        if self.celery is not None and self.celery.poll() is None:
+            self.celery.send_signal(signal.SIGTERM)  # warm shutdown: finish running tasks
+            try:
+                self.celery.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.celery.kill()
+        if self.http is not None:
+            self.http.shutdown()
+
+
+def start_celery_worker(settings: Settings) -> subprocess.Popen[bytes]:
+    concurrency = settings.workers or os.cpu_count() or 1
+    env = dict(os.environ)
+    env.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="ordercheck-metrics-"))
+    cmd = [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
+           "--concurrency", str(concurrency), "--pool", "prefork", "--loglevel", "WARNING",
+           "-Q", "ordercheck", "--without-gossip", "--without-mingle", "--without-heartbeat",
+           "-n", f"ordercheck-{os.getpid()}@%h"]
+    return subprocess.Popen(cmd, env=env)
+
+
+def start_http(host: str, port: int, health: Callable[[], dict[str, Any]]
+               ) -> ThreadingHTTPServer:
+    """/health (JSON) and /metrics (Prometheus) on host:port, in a thread."""
+    from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path.startswith("/health"):
+                state = health()
+                body = json.dumps(state).encode()
+                self.send_response(200 if state.get("status") == "ok" else 503)
+                self.send_header("Content-Type", "application/json")
+            elif self.path.startswith("/metrics"):
+                body = generate_latest(REGISTRY)
+                self.send_response(200)
+                self.send_header("Content-Type", CONTENT_TYPE_LATEST)
+            else:
+                body = b"not found"
+                self.send_response(404)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            return
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    threading.Thread(target=server.serve_forever, name="ordercheck-http", daemon=True).start()
+    return server
+
+
+def run(settings: Settings) -> int:
+    """Serve until SIGTERM or SIGINT, then stop gracefully."""
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s "
+                        "%(message)s")
+
+    async def main() -> None:
+        service = Service(settings)
+        await service.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        print(f"ordercheck: listening on {settings.listen_host}:{service.port} "
+              f"({'redis' if settings.redis_url else 'embedded'} mode); Ctrl-C stops",
+              file=sys.stderr, flush=True)
+        await stop.wait()
+        await service.stop()
+
+    asyncio.run(main())
+    return 0
