@@ -42,6 +42,7 @@ class MessageOutcome:
     raw: RawMessage | None = None
     parsed: ParsedMessage | None = None
     orders: list[Order] = field(default_factory=list)  # the order of each result, if any
+    recorded: int = 0  # studies this message added to the patient's history
     error: HL7ParseError | None = None
 
 
@@ -81,7 +82,7 @@ class Checker:
                 else "no final imaging result to record"
             return MessageOutcome([self._plain(parsed, source, f"{header.type_label} result: "
                                                f"{what}; results are not evaluated")],
-                                  parsed=parsed)
+                                  parsed=parsed, recorded=recorded)
         if kind not in ORDER_TYPES:
             return MessageOutcome([self._plain(parsed, source,
                                                f"{header.type_label or kind} is not an order")],
@@ -90,14 +91,17 @@ class Checker:
             return MessageOutcome([self._plain(parsed, source, "the message holds no order")],
                                   parsed=parsed)
         facts = [extract(o, parsed, self.kn, parsed.orders) for o in parsed.orders]
+        recorded = 0
         for order, f in zip(parsed.orders, facts, strict=True):  # history first: same message
-            if order.order_status == "CM" and f.procedure_class in _HISTORY_CLASSES:
+            if order.order_status == "CM" and f.procedure_class in _HISTORY_CLASSES and keys:
                 self.history.add(keys, self._entry(order, f, header.control_id,
                                                    "completed-order"))
+                recorded += 1
         past = self.history.entries(keys) if keys else []
         results = [self.evaluate(parsed, order, f, past, source)
                    for order, f in zip(parsed.orders, facts, strict=True)]
-        return MessageOutcome(results, parsed=parsed, orders=list(parsed.orders))
+        return MessageOutcome(results, parsed=parsed, orders=list(parsed.orders),
+                              recorded=recorded)
 
     # -- evaluation --------------------------------------------------------------------------
     def evaluate(self, parsed: ParsedMessage, order: Order, facts: OrderFacts,

@@ -20,12 +20,13 @@ from typing import Any
 from worker import metrics
 from worker.check import Checker
 from worker.errors import HL7ParseError
+from worker.facts import extract
 from worker.guideline import Knowledge
 from worker.hl7.build import advisory_control_id, build_advisory
-from worker.hl7.parse import parse_message
+from worker.hl7.parse import parse_message, peek_msh
 from worker.hl7.read import read_message
 from worker.publish import Publisher
-from worker.records import AdvisoryRecord, advisory_id
+from worker.records import AdvisoryRecord, Disposition, advisory_id
 from worker.runtime import Stores
 from worker.settings import Settings
 from worker.store import mark_delivery
@@ -33,6 +34,7 @@ from worker.store import mark_delivery
 log = logging.getLogger("ordercheck.pipeline")
 
 IN_SCOPE = ("appropriate", "not-appropriate")
+MRI_DEPENDENT = {"CT_BEFORE_MRI", "BIOPSY_BEFORE_MRI", "PET_INITIAL"}
 # Schedules a retry of delivery: (advisory id, attempt number, delay in seconds).
 ScheduleRetry = Callable[[str, int, float], None]
 
@@ -62,10 +64,12 @@ class Processor:
             return []
         header = parsed.header
         keys = parsed.patient.keys()
+        received = datetime.fromtimestamp(received_at, UTC)
         with self._patient_lock(keys):
             outcome = self.checker.check_parsed(parsed)
+            if keys and outcome.recorded:
+                self._recheck(keys, header.control_id, received)
         ids: list[str] = []
-        received = datetime.fromtimestamp(received_at, UTC)
         raw_text = raw.text
         for index, (order, result) in enumerate(zip(outcome.orders, outcome.results,
                                                     strict=False)):
@@ -84,8 +88,11 @@ class Processor:
                                  fmt=self.settings.advisory_format, guideline_id=meta.id,
                                  disclaimer=meta.disclaimer)
             record = AdvisoryRecord(id=rec_id, received_at=received, result=result,
-                                    raw_in=raw_text, raw_out=out.decode("utf-8"))
+                                    order_index=index, raw_in=raw_text,
+                                    raw_out=out.decode("utf-8"))
             if self.stores.store.put(record):
+                if keys:
+                    self.stores.store.index_patient(keys, rec_id, received)
                 for flag in result.flags:
                     metrics.FLAGGED.labels(rule=flag.code).inc()
                 self.stores.store.publish(record)
@@ -118,7 +125,7 @@ class Processor:
                           "no destination configured for this sender")
             return False
         outcome = self.publisher.send(route, record.raw_out.encode("utf-8"),
-                                      advisory_control_id(rec_id))
+                                      peek_msh(record.raw_out.encode("utf-8")).control_id)
         if outcome.ok:
             mark_delivery(store, rec_id, "delivered", attempt, "", outcome.destination)
             metrics.DELIVERED.inc()
@@ -151,6 +158,49 @@ class Processor:
         return self.deliver(rec_id, attempt=record.delivery_attempts + 1, record=record,
                             retry=False)
 
+    # -- re-check after a newer result ----------------------------------------------------------
+    def _recheck(self, keys: list[str], trigger: str, now: datetime) -> None:
+        """Re-judge this patient's recent MRI-dependent flags now that the history grew.
+
+        An MRI result and a biopsy order arriving together may be checked in either order; when
+        the result lands second, the flagged advisory is revised and a corrected advisory
+        (OBX-11 C, a new MSH-10) is delivered.
+        """
+        window = self.settings.recheck_window_seconds
+        if window <= 0:
+            return
+        since = datetime.fromtimestamp(now.timestamp() - window, UTC)
+        history = self.stores.history.entries(keys)
+        for rec_id in self.stores.store.patient_advisories(keys, since):
+            rec = self.stores.store.get(rec_id)
+            if rec is None or not {f.code for f in rec.result.flags} & MRI_DEPENDENT:
+                continue
+            try:
+                raw = parse_message(rec.raw_in.encode("utf-8"))
+                parsed = read_message(raw)
+                order = parsed.orders[rec.order_index]
+            except (HL7ParseError, IndexError):
+                continue
+            facts = extract(order, parsed, self.kn, parsed.orders)
+            result = self.checker.evaluate(parsed, order, facts, history)
+            if result.verdict == rec.result.verdict and [f.code for f in result.flags] == [
+                    f.code for f in rec.result.flags]:
+                continue
+            revision = rec.revision + 1
+            control = f"{advisory_control_id(rec_id)[:17]}C{revision}"[:20]
+            meta = self.kn.guideline.guideline
+            out = build_advisory(raw, order, result, control_id=control,
+                                 application=self.settings.application,
+                                 facility=self.settings.facility,
+                                 fmt=self.settings.advisory_format, guideline_id=meta.id,
+                                 disclaimer=meta.disclaimer, status="C")
+            note = Disposition(state=rec.disposition, reviewer="ordercheck",
+                               text=f"re-checked after message {trigger}: "
+                                    f"{rec.result.verdict} -> {result.verdict}")
+            revised = self.stores.store.revise(rec_id, result, out.decode("utf-8"), note)
+            log.info("advisory revised", extra={"advisory": rec_id, "trigger": trigger})
+            self.deliver(rec_id, attempt=1, record=revised)
+
     # -- serialisation per patient -------------------------------------------------------------
     @contextlib.contextmanager
     def _patient_lock(self, keys: list[str]) -> Iterator[None]:
@@ -164,5 +214,7 @@ class Processor:
             yield
         finally:
             if acquired:
-                with contextlib.suppress(Exception):
+                try:
                     lock.release()
+                except Exception as exc:  # expired: it frees itself after `timeout` seconds
+                    log.warning("patient lock release failed: %s", type(exc).__name__)

@@ -44,6 +44,8 @@ class AdvisoryRecord(BaseModel):
     id: str
     received_at: datetime
     result: CheckResult
+    order_index: int = 0  # position of the order in its message (ORC/OBR group, from 0)
+    revision: int = 0  # 0 first advisory; n: the n-th corrected advisory (OBX-11 C)
     raw_in: str = ""  # the order message as received (patient data)
     raw_out: str = ""  # the advisory message as sent (patient data)
     delivery: Delivery = "pending"

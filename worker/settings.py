@@ -44,6 +44,7 @@ class Settings(BaseSettings):
     tls_cert: Path | None = None  # PEM certificate chain for the listener (TLS when set)
     tls_key: Path | None = None
     tls_client_ca: Path | None = None  # when set, client certificates are required
+    recheck_window_seconds: int = Field(default=900, ge=0)  # re-check flags on a newer MRI
     dedup_ttl_seconds: int = Field(default=7 * 24 * 3600, ge=60)  # resend window (MSH-10)
 
     # Our own identity in the messages we send (MSH-3 / MSH-4).

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 from pydantic import BaseModel
 
 from worker.errors import StoreError
-from worker.models import HistoryEntry
+from worker.models import CheckResult, HistoryEntry
 from worker.records import AdvisoryQuery, AdvisoryRecord, Delivery, Disposition
 
 _MUTABLE = ("raw_out", "delivery", "delivery_attempts", "delivery_error", "delivered_at",
@@ -61,6 +61,16 @@ class AdvisoryStore(Protocol):
 
     def keep_rejected(self, entry: RejectedEntry) -> None:
         """Keep a message the listener refused (AR/AE), for review; the newest 10,000."""
+
+    def index_patient(self, patient_keys: list[str], advisory_id: str, at: datetime) -> None:
+        """Remember that *advisory_id* concerns this patient (for re-checks)."""
+
+    def patient_advisories(self, patient_keys: list[str], since: datetime) -> list[str]:
+        """Ids of this patient's advisories received since *since*."""
+
+    def revise(self, advisory_id: str, result: CheckResult, raw_out: str,
+               note: Disposition) -> AdvisoryRecord:
+        """Replace the result and advisory after a re-check; the note joins the audit trail."""
 
     def rejected(self, limit: int = 100) -> list[RejectedEntry]: ...
 
@@ -108,6 +118,7 @@ class MemoryStore:
     def __init__(self) -> None:
         self._records: dict[str, AdvisoryRecord] = {}
         self._rejected: list[RejectedEntry] = []
+        self._patients: dict[str, dict[str, datetime]] = {}
         self.stream: list[str] = []
 
     def put(self, record: AdvisoryRecord) -> bool:
@@ -151,6 +162,28 @@ class MemoryStore:
 
     def rejected(self, limit: int = 100) -> list[RejectedEntry]:
         return list(reversed(self._rejected[-limit:]))
+
+    def index_patient(self, patient_keys: list[str], advisory_id: str, at: datetime) -> None:
+        for key in patient_keys:
+            self._patients.setdefault(_sha(key), {})[advisory_id] = at
+
+    def patient_advisories(self, patient_keys: list[str], since: datetime) -> list[str]:
+        found: dict[str, datetime] = {}
+        for key in patient_keys:
+            found.update(self._patients.get(_sha(key), {}))
+        return sorted((i for i, at in found.items() if at >= since), key=lambda i: found[i])
+
+    def revise(self, advisory_id: str, result: CheckResult, raw_out: str,
+               note: Disposition) -> AdvisoryRecord:
+        rec = self._records.get(advisory_id)
+        if rec is None:
+            raise StoreError("no such advisory")
+        rec = rec.model_copy(update={"result": result, "raw_out": raw_out,
+                                     "revision": rec.revision + 1, "delivery": "pending",
+                                     "delivery_attempts": 0, "delivery_error": "",
+                                     "audit": [*rec.audit, note]})
+        self._records[advisory_id] = rec
+        return rec
 
     def purge(self, before: datetime) -> int:
         self._rejected = [r for r in self._rejected if r.received_at >= before]
@@ -288,6 +321,41 @@ class RedisStore:
     def rejected(self, limit: int = 100) -> list[RejectedEntry]:
         return [RejectedEntry.model_validate_json(v)
                 for v in self.r.lrange(f"{self.p}rejected", 0, limit - 1)]
+
+    def index_patient(self, patient_keys: list[str], advisory_id: str, at: datetime) -> None:
+        pipe = self.r.pipeline(transaction=False)
+        for key in patient_keys:
+            name = f"{self.p}patadv:{_sha(key)}"
+            pipe.zadd(name, {advisory_id: _ts(at)})
+            pipe.expire(name, 7 * 24 * 3600)
+        pipe.execute()
+
+    def patient_advisories(self, patient_keys: list[str], since: datetime) -> list[str]:
+        pipe = self.r.pipeline(transaction=False)
+        for key in patient_keys:
+            pipe.zrangebyscore(f"{self.p}patadv:{_sha(key)}", _ts(since), "+inf")
+        ids: list[str] = []
+        for found in pipe.execute():
+            ids.extend(i.decode() for i in found if i.decode() not in ids)
+        return ids
+
+    def revise(self, advisory_id: str, result: CheckResult, raw_out: str,
+               note: Disposition) -> AdvisoryRecord:
+        rec = self.get(advisory_id)
+        if rec is None:
+            raise StoreError("no such advisory")
+        revised = rec.model_copy(update={"result": result, "revision": rec.revision + 1})
+        key = self._key(advisory_id)
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hset(key, mapping={"record": revised.model_dump_json(exclude=set(_MUTABLE)
+                                                                  | {"audit"}),
+                                "raw_out": raw_out, "delivery": "pending",
+                                "delivery_attempts": "0", "delivery_error": ""})
+        pipe.rpush(f"{key}:audit", note.model_dump_json())
+        pipe.execute()
+        out = self.get(advisory_id)
+        assert out is not None
+        return out
 
     def purge(self, before: datetime) -> int:
         kept = [v for v in self.r.lrange(f"{self.p}rejected", 0, -1)

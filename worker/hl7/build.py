@@ -114,14 +114,15 @@ def convert_segment(seg: RawSegment, source: Delimiters) -> str:
 def build_advisory(raw: RawMessage, order: Order, result: CheckResult, *, control_id: str,
                    application: str, facility: str, fmt: Format = "oru",
                    now: datetime | None = None, guideline_id: str = "",
-                   disclaimer: str = "") -> bytes:
+                   disclaimer: str = "", status: str = "F") -> bytes:
     """The advisory for one order of *raw*, as UTF-8 bytes with CR segment ends.
 
     control_id: MSH-10 (see `advisory_control_id`); application, facility: MSH-3/MSH-4 (ours);
     fmt: "oru" (ORU^R01 v2.5.1) or "order-echo" (the order's own type and version);
     now: MSH-7, OBR-7 and OBX-14 (default: the current UTC time);
     guideline_id: named with the version in the rule-ids OBX; disclaimer: the closing NTE
-    (default `DEFAULT_DISCLAIMER`).
+    (default `DEFAULT_DISCLAIMER`); status: OBR-25 and OBX-11 (table 0085), "F" final or "C"
+    corrected (an advisory revised after a newer result).
     Raises ValueError for a rejected result (there is no order to advise on) or an order that
     does not belong to *raw*.
     """
@@ -144,7 +145,7 @@ def build_advisory(raw: RawMessage, order: Order, result: CheckResult, *, contro
         if orc is not None:
             orc_fields[12] = convert_field(orc.get(12), src)
         obr_fields = {1: "1", 2: placer, 3: filler, 4: _procedure_field(raw, obr, order),
-                      7: stamp, 25: "F"}
+                      7: stamp, 25: status}
         if obr is not None:
             obr_fields.update({16: convert_field(obr.get(16), src),
                                24: convert_field(obr.get(24), src)})
@@ -177,7 +178,7 @@ def build_advisory(raw: RawMessage, order: Order, result: CheckResult, *, contro
 
     for set_id, (kind, obs_id, sub_id, value, nte) in enumerate(observations, start=1):
         # OBX-11 F (final), OBX-14 the advisory time; NTE-2 O (table 0105: other system)
-        segments.append(f"OBX|{set_id}|{kind}|{obs_id}|{sub_id}|{value}||||||F|||{stamp}")
+        segments.append(f"OBX|{set_id}|{kind}|{obs_id}|{sub_id}|{value}||||||{status}|||{stamp}")
         segments += [f"NTE|{i}|O|{e(text)}" for i, text in enumerate(nte, start=1)]
     segments += trailer
     return ("\r".join(segments) + "\r").encode("utf-8")
