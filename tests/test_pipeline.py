@@ -8,7 +8,6 @@ from typing import Any
 
 import fakeredis
 import pytest
-from e2e_support import FakeOrderingSystem, Serve, wait_until
 from hl7build import order_message
 
 from worker.guideline import Knowledge
@@ -18,6 +17,7 @@ from worker.publish import DeliveryOutcome
 from worker.runtime import Stores
 from worker.settings import Route, Settings
 from worker.store import RedisDedup, RedisHistory, RedisStore
+from worker.testing import FakeOrderingSystem, Serve, wait_until
 
 
 class RecordingPublisher:

@@ -9,8 +9,9 @@ from collections.abc import Iterator
 
 import pytest
 import redis
-from e2e_support import FakeOrderingSystem, Serve, wait_until
 from hl7build import order_message
+
+from worker.testing import FakeOrderingSystem, Serve, wait_until
 
 pytestmark = pytest.mark.slow
 

@@ -1,5 +1,6 @@
-"""Real sockets for end-to-end tests: a fake ordering system and `ordercheck serve` in a
-subprocess. Everything listens on 127.0.0.1 only and every wait is bounded."""
+"""Test seams shipped with the package (tests, bench and chaos runs use them): a fake ordering
+system (an MLLP server that ACKs advisories) and `ordercheck serve` in a subprocess.
+Everything listens on 127.0.0.1 only and every wait is bounded."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from worker.hl7.ack import ack_fields
 from worker.hl7.mllp import MLLPClient, MLLPServer
 from worker.hl7.parse import peek_msh
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent  # the checkout, for `python -m worker.cli`
 
 
 def free_port() -> int:
