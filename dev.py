@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Bootstrap for a fresh machine that has only Python 3.11+: creates .venv, installs, runs.
 
-    python3 dev.py demo    check the sample orders on the embedded default (no Redis needed)
+    python3 dev.py demo    the whole flow on the embedded default (no Redis needed): listener,
+                           worker and a fake ordering system, fed the sample orders over MLLP
     python3 dev.py test    lint, type-check and run the test suite (what CI runs)
     python3 dev.py serve   run the MLLP listener and workers (embedded unless
                            ORDERCHECK_REDIS_URL is set)
@@ -51,8 +52,7 @@ def main(argv: list[str]) -> None:
     command, rest = (argv[0], argv[1:]) if argv else ("demo", [])
     if command == "demo":
         ensure("")
-        seeds = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "seeds").glob("*.hl7"))
-        run(BIN / "ordercheck", "check", *(rest or seeds))
+        run(BIN / "ordercheck", "demo", *rest)
     elif command == "test":
         ensure("test")
         run(BIN / "ruff", "check", "worker", "tests", "bench", "dev.py")

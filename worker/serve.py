@@ -189,7 +189,21 @@ def start_http(host: str, port: int, health: Callable[[], dict[str, Any]]
     return server
 
 
-def run(settings: Settings) -> int:
+def start_review(settings: Settings, stores: Stores) -> Any:
+    """The review page in a thread of this process, on the same advisory store."""
+    from worker.review import create_app
+    from worker.review.server import ReviewServer
+
+    server = ReviewServer(create_app(stores.store, settings), settings.review_host,
+                          settings.review_port).start()
+    print(f"ordercheck: review page on {server.url}", file=sys.stderr, flush=True)
+    if not settings.review_users and settings.review_token is None:
+        print("ordercheck: no ORDERCHECK_REVIEW_USERS or ORDERCHECK_REVIEW_TOKEN set: nobody "
+              "can log in to the review page", file=sys.stderr, flush=True)
+    return server
+
+
+def run(settings: Settings, with_review: bool = False) -> int:
     """Serve until SIGTERM or SIGINT, then stop gracefully."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s "
                         "%(message)s")
@@ -197,6 +211,7 @@ def run(settings: Settings) -> int:
     async def main() -> None:
         service = Service(settings)
         await service.start()
+        review = start_review(settings, service.stores) if with_review else None
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -206,6 +221,8 @@ def run(settings: Settings) -> int:
               file=sys.stderr, flush=True)
         await stop.wait()
         await service.stop()
+        if review is not None:
+            review.stop()
 
     asyncio.run(main())
     return 0

@@ -38,11 +38,19 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None
 
 
 class FakeOrderingSystem:
-    """An MLLP server that ACKs advisories (AA, MSA-2 = their MSH-10) and keeps them."""
+    """An MLLP server that ACKs advisories (AA, MSA-2 = their MSH-10) and keeps them.
 
-    def __init__(self, port: int | None = None) -> None:
+    keep=False: a counter-only mode for long runs (bench): frames are counted in ``count``, not
+    kept. on_frame: called with each frame as it arrives, on the server's thread (for timing).
+    """
+
+    def __init__(self, port: int | None = None, keep: bool = True,
+                 on_frame: Callable[[bytes], None] | None = None) -> None:
         self.port = port or free_port()
         self.received: list[bytes] = []
+        self.keep = keep
+        self.on_frame = on_frame
+        self.count = 0
         self.delay = 0.0  # seconds to wait before answering
         self.answer = "AA"
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -52,7 +60,11 @@ class FakeOrderingSystem:
 
     async def _handle(self, frame: bytes) -> bytes:
         with self._lock:
-            self.received.append(frame)
+            self.count += 1
+            if self.keep:
+                self.received.append(frame)
+        if self.on_frame is not None:
+            self.on_frame(frame)
         if self.delay:
             await asyncio.sleep(self.delay)
         control = peek_msh(frame).control_id

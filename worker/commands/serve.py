@@ -18,6 +18,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                        "Redis).")
     p.add_argument("--host", help="listen address (ORDERCHECK_LISTEN_HOST)")
     p.add_argument("--port", type=int, help="listen port (ORDERCHECK_LISTEN_PORT)")
+    p.add_argument("--review", action="store_true",
+                   help="also serve the review page (ORDERCHECK_REVIEW_HOST/PORT) from this "
+                   "process: the way to review advisories on the embedded default")
     p.set_defaults(handler=run)
 
 
@@ -30,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     if updates:
         settings = settings.model_copy(update=updates)
     try:
-        return serve.run(settings)
+        return serve.run(settings, with_review=args.review)
     except GuidelineError as exc:
         print(f"ordercheck: {exc}", file=sys.stderr)
         return 2
