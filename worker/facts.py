@@ -146,25 +146,31 @@ def extract(order: Order, message: ParsedMessage, kn: Knowledge,
     facts.procedure_text = proc_text
     meaning, coded = _code_meaning(order, kn)
     text_class = classify_text(proc_text, kn) if proc_text else None
+    guided = bool(proc_text) and kn.procedure_class["guidance"].search(proc_text) is not None
     cls: ProcedureClass | None = None
     if meaning is not None and coded is not None:
         facts.procedure_code = f"{coded.system or '?'} {coded.code}".strip()
         col.note("procedure_class", f"{coded.code} {coded.text}".strip(),
                  f"OBR-4 code ({coded.system or 'no system'})")
         cls = meaning.class_
-        if cls == "guidance" and text_class in ("biopsy", None):
-            cls = "biopsy" if text_class == "biopsy" else "guidance"
         facts.contrast = meaning.contrast
         facts.region = meaning.region
         facts.joint_code = meaning.joint
-    if cls is None or cls in ("guidance", "other", "unknown"):
-        if text_class is not None and text_class != "guidance":
+    if cls is None or cls in ("other", "unknown"):
+        if text_class is not None:
             cls = text_class
             col.note("procedure_class", proc_text, "OBR-4 text")
-        elif order.modality and order.modality in kn.vocab.modality and cls is None:
+        elif order.modality and order.modality in kn.vocab.modality:
             cls = kn.vocab.modality[order.modality]
             col.note("procedure_class", order.modality, "OBR-24/IPC-5 modality")
-        elif text_class == "guidance" and cls is None:
+    if cls in ("ct", "us", "mri", "radiograph", "guidance") and (guided or cls == "guidance"):
+        # Image guidance (a guidance code, or "CT guided ..." text) is a procedure: a biopsy
+        # when a biopsy word stands in the order, else not an imaging study.
+        texts = [proc_text, *(t.text for t in order.texts)]
+        if any(kn.procedure_class["biopsy"].search(t) for t in texts):
+            cls = "biopsy"
+            col.note("procedure_class", "image-guided biopsy", "OBR-4 and indication text")
+        else:
             cls = "guidance"
     facts.procedure_class = cls or "unknown"
     if facts.contrast == "unspecified" and facts.procedure_class in ("ct", "mri", "cta", "mra"):
