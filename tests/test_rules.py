@@ -175,7 +175,8 @@ def test_multi_order_message_judges_each(checker: Checker) -> None:
     ("without bony involvement", "bony_involvement", False),
     ("cortical erosion of the femur", "bony_involvement", True),
     ("deep to fascia", "deep", True), ("subcutaneous", "superficial", True),
-    ("T1 bright, ?haematoma", "haemorrhage", True), ("encasing the femoral vessels", "vascular", True),
+    ("T1 bright, ?haematoma", "haemorrhage", True),
+    ("encasing the femoral vessels", "vascular", True),
     ("calcification: none", "calcification", False),
 ])
 def test_facts(checker: Checker, text: str, fact: str, value: object) -> None:
@@ -221,7 +222,7 @@ def test_a_broken_guideline_file_fails_at_load_naming_it(tmp_path: object) -> No
         load_knowledge(data_dir=dst)
     bad_map = dst / "site.toml"
     bad_map.write_text('[[code]]\ncode = "X1"\nclass = "scan"\n')
-    with pytest.raises(GuidelineError, match="site.toml"):
+    with pytest.raises(GuidelineError, match=r"site\.toml"):
         load_knowledge(code_map=bad_map)
 
 
