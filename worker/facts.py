@@ -272,8 +272,11 @@ def extract(order: Order, message: ParsedMessage, kn: Knowledge,
     threshold = kn.vocab.caution.egfr_threshold
     for src in indication:
         for m in kn.egfr.finditer(src.text):
-            value = next((g for g in m.groups() if g), None)
-            if value is not None and float(value) < threshold:
+            groups = [g for g in m.groups() if g]
+            value = next((g for g in groups if g[0].isdigit()), None)
+            below = any(g.strip() == "<" for g in groups)
+            if value is not None and (float(value) < threshold
+                                      or (below and float(value) <= threshold)):
                 cautions.append("egfr")
                 col.note("contrast_caution", m.group(0), src.source)
                 break

@@ -40,7 +40,8 @@ class Settings(BaseSettings):
     allowed_senders: list[str] = Field(default_factory=list)  # "APP" or "APP|FACILITY"; empty: all
     processing_ids: list[str] = Field(default_factory=lambda: ["P", "T", "D"])  # MSH-11
     versions: list[str] = Field(default_factory=lambda: [
-        "2.2", "2.3", "2.3.1", "2.4", "2.5", "2.5.1", "2.6", "2.7", "2.7.1", "2.8"])
+        "2.1", "2.2", "2.3", "2.3.1", "2.4", "2.5", "2.5.1", "2.6", "2.7", "2.7.1", "2.8", "2.8.1",
+        "2.8.2", "2.9"])
     tls_cert: Path | None = None  # PEM certificate chain for the listener (TLS when set)
     tls_key: Path | None = None
     tls_client_ca: Path | None = None  # when set, client certificates are required

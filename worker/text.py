@@ -76,7 +76,7 @@ def affirmed(pattern: re.Pattern[str], text: str, kn: Knowledge) -> Hit | None:
 
 
 _NUM = r"(\d{1,3}(?:[.,]\d{1,2})?)"
-_UNIT = r"(cm|mm|centimet(?:er|re)s?|millimet(?:er|re)s?)"
+_UNIT = r"(cms?|mms?|centimet(?:er|re)s?|millimet(?:er|re)s?)"
 _SIZE = re.compile(
     rf"(?<![\w.]){_NUM}\s*-?\s*{_UNIT}?(?:\s*(?:x|×|\*|by)\s*{_NUM}\s*-?\s*{_UNIT}?)?"
     rf"(?:\s*(?:x|×|\*|by)\s*{_NUM}\s*-?\s*{_UNIT}?)?(?![\w])",
