@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -33,15 +34,15 @@ def checker(knowledge: Knowledge) -> Checker:
 REDIS_TEST_DB = int(os.environ.get("ORDERCHECK_TEST_REDIS_DB", "13"))
 
 
-@pytest.fixture
-def redis_url() -> Iterator[str]:
-    """The real Redis on a database of the tests' own, flushed around each test.
+@contextmanager
+def real_redis(db: int) -> Iterator[str]:
+    """The real Redis on database *db*, flushed before and after.
 
     Skips locally when Redis is down; fails in CI (CI=true), where it must be up.
     """
     import redis
 
-    url = f"redis://127.0.0.1:6379/{REDIS_TEST_DB}"
+    url = f"redis://127.0.0.1:6379/{db}"
     client = redis.Redis.from_url(url)
     try:
         client.ping()
@@ -50,6 +51,15 @@ def redis_url() -> Iterator[str]:
             pytest.fail("Redis is not running on 127.0.0.1:6379 (CI needs it)")
         pytest.skip("Redis is not running on 127.0.0.1:6379")
     client.flushdb()
-    yield url
-    client.flushdb()
-    client.close()
+    try:
+        yield url
+    finally:
+        client.flushdb()
+        client.close()
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    """The real Redis on a database of the tests' own, flushed around each test."""
+    with real_redis(REDIS_TEST_DB) as url:
+        yield url

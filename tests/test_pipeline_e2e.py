@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 import redis
+from conftest import real_redis
 from hl7build import order_message
 
 from worker.testing import FakeOrderingSystem, Serve, wait_until
@@ -28,19 +29,13 @@ def ris() -> Iterator[FakeOrderingSystem]:
 
 @pytest.fixture(scope="module")
 def serve(ris: FakeOrderingSystem) -> Iterator[Serve]:
-    client = redis.Redis.from_url(URL)
-    try:
-        client.ping()
-    except redis.ConnectionError:
-        if os.environ.get("CI"):
-            pytest.fail("Redis is not running on 127.0.0.1:6379 (CI needs it)")
-        pytest.skip("Redis is not running")
-    client.flushdb()
-    service = Serve({"ORDERCHECK_REDIS_URL": URL, "ORDERCHECK_ADVISORY_HOST": "127.0.0.1",
-                     "ORDERCHECK_ADVISORY_PORT": str(ris.port), "ORDERCHECK_WORKERS": "1"})
-    yield service
-    service.stop()
-    client.flushdb()
+    with real_redis(DB) as url:
+        service = Serve({"ORDERCHECK_REDIS_URL": url, "ORDERCHECK_ADVISORY_HOST": "127.0.0.1",
+                         "ORDERCHECK_ADVISORY_PORT": str(ris.port), "ORDERCHECK_WORKERS": "1"})
+        try:
+            yield service
+        finally:
+            service.stop()
 
 
 def _rating(advisory: bytes) -> str:

@@ -48,16 +48,23 @@ def _read(path: str) -> bytes:
     return Path(path).read_bytes()
 
 
-def run_check(paths: list[str], as_json: bool, settings: Settings | None = None) -> int:
-    settings = settings or Settings()
-    try:
-        from worker.guideline import load_knowledge
+def offline_checker(settings: Settings) -> Checker | None:
+    """A checker sharing one in-memory history (check, replay); None, said on stderr, when the
+    guideline or the site code map does not load."""
+    from worker.guideline import load_knowledge
 
+    try:
         knowledge = load_knowledge(settings.code_map)
     except GuidelineError as exc:
         print(f"ordercheck: {exc}", file=sys.stderr)
+        return None
+    return Checker(knowledge, InMemoryHistory(), settings.site())
+
+
+def run_check(paths: list[str], as_json: bool, settings: Settings | None = None) -> int:
+    checker = offline_checker(settings or Settings())
+    if checker is None:
         return 2
-    checker = Checker(knowledge, InMemoryHistory(), settings.site())
     status = 0
     out = sys.stdout
     for path in paths:

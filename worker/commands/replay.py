@@ -23,8 +23,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, TextIO
 
 from worker.check import Checker, MessageOutcome
-from worker.errors import GuidelineError
-from worker.history import InMemoryHistory
+from worker.commands.check import offline_checker
 from worker.hl7.parse import ByteStream, iter_messages
 from worker.settings import Settings
 
@@ -143,14 +142,9 @@ def run_replay(paths: list[str], *, as_json: bool = False, progress: bool = Fals
                settings: Settings | None = None, out: TextIO | None = None) -> int:
     settings = settings or Settings()
     out = out or sys.stdout
-    try:
-        from worker.guideline import load_knowledge
-
-        knowledge = load_knowledge(settings.code_map)
-    except GuidelineError as exc:
-        print(f"ordercheck: {exc}", file=sys.stderr)
+    checker = offline_checker(settings)
+    if checker is None:
         return 2
-    checker = Checker(knowledge, InMemoryHistory(), settings.site())
     status = 0
     with _progress(paths, progress) as (on_message, on_bytes):
         replayer = Replayer(checker, on_message)
