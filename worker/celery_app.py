@@ -6,7 +6,7 @@ ORDERCHECK_REDIS_URL. Settings are read once, here, from the environment.
 
 from __future__ import annotations
 
-from celery import Celery
+from celery import Celery, signals
 
 from worker.settings import Settings
 
@@ -39,3 +39,11 @@ def make_app(settings: Settings) -> Celery:
 
 settings = Settings()
 app = make_app(settings)
+
+
+@signals.setup_logging.connect
+def _logging(**_: object) -> None:
+    """Workers log JSON lines like the listener (worker/logs.py), not Celery's format."""
+    from worker.logs import configure
+
+    configure(settings.log_level)

@@ -15,7 +15,6 @@ import signal
 import ssl
 import subprocess
 import sys
-import tempfile
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -149,8 +148,7 @@ class Service:
 
 def start_celery_worker(settings: Settings) -> subprocess.Popen[bytes]:
     concurrency = settings.workers or os.cpu_count() or 1
-    env = dict(os.environ)
-    env.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="ordercheck-metrics-"))
+    env = dict(os.environ)  # PROMETHEUS_MULTIPROC_DIR, when set, is shared with the listener
     cmd = [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
            "--concurrency", str(concurrency), "--pool", "prefork", "--loglevel", "WARNING",
            "-Q", "ordercheck", "--without-gossip", "--without-mingle", "--without-heartbeat",
@@ -161,7 +159,14 @@ def start_celery_worker(settings: Settings) -> subprocess.Popen[bytes]:
 def start_http(host: str, port: int, health: Callable[[], dict[str, Any]]
                ) -> ThreadingHTTPServer:
     """/health (JSON) and /metrics (Prometheus) on host:port, in a thread."""
-    from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+    from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+
+    registry = REGISTRY
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # add up the Celery worker processes
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
@@ -171,7 +176,7 @@ def start_http(host: str, port: int, health: Callable[[], dict[str, Any]]
                 self.send_response(200 if state.get("status") == "ok" else 503)
                 self.send_header("Content-Type", "application/json")
             elif self.path.startswith("/metrics"):
-                body = generate_latest(REGISTRY)
+                body = generate_latest(registry)
                 self.send_response(200)
                 self.send_header("Content-Type", CONTENT_TYPE_LATEST)
             else:
@@ -205,8 +210,9 @@ def start_review(settings: Settings, stores: Stores) -> Any:
 
 def run(settings: Settings, with_review: bool = False) -> int:
     """Serve until SIGTERM or SIGINT, then stop gracefully."""
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s "
-                        "%(message)s")
+    from worker.logs import configure
+
+    configure(settings.log_level)
 
     async def main() -> None:
         service = Service(settings)

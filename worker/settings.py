@@ -78,7 +78,8 @@ class Settings(BaseSettings):
     review_secret: SecretStr | None = None  # signs sessions; random per start when unset
     retention_days: int = Field(default=365, ge=1)  # advisories and raw messages kept this long
 
-    # Metrics and health.
+    # Logs, metrics and health.
+    log_level: str = "INFO"  # JSON lines on stderr; never patient data
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
 
     def site(self) -> SiteSettings:

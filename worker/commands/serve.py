@@ -25,9 +25,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    settings = Settings()
+    if settings.redis_url and settings.metrics_port is not None:
+        # Before prometheus_client is imported: the listener and the Celery worker processes
+        # write their metrics to this folder and /metrics adds them up.
+        import os
+        import tempfile
+
+        os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR",
+                              tempfile.mkdtemp(prefix="ordercheck-metrics-"))
     from worker import serve
 
-    settings = Settings()
     updates = {k: v for k, v in (("listen_host", args.host), ("listen_port", args.port))
                if v is not None}
     if updates:
