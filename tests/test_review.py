@@ -214,7 +214,7 @@ def test_every_page_but_login_needs_a_session(client: Any,
                                               mem: tuple[MemoryStore, dict[str, Any]]) -> None:
     rid = mem[1]["C1"].id
     for path in ("/", "/?rule=CT_BEFORE_MRI", f"/advisories/{rid}", "/summary", "/protocol",
-                 "/advisories/unknown"):
+                 "/advisories/unknown", "/refused"):
         resp = client.get(path)
         assert resp.status_code == 302, path
         assert resp.headers["Location"].startswith("/login"), path
@@ -461,3 +461,20 @@ def test_review_in_headless_chromium(chromium: Path, live_server: tuple[str, Red
     rec = store.get(recs["C1"].id)
     assert rec is not None and rec.disposition == "overridden"
     assert rec.audit[0].reviewer == "alice" and rec.audit[0].reason_code == "mri-unavailable"
+
+
+def test_refused_messages_are_listed_behind_the_login(
+        client: Any, mem: tuple[MemoryStore, dict[str, Any]]) -> None:
+    from datetime import UTC, datetime
+
+    from worker.store import RejectedEntry
+
+    mem[0].keep_rejected(RejectedEntry(control_id="BAD1", ack_code="AE",
+                                       reason="MSH-9 message type is missing at MSH-9",
+                                       received_at=datetime.now(UTC),
+                                       raw="MSH|^~\\&|X|Y|||2026||<script>|BAD1|P|2.3"))
+    assert client.get("/refused").status_code == 302
+    login(client)
+    body = client.get("/refused").get_data(as_text=True)
+    assert "BAD1" in body and "MSH-9 message type is missing" in body
+    assert "<script>" not in body and "&lt;script&gt;" in body

@@ -257,4 +257,9 @@ def create_app(store: AdvisoryStore, settings: Settings) -> Flask:
         return render_template("protocol.html", orders=orders, day=day, today=today,
                                facts={rec.id: driving_facts(rec.result.facts) for rec in orders})
 
+    # -- refused messages (AR/AE), kept for review -----------------------------------------------
+    @app.get("/refused")
+    def refused() -> Any:
+        return render_template("refused.html", entries=store.rejected(200))
+
     return app
