@@ -5,6 +5,8 @@ purpose::
 
     free_port() -> int                     wait_until(predicate, timeout, what)
     make_order(n, run="") -> Order         Order(key, control_id, placer, message)
+    children(pid) -> [pid]                 alive(pid) -> bool (not gone, not a zombie)
+    rss_kb(pid) -> int                     (from /proc; Linux only)
 
     RedisServer(workdir, aof=True, password=None).start()
         .url(db) .client(db) .stop(hard=False) .restart(downtime, hard=True)
@@ -17,14 +19,15 @@ purpose::
         An MLLP server in a thread that ACKs every advisory AA with MSA-2 = its MSH-10.
 
     Serve(env, workdir, port=None).start()
-        .port .pid .pool_pids() .rss_kb(pid=None) .log_text() .stop()
+        .port .pid .pool_pids() .rss_kb(pid=None) .log_text() .alive() .stop()
         `ordercheck serve` in a subprocess (its own session), ORDERCHECK_* taken from env only;
         stderr goes to workdir/serve.log (a pipe would fill up and stall the server).
 
-    Sender(port, connections=4).run(items) -> {key: SendResult}
+    Sender(port, connections=4, rate=0).run(items) -> {key: SendResult}
         Sends (key, message) items over K connections, each until it is ACKed AA/CA (AR, AE,
-        timeouts and refused connections are retried after retry_delay). .acked counts AA/CA
-        so far; on_ack(key, code) is called from the sending threads.
+        timeouts and refused connections are retried after retry_delay), paced at rate
+        messages/s (0: unpaced). .acked counts AA/CA so far; on_ack(key, code) is called from
+        the sending threads.
 
 Import with `sys.path.insert(0, "<checkout>/bench")` then `import harness`.
 """
@@ -32,6 +35,7 @@ Import with `sys.path.insert(0, "<checkout>/bench")` then `import harness`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import queue
 import shutil
@@ -263,7 +267,7 @@ class FakeOrderingSystem:
 
 
 # ------------------------------------------------------------------------------ the server
-def _children(pid: int) -> list[int]:
+def children(pid: int) -> list[int]:
     """Child pids of *pid* (every thread's children)."""
     out: list[int] = []
     try:
@@ -276,6 +280,15 @@ def _children(pid: int) -> list[int]:
         except OSError:
             continue
     return out
+
+
+def alive(pid: int) -> bool:
+    """True when *pid* runs (not gone, not a zombie waiting for its parent)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
 def rss_kb(pid: int) -> int:
@@ -318,7 +331,10 @@ class Serve:
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
         wait_until(self._listening, timeout, "ordercheck serve to listen")
         if self.env.get("ORDERCHECK_REDIS_URL"):
-            wait_until(lambda: bool(self.pool_pids()), timeout, "the Celery pool processes")
+            want = int(self.env.get("ORDERCHECK_WORKERS") or os.cpu_count() or 1)
+            wait_until(lambda: len(self.pool_pids()) >= want, timeout,
+                       f"{want} Celery pool processes")
+            time.sleep(1.0)  # the pool's start-up: a pool process killed now takes celery down
         return self
 
     def _listening(self) -> bool:
@@ -332,8 +348,9 @@ class Serve:
             return False
 
     def pool_pids(self) -> list[int]:
-        """Pids of the Celery pool processes (children of the celery worker child)."""
-        return sorted(p for celery in _children(self.pid) for p in _children(celery))
+        """Pids of the running Celery pool processes (children of the celery worker child)."""
+        return sorted(p for celery in children(self.pid) for p in children(celery)
+                      if alive(p))
 
     def rss_kb(self, pid: int | None = None) -> int:
         return rss_kb(pid or self.pid)
@@ -353,14 +370,10 @@ class Serve:
             return None
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                pass
-        try:  # the celery worker and its pool, should any be left behind
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)  # the celery worker and pool, if left
         if self.proc.poll() is None:
             self.proc.wait(5)
         return self.proc.returncode
@@ -379,12 +392,13 @@ class Sender:
     """Sends messages over *connections* MLLP connections until each is accepted (AA/CA).
 
     Anything else (AR, AE, no answer, a refused or closed connection) is retried after
-    retry_delay seconds, up to max_attempts per message; timeout: seconds per ACK.
+    retry_delay seconds, up to max_attempts per message; timeout: seconds per ACK;
+    rate: first sends per second over all connections (0: as fast as the ACKs come back).
     """
 
     def __init__(self, port: int, connections: int = 4, *, ssl: _ssl.SSLContext | None = None,
                  timeout: float = 10.0, retry_delay: float = 0.2, max_attempts: int = 300,
-                 on_ack: Callable[[str, str], None] | None = None) -> None:
+                 rate: float = 0.0, on_ack: Callable[[str, str], None] | None = None) -> None:
         self.port = port
         self.connections = connections
         self.ssl = ssl
@@ -392,6 +406,8 @@ class Sender:
         self.retry_delay = retry_delay
         self.max_attempts = max_attempts
         self.on_ack = on_ack
+        self.rate = rate
+        self._next_slot = 0.0
         self._lock = threading.Lock()
         self.acked = 0
         self.refused = 0  # answers other than AA/CA, and failed exchanges
@@ -406,6 +422,7 @@ class Sender:
                                     name=f"sender-{i}") for i in range(self.connections)]
         for _ in threads:
             work.put(None)
+        self._next_slot = time.monotonic()
         for t in threads:
             t.start()
         for t in threads:
@@ -420,8 +437,17 @@ class Sender:
         finally:
             client.close()
 
+    def _pace(self) -> None:
+        if self.rate <= 0:
+            return
+        with self._lock:
+            slot = self._next_slot
+            self._next_slot = max(slot, time.monotonic()) + 1.0 / self.rate
+        time.sleep(max(0.0, slot - time.monotonic()))
+
     def _send(self, client: MLLPClient, key: str, message: bytes) -> None:
         result = SendResult(key)
+        self._pace()
         while result.attempts < self.max_attempts:
             result.attempts += 1
             try:

@@ -26,7 +26,14 @@ def make_app(settings: Settings) -> Celery:
         task_serializer="json",
         accept_content=["json"],
         broker_connection_retry_on_startup=True,
-        broker_transport_options={"visibility_timeout": 300},  # seconds before redelivery
+        broker_transport_options={
+            # Redis hands an unacknowledged message to another worker after this many seconds;
+            # the sweep that does it runs every unacked_restore_interval seconds (kombu's
+            # default scans only every 100 s, which would add up to 100 s to every recovery).
+            "visibility_timeout": settings.broker_visibility_timeout,
+            "unacked_restore_interval": max(1, min(10, settings.broker_visibility_timeout // 10)),
+            "unacked_restore_throttle": 1,
+        },
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
         task_send_sent_event=False,

@@ -1,4 +1,4 @@
-"""The listener's decision for one received frame: check MSH, deduplicate, queue, acknowledge.
+"""The listener's decision for received frames: check MSH, deduplicate, queue, acknowledge.
 
 Runs in a thread of the listener (it makes blocking broker calls). The ACK is built only after
 the broker accepted the message (AA / CA). Bad input gets AR or AE with an ERR segment and is
@@ -35,6 +35,12 @@ class DedupTable(Protocol):
 
     def set(self, key: str, ack: bytes, ttl: int) -> None: ...
 
+    def get_many(self, keys: list[str]) -> list[bytes | None]:
+        """get() of each key, in one round trip."""
+
+    def set_many(self, items: list[tuple[str, bytes]], ttl: int) -> None:
+        """set() of each (key, ack), in one round trip."""
+
 
 @dataclass(frozen=True, slots=True)
 class Rejected:
@@ -48,24 +54,127 @@ class Rejected:
 
 
 Enqueue = Callable[[bytes, float], None]
+# Several messages at once (one broker call); all or nothing: raises when it did not queue them.
+EnqueueMany = Callable[[list[tuple[bytes, float]]], None]
 KeepRejected = Callable[[Rejected], None]
 
 
+@dataclass(slots=True)
+class _Accepted:
+    """A frame whose MSH passed the checks: it still needs the resend lookup and the queue."""
+
+    index: int
+    target: AckTarget
+    key: str
+
+
+def _nothing() -> None:
+    return None
+
+
 class Ingestor:
-    """Turns a frame into an ACK, queueing the message when it is acceptable."""
+    """Turns frames into ACKs, queueing the messages that are acceptable.
+
+    handle_batch() takes the frames that arrived together (on any connections) and makes one
+    resend lookup, one broker call and one resend-table write for all of them: under a burst
+    the listener's cost per message is a fraction of one round trip. handle() is a batch of one.
+    """
 
     def __init__(self, settings: Settings, dedup: DedupTable, enqueue: Enqueue,
-                 keep_rejected: KeepRejected) -> None:
+                 keep_rejected: KeepRejected, enqueue_many: EnqueueMany | None = None) -> None:
         self.settings = settings
         self.dedup = dedup
         self.enqueue = enqueue
+        self.enqueue_many = enqueue_many
         self.keep_rejected = keep_rejected
 
     def handle(self, frame: bytes) -> bytes | None:
         """The ACK bytes to send back for *frame*, or None to send nothing."""
+        return self.handle_batch([frame])[0]
+
+    def handle_batch(self, frames: list[bytes]) -> list[bytes | None]:
+        """The ACK (or None) for each frame, in order. Every accepted message is queued before
+        any ACK is returned; a resend (of an earlier message, or of one in the same batch) gets
+        the first message's ACK and is not queued again."""
+        replies, remember = self.handle_batch_early(frames)
+        remember()
+        return replies
+
+    def handle_batch_early(self, frames: list[bytes]
+                           ) -> tuple[list[bytes | None], Callable[[], None]]:
+        """handle_batch(), less the write of the new ACKs to the resend table, returned as a
+        function to call once the ACKs are on their way (and before the next batch): the ACKs
+        then wait for one round trip to Redis fewer. Until it has run, a resend of one of these
+        messages would be queued again, which is harmless (the worker is idempotent)."""
         started = time.perf_counter()
         received_at = time.time()
-        metrics.RECEIVED.inc()
+        metrics.INGEST_BATCH.observe(len(frames))
+        replies: list[bytes | None] = [None] * len(frames)
+        accepted: list[_Accepted] = []
+        for i, frame in enumerate(frames):
+            metrics.RECEIVED.inc()
+            screened = self._screen(i, frame, received_at, started)
+            if isinstance(screened, _Accepted):
+                accepted.append(screened)
+            else:
+                replies[i] = screened
+        if not accepted:
+            return replies, _nothing
+        try:
+            previous = self.dedup.get_many([a.key for a in accepted])
+        except Exception as exc:  # broker down: the sender must resend
+            for a in accepted:
+                replies[a.index] = self._unavailable(a.target, exc, started)
+            return replies, _nothing
+        first: dict[str, _Accepted] = {}  # key -> the message of this batch that is queued
+        fresh: list[_Accepted] = []
+        repeats: list[_Accepted] = []
+        for a, prev in zip(accepted, previous, strict=True):
+            if prev is not None:
+                metrics.RESENDS.inc()
+                log.info("resend answered with the first ACK",
+                         extra={"control_id": a.target.control_id})
+                replies[a.index] = self._answer(a.target, prev, accepted=True, started=started)
+            elif a.key in first:
+                repeats.append(a)
+            else:
+                first[a.key] = a
+                fresh.append(a)
+        failed = self._queue(frames, fresh, received_at)
+        acks: dict[str, bytes] = {}
+        for a in fresh:
+            if a.index in failed:
+                replies[a.index] = self._unavailable(a.target, failed[a.index], started)
+                continue
+            code = ack_code(a.target, "accept")
+            acks[a.key] = build_ack(a.target, code, application=self.settings.application,
+                                    facility=self.settings.facility)
+            log.info("queued", extra={"control_id": a.target.control_id})
+            replies[a.index] = self._answer(a.target, acks[a.key], accepted=True,
+                                            started=started, code=code)
+        for a in repeats:
+            ack = acks.get(a.key)
+            if ack is None:  # the first one could not be queued: neither was this one
+                replies[a.index] = self._unavailable(a.target, failed[first[a.key].index],
+                                                     started)
+                continue
+            metrics.RESENDS.inc()
+            replies[a.index] = self._answer(a.target, ack, accepted=True, started=started)
+
+        def remember() -> None:
+            if not acks:
+                return
+            try:
+                self.dedup.set_many(list(acks.items()), self.settings.dedup_ttl_seconds)
+            except Exception:  # queued already: the worker is idempotent, a resend is harmless
+                log.warning("could not record the ACKs for resends",
+                            extra={"advisories": len(acks)})
+
+        return replies, remember
+
+    def _screen(self, index: int, frame: bytes, received_at: float, started: float
+                ) -> _Accepted | bytes | None:
+        """MSH checks: an _Accepted to queue, or the final answer (an AR/AE ACK, or None)."""
         try:
             raw = parse_message(frame)
             header = read_header(raw)
@@ -94,29 +203,26 @@ class Ingestor:
         if problem is not None:
             return self._refuse(target, "reject", problem, frame, received_at, started)
         key = dedup_key(header.sending_application, header.sending_facility, header.control_id)
-        try:
-            previous = self.dedup.get(key)
-        except Exception as exc:  # broker down: the sender must resend
-            return self._unavailable(target, exc, frame, received_at, started)
-        if previous is not None:
-            metrics.RESENDS.inc()
-            log.info("resend answered with the first ACK",
-                     extra={"control_id": header.control_id})
-            return self._answer(target, previous, accepted=True, started=started)
-        try:
-            self.enqueue(frame, received_at)
-        except Exception as exc:
-            return self._unavailable(target, exc, frame, received_at, started)
-        code = ack_code(target, "accept")
-        ack = build_ack(target, code, application=self.settings.application,
-                        facility=self.settings.facility)
-        try:
-            self.dedup.set(key, ack, self.settings.dedup_ttl_seconds)
-        except Exception:  # queued already: the worker is idempotent, a resend is harmless
-            log.warning("could not record the ACK for resends",
-                        extra={"control_id": header.control_id})
-        log.info("queued", extra={"control_id": header.control_id})
-        return self._answer(target, ack, accepted=True, started=started, code=code)
+        return _Accepted(index, target, key)
+
+    def _queue(self, frames: list[bytes], fresh: list[_Accepted], received_at: float
+               ) -> dict[int, Exception]:
+        """Queue the fresh messages; returns the frame indexes that could not be, and why."""
+        if not fresh:
+            return {}
+        if self.enqueue_many is not None:
+            try:
+                self.enqueue_many([(frames[a.index], received_at) for a in fresh])
+            except Exception as exc:
+                return {a.index: exc for a in fresh}
+            return {}
+        failed: dict[int, Exception] = {}
+        for a in fresh:
+            try:
+                self.enqueue(frames[a.index], received_at)
+            except Exception as exc:
+                failed[a.index] = exc
+        return failed
 
     def _check_header(self, kind: str, event: str, processing_id: str, version: str,
                       application: str, facility: str) -> AckError | None:
@@ -150,8 +256,7 @@ class Ingestor:
         ack = build_ack(target, code, error, self.settings.application, self.settings.facility)
         return self._answer(target, ack, accepted=False, started=started, code=code)
 
-    def _unavailable(self, target: AckTarget, exc: Exception, frame: bytes, received_at: float,
-                     started: float) -> bytes | None:
+    def _unavailable(self, target: AckTarget, exc: Exception, started: float) -> bytes | None:
         log.error("broker unavailable: %s", type(exc).__name__,
                   extra={"control_id": target.control_id})
         error = AckError("207", "message could not be queued; resend later")

@@ -24,3 +24,6 @@ ACK_LATENCY = Histogram("ordercheck_ack_seconds", "Frame received to ACK ready (
 DELIVERY_LATENCY = Histogram("ordercheck_delivery_seconds",
                              "Message received to advisory ACKed by the ordering system (seconds)",
                              buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 5, 30, 300))
+INGEST_BATCH = Histogram("ordercheck_ingest_batch_messages",
+                         "Frames the listener handled together (one broker call per batch)",
+                         buckets=(1, 2, 4, 8, 16, 32, 64, 100))

@@ -3,8 +3,12 @@
 Idempotent: an advisory's id is derived from (MSH-3, MSH-4, MSH-10, order position), the record
 is written once, and a delivered advisory is never sent again, so a message run twice (a killed
 worker, a resend that slipped past the listener) gives one advisory. Messages of one patient
-are checked one at a time (a per-patient lock in Redis) so that an MRI result and a biopsy order
-arriving together are judged against each other.
+are checked and recorded one at a time (a per-patient lock in Redis) so that an MRI result and a
+biopsy order arriving together are judged against each other.
+
+Round trips to Redis for an order on Redis: one to take the patient lock and read the patient's
+history (pipelined), one to write the advisory record, its indexes and stream entry (a Lua
+script) and release the lock, and one to record the delivery.
 """
 
 from __future__ import annotations
@@ -13,23 +17,27 @@ import contextlib
 import hashlib
 import logging
 import time
+import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from worker import metrics
-from worker.check import Checker
+from worker.check import ORDER_TYPES, Checker
 from worker.errors import HL7ParseError
 from worker.facts import extract
 from worker.guideline import Knowledge
+from worker.history import History
 from worker.hl7.build import advisory_control_id, build_advisory
-from worker.hl7.parse import parse_message, peek_msh
+from worker.hl7.parse import RawMessage, parse_message, peek_msh
 from worker.hl7.read import read_message
+from worker.models import HistoryEntry, ParsedMessage
 from worker.publish import Publisher
 from worker.records import AdvisoryRecord, Disposition, advisory_id
 from worker.runtime import Stores
 from worker.settings import Settings
-from worker.store import mark_delivery
+from worker.store import RedisHistory, RedisStore, delivery_fields, mark_delivery
 
 log = logging.getLogger("ordercheck.pipeline")
 
@@ -37,6 +45,58 @@ IN_SCOPE = ("appropriate", "not-appropriate")
 MRI_DEPENDENT = {"CT_BEFORE_MRI", "BIOPSY_BEFORE_MRI", "PET_INITIAL"}
 # Schedules a retry of delivery: (advisory id, attempt number, delay in seconds).
 ScheduleRetry = Callable[[str, int, float], None]
+LOCK_SECONDS = 30  # a patient lock frees itself after this long (a killed worker)
+# Deletes a lock only if it still holds our token (it may have expired and been taken since).
+_UNLOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+@dataclass(slots=True)
+class _PatientLock:
+    """A patient lock held (or not) by this worker, and the history read when it was taken."""
+
+    name: str = ""
+    token: bytes | None = None  # ours, taken with SET NX: released with _UNLOCK
+    fallback: Any = None  # a redis-py Lock, taken after waiting for another worker's
+    history: list[HistoryEntry] | None = None  # the patient's history, read under the lock
+    released: bool = False
+
+
+@dataclass(slots=True)
+class _Job:
+    """One message on its way through the worker."""
+
+    index: int  # position in its batch
+    raw: RawMessage
+    parsed: ParsedMessage
+    keys: list[str]  # the patient's identifiers
+    received: datetime
+    records: list[AdvisoryRecord] = field(default_factory=list)  # its new advisories
+    recorded: int = 0  # studies it added to the patient's history
+
+
+def _lock_name(keys: list[str]) -> str:
+    return "oc:lock:" + hashlib.sha256(sorted(keys)[0].encode()).hexdigest()[:32]
+
+
+class _ReadAhead:
+    """The patient's history as read with the lock (no second round trip); writes go through."""
+
+    def __init__(self, history: History, keys: list[str], entries: list[HistoryEntry]) -> None:
+        self.history = history
+        self.keys = keys
+        self.cached: list[HistoryEntry] | None = entries
+
+    def add(self, patient_keys: list[str], entry: HistoryEntry) -> None:
+        self.history.add(patient_keys, entry)
+        self.cached = None
+
+    def entries(self, patient_keys: list[str]) -> list[HistoryEntry]:
+        if self.cached is not None and patient_keys == self.keys:
+            return list(self.cached)
+        return self.history.entries(patient_keys)
 
 
 class Processor:
@@ -62,15 +122,23 @@ class Processor:
         except HL7ParseError as exc:  # the listener checked it; keep it visible anyway
             log.warning("unreadable message reached a worker: %s", exc.code)
             return []
-        header = parsed.header
-        keys = parsed.patient.keys()
-        received = datetime.fromtimestamp(received_at, UTC)
-        with self._patient_lock(keys):
-            outcome = self.checker.check_parsed(parsed)
-            if keys and outcome.recorded:
-                self._recheck(keys, header.control_id, received)
-        ids: list[str] = []
-        raw_text = raw.text
+        job = _Job(0, raw, parsed, parsed.patient.keys(),
+                   datetime.fromtimestamp(received_at, UTC))
+        with self._patient_lock(job.keys) as lock:
+            self._check(job, lock.history)
+            if job.keys and job.recorded:
+                self._recheck(job.keys, parsed.header.control_id, job.received)
+            added = self._add(job.records, job.keys, lock)
+        return self._finish(job, added)
+
+    def _check(self, job: _Job, history: list[HistoryEntry] | None) -> None:
+        """Check the message of *job* and build its advisory records (job.records)."""
+        checker = self.checker if history is None else Checker(
+            self.kn, _ReadAhead(self.stores.history, job.keys, history), self.checker.site)
+        outcome = checker.check_parsed(job.parsed)
+        job.recorded = outcome.recorded
+        header = job.parsed.header
+        meta = self.kn.guideline.guideline
         for index, (order, result) in enumerate(zip(outcome.orders, outcome.results,
                                                     strict=False)):
             metrics.CHECKED.labels(verdict=result.verdict).inc()
@@ -80,39 +148,172 @@ class Processor:
                 continue
             rec_id = advisory_id(header.sending_application, header.sending_facility,
                                  header.control_id, index)
-            control = advisory_control_id(rec_id)
-            meta = self.kn.guideline.guideline
-            out = build_advisory(raw, order, result, control_id=control,
+            out = build_advisory(job.raw, order, result, control_id=advisory_control_id(rec_id),
                                  application=self.settings.application,
                                  facility=self.settings.facility,
                                  fmt=self.settings.advisory_format, guideline_id=meta.id,
                                  disclaimer=meta.disclaimer)
-            record = AdvisoryRecord(id=rec_id, received_at=received, result=result,
-                                    order_index=index, raw_in=raw_text,
-                                    raw_out=out.decode("utf-8"))
-            if self.stores.store.put(record):
-                if keys:
-                    self.stores.store.index_patient(keys, rec_id, received)
-                for flag in result.flags:
+            job.records.append(AdvisoryRecord(id=rec_id, received_at=job.received,
+                                              result=result, order_index=index,
+                                              raw_in=job.raw.text, raw_out=out.decode("utf-8")))
+
+    def _finish(self, job: _Job, added: list[bool],
+                marks: list[tuple[str, dict[str, Any]]] | None = None) -> list[str]:
+        """Deliver the records of *job* that are new (or stored but still pending)."""
+        ids: list[str] = []
+        for record, new in zip(job.records, added, strict=True):
+            if new:
+                for flag in record.result.flags:
                     metrics.FLAGGED.labels(rule=flag.code).inc()
-                self.stores.store.publish(record)
             else:
-                stored = self.stores.store.get(rec_id)
+                stored = self.stores.store.get(record.id)
                 if stored is None:
                     continue
                 record = stored
-            ids.append(rec_id)
+            ids.append(record.id)
             if record.delivery == "pending":
-                self.deliver(record.id, attempt=record.delivery_attempts + 1, record=record)
-        log.info("checked", extra={"control_id": header.control_id, "advisories": len(ids)})
+                self.deliver(record.id, attempt=record.delivery_attempts + 1, record=record,
+                             marks=marks)
+        log.info("checked", extra={"control_id": job.parsed.header.control_id,
+                                   "advisories": len(ids)})
         return ids
+
+    # -- several messages ----------------------------------------------------------------------
+    def process_batch(self, items: list[tuple[bytes, float]]
+                      ) -> tuple[list[str], dict[int, Exception]]:
+        """Check several messages (a listener batch) with the same outcome as process() on each,
+        in three round trips to Redis for all of them instead of three each: the patient locks
+        and histories together, then the records, indexes, stream entries and lock releases
+        together, then the delivery states together. Messages that write history (results,
+        completed orders), that share a patient with another message of the batch or whose
+        patient is locked by another worker go through process(), one by one.
+
+        Returns the advisory ids and, by position in *items*, the messages that failed.
+        """
+        failed: dict[int, Exception] = {}
+        together: list[_Job] = []
+        alone: list[int] = []
+        locks: set[str] = set()
+        for i, (data, received_at) in enumerate(items):
+            try:
+                raw = parse_message(data)
+                parsed = read_message(raw)
+            except HL7ParseError as exc:
+                log.warning("unreadable message reached a worker: %s", exc.code)
+                continue
+            job = _Job(i, raw, parsed, parsed.patient.keys(),
+                       datetime.fromtimestamp(received_at, UTC))
+            name = _lock_name(job.keys) if job.keys else ""
+            if not self._batchable(job) or (name and name in locks):
+                alone.append(i)
+                continue
+            locks.add(name)
+            together.append(job)
+        ids: list[str] = []
+        if together:
+            try:
+                ids, later = self._process_together(together)
+                alone = sorted(alone + later)
+            except Exception as exc:
+                failed.update((job.index, exc) for job in together)
+        for i in alone:
+            try:
+                ids += self.process(*items[i])
+            except Exception as exc:
+                failed[i] = exc
+        return ids, failed
+
+    def _batchable(self, job: _Job) -> bool:
+        client = self.redis
+        return (client is not None and isinstance(self.stores.store, RedisStore)
+                and self.stores.store.r is client
+                and isinstance(self.stores.history, RedisHistory)
+                and self.stores.history.r is client
+                and job.parsed.header.message_type in ORDER_TYPES
+                and not any(o.order_status == "CM" for o in job.parsed.orders))
+
+    def _process_together(self, jobs: list[_Job]) -> tuple[list[str], list[int]]:
+        """process() for messages that only read history, one per patient; returns the ids and
+        the positions of the messages left for process() (their patient was locked)."""
+        client = self.redis
+        store = self.stores.store
+        history = self.stores.history
+        assert client is not None and isinstance(store, RedisStore)
+        assert isinstance(history, RedisHistory)
+        pipe = client.pipeline(transaction=False)
+        locked = [job for job in jobs if job.keys]
+        tokens = [uuid.uuid4().hex.encode() for _ in locked]
+        for job, token in zip(locked, tokens, strict=True):
+            pipe.set(_lock_name(job.keys), token, nx=True, ex=LOCK_SECONDS)
+            history.queue_entries(pipe, job.keys)
+        replies = pipe.execute() if locked else []
+        held: list[tuple[str, bytes]] = []
+        histories: dict[int, list[HistoryEntry]] = {}
+        later: list[int] = []
+        for n, (job, token) in enumerate(zip(locked, tokens, strict=True)):
+            if replies[2 * n]:
+                held.append((_lock_name(job.keys), token))
+                histories[job.index] = history.parse_entries(replies[2 * n + 1])
+            else:
+                later.append(job.index)
+        jobs = [job for job in jobs if job.index not in later]
+        try:
+            for job in jobs:
+                self._check(job, histories.get(job.index, []))
+            pipe = client.pipeline(transaction=False)
+            for job in jobs:
+                for record in job.records:
+                    store.queue_add_advisory(pipe, record, job.keys)
+            for name, token in held:
+                pipe.eval(_UNLOCK, 1, name, token)
+            added = pipe.execute()
+            held = []
+        finally:
+            for name, token in held:  # a failure before the locks went with the records
+                try:
+                    client.eval(_UNLOCK, 1, name, token)
+                except Exception as exc:  # expired: it frees itself after LOCK_SECONDS
+                    log.warning("patient lock release failed: %s", type(exc).__name__)
+        ids: list[str] = []
+        marks: list[tuple[str, dict[str, Any]]] = []
+        position = 0
+        try:
+            for job in jobs:
+                count = len(job.records)
+                ids += self._finish(job, [bool(a) for a in added[position:position + count]],
+                                    marks)
+                position += count
+        finally:  # what was delivered is recorded, even when a later delivery failed
+            if marks:
+                store.update_many(marks)
+        return ids, later
+
+    def _add(self, records: list[AdvisoryRecord], keys: list[str], lock: _PatientLock
+             ) -> list[bool]:
+        """Store the new records (add_advisory), releasing the patient lock in the same round
+        trip when it is ours; True for each record that was new."""
+        store = self.stores.store
+        client = self.redis
+        if (client is None or lock.token is None or not isinstance(store, RedisStore)
+                or store.r is not client):
+            return [store.add_advisory(record, keys) for record in records]
+        pipe = client.pipeline(transaction=False)
+        for record in records:
+            store.queue_add_advisory(pipe, record, keys)
+        pipe.eval(_UNLOCK, 1, lock.name, lock.token)
+        replies = pipe.execute()
+        lock.released = True
+        return [bool(r) for r in replies[:len(records)]]
 
     # -- delivery ------------------------------------------------------------------------------
     def deliver(self, rec_id: str, attempt: int, record: AdvisoryRecord | None = None,
-                retry: bool = True) -> bool:
+                retry: bool = True, marks: list[tuple[str, dict[str, Any]]] | None = None
+                ) -> bool:
         """One delivery attempt; schedules the next one or marks the advisory undelivered.
 
         retry: False for a single attempt (an operator's resend): no retry is scheduled.
+        marks: when given, a successful delivery's state is appended there, for the caller to
+        write with those of the other advisories of its batch (store.update_many).
         """
         store = self.stores.store
         record = record or store.get(rec_id)
@@ -127,7 +328,11 @@ class Processor:
         outcome = self.publisher.send(route, record.raw_out.encode("utf-8"),
                                       peek_msh(record.raw_out.encode("utf-8")).control_id)
         if outcome.ok:
-            mark_delivery(store, rec_id, "delivered", attempt, "", outcome.destination)
+            fields = delivery_fields("delivered", attempt, "", outcome.destination)
+            if marks is None:
+                store.update(rec_id, **fields)
+            else:
+                marks.append((rec_id, fields))
             metrics.DELIVERED.inc()
             metrics.DELIVERY_LATENCY.observe(max(0.0, time.time()
                                                  - record.received_at.timestamp()))
@@ -203,18 +408,41 @@ class Processor:
 
     # -- serialisation per patient -------------------------------------------------------------
     @contextlib.contextmanager
-    def _patient_lock(self, keys: list[str]) -> Iterator[None]:
-        if self.redis is None or not keys:
-            yield
+    def _patient_lock(self, keys: list[str]) -> Iterator[_PatientLock]:
+        """Hold the patient's lock; on Redis, read the patient's history in the same round trip
+        (it is read after the lock is taken, so no other worker changes it meanwhile)."""
+        lock = _PatientLock()
+        client = self.redis
+        if client is None or not keys:
+            yield lock
             return
-        name = "oc:lock:" + hashlib.sha256(sorted(keys)[0].encode()).hexdigest()[:32]
-        lock = self.redis.lock(name, timeout=30, blocking_timeout=30)
-        acquired = lock.acquire()
+        lock.name = _lock_name(keys)
+        token = uuid.uuid4().hex.encode()
+        history = self.stores.history
+        read_ahead = history if isinstance(history, RedisHistory) and history.r is client \
+            else None
+        pipe = client.pipeline(transaction=False)
+        pipe.set(lock.name, token, nx=True, ex=LOCK_SECONDS)
+        if read_ahead is not None:
+            read_ahead.queue_entries(pipe, keys)
+        replies = pipe.execute()
+        if replies[0]:
+            lock.token = token
+            if read_ahead is not None:
+                lock.history = read_ahead.parse_entries(replies[1])
+        else:  # another worker has this patient: wait for it (the history is read later)
+            lock.fallback = client.lock(lock.name, timeout=LOCK_SECONDS, sleep=0.01,
+                                            blocking_timeout=LOCK_SECONDS)
+            if not lock.fallback.acquire():
+                lock.fallback = None
         try:
-            yield
+            yield lock
         finally:
-            if acquired:
+            if not lock.released:
                 try:
-                    lock.release()
-                except Exception as exc:  # expired: it frees itself after `timeout` seconds
+                    if lock.token is not None:
+                        client.eval(_UNLOCK, 1, lock.name, lock.token)
+                    elif lock.fallback is not None:
+                        lock.fallback.release()
+                except Exception as exc:  # expired: it frees itself after LOCK_SECONDS
                     log.warning("patient lock release failed: %s", type(exc).__name__)

@@ -2,7 +2,8 @@
 
 Embedded (no ORDERCHECK_REDIS_URL): one process, see worker/embedded.py.
 Redis: the listener queues Celery tasks; `serve` also starts a Celery worker with one process
-per CPU core (ORDERCHECK_WORKERS) and stops it gracefully with the listener.
+per CPU core (ORDERCHECK_WORKERS), starts it again should it exit, and stops it gracefully with
+the listener. Both modes purge advisories older than ORDERCHECK_RETENTION_DAYS at start and daily.
 """
 
 from __future__ import annotations
@@ -24,12 +25,13 @@ from typing import Any
 from worker.guideline import load_knowledge
 from worker.hl7.ack import AckError, AckTarget, build_ack
 from worker.hl7.mllp import FrameError, FrameErrorKind, MLLPServer
-from worker.ingest import Ingestor, Rejected
+from worker.ingest import EnqueueMany, Ingestor, Rejected
 from worker.runtime import Stores
 from worker.settings import Settings
-from worker.store import RejectedEntry
+from worker.store import RejectedEntry, purge_expired
 
 log = logging.getLogger("ordercheck.serve")
+PURGE_INTERVAL = 24 * 3600.0  # seconds between two purges of expired advisories
 
 
 def listener_ssl(settings: Settings) -> ssl.SSLContext | None:
@@ -56,6 +58,69 @@ def _keeper(stores: Stores) -> Callable[[Rejected], None]:
     return keep
 
 
+class Batcher:
+    """Hands the frames that arrive together, on any connection, to the ingestor as one batch.
+
+    A frame that arrives while no batch is being handled starts one at once, alone (no added
+    latency when traffic is light); frames that arrive while a batch is in the thread pool wait
+    for it and form the next batch (at most *max_batch*), so under a burst one resend lookup, one
+    broker call and one resend-table write serve many messages. In a burst (the last batch had
+    3 frames or more and 2 are waiting already) the next batch waits *linger* seconds more to
+    fill. Each frame's ACK is returned once its batch is queued; the batch's ACKs are written to
+    the resend table after they are returned, before the next batch is looked up.
+    """
+
+    def __init__(self, handle_batch: Callable[[list[bytes]], tuple[list[bytes | None],
+                                                                   Callable[[], None]]],
+                 pool: ThreadPoolExecutor, max_batch: int = 100, linger: float = 0.002) -> None:
+        self.handle_batch = handle_batch
+        self.linger = linger
+        self.pool = pool
+        self.max_batch = max_batch
+        self._pending: list[tuple[bytes, asyncio.Future[bytes | None]]] = []
+        self._inflight = 0
+        self._tasks: set[asyncio.Task[None]] = set()  # held: the loop keeps weak references
+
+    async def submit(self, frame: bytes) -> bytes | None:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[bytes | None] = loop.create_future()
+        self._pending.append((frame, future))
+        if not self._inflight:
+            self._inflight += 1
+            task = loop.create_task(self._drain())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return await future
+
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        last = 0
+        try:
+            while self._pending:
+                if last >= 3 and 2 <= len(self._pending) < self.max_batch and self.linger:
+                    await asyncio.sleep(self.linger)  # a burst: let the batch fill a little
+                batch = self._pending[:self.max_batch]
+                del self._pending[:self.max_batch]
+                last = len(batch)
+                try:
+                    replies, remember = await loop.run_in_executor(
+                        self.pool, self.handle_batch, [frame for frame, _ in batch])
+                except Exception as exc:  # a bug: each waiting connection sees it
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                for (_, future), reply in zip(batch, replies, strict=True):
+                    if not future.done():  # its connection may have gone meanwhile
+                        future.set_result(reply)
+                try:
+                    await loop.run_in_executor(self.pool, remember)  # before the next lookup
+                except Exception as exc:  # a bug: the ACKs are out, resends get queued again
+                    log.error("recording ACKs for resends failed: %s", type(exc).__name__)
+        finally:
+            self._inflight -= 1
+
+
 class Service:
     """The listener and its workers; start() then wait(); stop() is graceful."""
 
@@ -69,14 +134,18 @@ class Service:
 
             self.stores = Stores(settings)
             enqueue = tasks.enqueue
+            enqueue_many: EnqueueMany | None = tasks.enqueue_many
         else:
             from worker.embedded import EmbeddedRuntime
 
             self.embedded = EmbeddedRuntime(settings, self.knowledge)
             self.stores = self.embedded.stores
             enqueue = self.embedded.enqueue
-        self.ingestor = Ingestor(settings, self.stores.dedup, enqueue, _keeper(self.stores))
+            enqueue_many = None
+        self.ingestor = Ingestor(settings, self.stores.dedup, enqueue, _keeper(self.stores),
+                                 enqueue_many)
         self.pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="ordercheck-ingest")
+        self.batcher = Batcher(self.ingestor.handle_batch_early, self.pool)
         self.server = MLLPServer(self._on_frame, on_error=self._on_frame_error,
                                  host=settings.listen_host, port=settings.listen_port,
                                  max_frame_bytes=settings.max_frame_bytes,
@@ -84,10 +153,10 @@ class Service:
                                  max_connections=settings.max_connections,
                                  ssl=listener_ssl(settings))
         self.http: ThreadingHTTPServer | None = None
+        self._background: list[asyncio.Task[None]] = []
 
     async def _on_frame(self, frame: bytes) -> bytes | None:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.pool, self.ingestor.handle, frame)
+        return await self.batcher.submit(frame)
 
     async def _on_frame_error(self, error: FrameError) -> bytes | None:
         if error.kind is FrameErrorKind.OVERSIZE:
@@ -105,7 +174,9 @@ class Service:
             self.embedded.start()
         else:
             self.celery = start_celery_worker(self.settings)
+            self._background.append(asyncio.create_task(self._supervise()))
         await self.server.start()
+        self._background.append(asyncio.create_task(self._purge_daily()))
         if self.settings.metrics_port is not None:
             self.http = start_http(self.settings.listen_host, self.settings.metrics_port,
                                    self.health)
@@ -131,7 +202,32 @@ class Service:
                                       if k in ("redis", "workers")) else "degraded"
         return state
 
+    async def _supervise(self, interval: float = 1.0) -> None:
+        """Start the Celery worker again when it exits (a crash must not stop processing)."""
+        while True:
+            await asyncio.sleep(interval)
+            if self.celery is not None and self.celery.poll() is not None:
+                log.error("celery worker exited with status %s; starting it again",
+                          self.celery.returncode)
+                self.celery = start_celery_worker(self.settings)
+
+    async def _purge_daily(self) -> None:
+        """Purge what is older than retention_days now, then every PURGE_INTERVAL seconds."""
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                removed = await loop.run_in_executor(
+                    None, purge_expired, self.stores.store, self.settings.retention_days)
+                log.info("purged %d advisories older than %d days", removed,
+                         self.settings.retention_days)
+            except Exception as exc:  # Redis down: try again at the next interval
+                log.error("purge failed: %s", type(exc).__name__)
+            await asyncio.sleep(PURGE_INTERVAL)
+
     async def stop(self, grace: float = 10.0) -> None:
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
         await self.server.close(grace)
         self.pool.shutdown(wait=True)
         if self.embedded is not None:

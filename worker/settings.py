@@ -30,6 +30,10 @@ class Settings(BaseSettings):
     # Broker and store. None: the embedded default (one process, in memory, no Redis).
     redis_url: str | None = None
     workers: int | None = Field(default=None, ge=1, le=256)  # None: one per CPU core
+    # Seconds before Redis gives a message taken by a worker that never acknowledged it (the
+    # worker died, or lost Redis while holding it) to another worker. Keep it above the longest
+    # task (120 s) and delivery_backoff_max, or a delivery retry waiting that long runs twice.
+    broker_visibility_timeout: int = Field(default=300, ge=5)
 
     # MLLP listener.
     listen_host: str = "127.0.0.1"

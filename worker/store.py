@@ -17,10 +17,11 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from pydantic import BaseModel
+from redis.exceptions import WatchError
 
 from worker.errors import StoreError
 from worker.models import CheckResult, HistoryEntry
@@ -44,8 +45,15 @@ class AdvisoryStore(Protocol):
 
     def get(self, advisory_id: str) -> AdvisoryRecord | None: ...
 
+    def add_advisory(self, record: AdvisoryRecord, patient_keys: list[str]) -> bool:
+        """put(), and when the record is new: index_patient() and publish(), all or nothing;
+        False (and nothing changed) when the id exists already."""
+
     def update(self, advisory_id: str, **fields: Any) -> None:
         """Set delivery fields (raw_out, delivery, delivery_attempts, delivery_error, ...)."""
+
+    def update_many(self, items: list[tuple[str, dict[str, Any]]]) -> None:
+        """update() of several advisories, in one round trip."""
 
     def dispose(self, advisory_id: str, disposition: Disposition) -> AdvisoryRecord:
         """Append a review decision to the audit trail and set the record's disposition."""
@@ -130,11 +138,23 @@ class MemoryStore:
     def get(self, advisory_id: str) -> AdvisoryRecord | None:
         return self._records.get(advisory_id)
 
+    def add_advisory(self, record: AdvisoryRecord, patient_keys: list[str]) -> bool:
+        if not self.put(record):
+            return False
+        if patient_keys:
+            self.index_patient(patient_keys, record.id, record.received_at)
+        self.publish(record)
+        return True
+
     def update(self, advisory_id: str, **fields: Any) -> None:
         rec = self._records.get(advisory_id)
         if rec is None:
             raise StoreError("no such advisory")
         self._records[advisory_id] = _apply(rec, fields)
+
+    def update_many(self, items: list[tuple[str, dict[str, Any]]]) -> None:
+        for advisory_id, fields in items:
+            self.update(advisory_id, **fields)
 
     def dispose(self, advisory_id: str, disposition: Disposition) -> AdvisoryRecord:
         rec = self._records.get(advisory_id)
@@ -187,9 +207,10 @@ class MemoryStore:
 
     def purge(self, before: datetime) -> int:
         self._rejected = [r for r in self._rejected if r.received_at >= before]
-        old = [k for k, r in self._records.items() if r.received_at < before]
+        # A copy: serve's daily purge runs in a thread while the worker thread adds records.
+        old = [k for k, r in list(self._records.items()) if r.received_at < before]
         for k in old:
-            del self._records[k]
+            self._records.pop(k, None)
         return len(old)
 
 
@@ -207,6 +228,31 @@ class MemoryDedup:
         if len(self._acks) >= self._max:
             self._acks.pop(next(iter(self._acks)))
         self._acks[key] = ack
+
+    def get_many(self, keys: list[str]) -> list[bytes | None]:
+        return [self._acks.get(k) for k in keys]
+
+    def set_many(self, items: list[tuple[str, bytes]], ttl: int) -> None:
+        for key, ack in items:
+            self.set(key, ack, ttl)
+
+
+PATIENT_INDEX_TTL = 7 * 24 * 3600  # seconds a patient's advisory index lives (re-checks)
+
+# add_advisory: KEYS = record hash, index, stream, patient indexes...; ARGV = id, score (epoch
+# seconds), stream entry (JSON), stream max length, patient index TTL, record JSON, then the
+# mutable fields as name, value pairs.
+_ADD_ADVISORY = """
+if redis.call('HSETNX', KEYS[1], 'record', ARGV[6]) == 0 then return 0 end
+if #ARGV > 6 then redis.call('HSET', KEYS[1], unpack(ARGV, 7)) end
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+for i = 4, #KEYS do
+  redis.call('ZADD', KEYS[i], ARGV[2], ARGV[1])
+  redis.call('EXPIRE', KEYS[i], ARGV[5])
+end
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*', 'advisory', ARGV[3])
+return 1
+"""
 
 
 def _ts(dt: datetime) -> float:
@@ -226,16 +272,49 @@ class RedisStore:
         return f"{self.p}adv:{advisory_id}"
 
     def put(self, record: AdvisoryRecord) -> bool:
-        body = record.model_dump_json(exclude=set(_MUTABLE) | {"audit"})
+        # One MULTI/EXEC under WATCH: a worker or Redis dying half-way must never leave a record
+        # without its advisory (raw_out) and delivery state, or the re-run would send nothing.
+        fields = {"record": record.model_dump_json(exclude=set(_MUTABLE) | {"audit"}),
+                  **self._mutable_fields(record.model_dump(mode="json", include=set(_MUTABLE)))}
         key = self._key(record.id)
-        if not self.r.hsetnx(key, "record", body):
-            return False
-        pipe = self.r.pipeline(transaction=False)
-        pipe.hset(key, mapping=self._mutable_fields(record.model_dump(mode="json",
-                                                                      include=set(_MUTABLE))))
-        pipe.zadd(f"{self.p}adv:index", {record.id: _ts(record.received_at)})
-        pipe.execute()
+        with self.r.pipeline(transaction=True) as pipe:
+            try:
+                pipe.watch(key)
+                if pipe.hexists(key, "record"):
+                    return False
+                pipe.multi()
+                pipe.hset(key, mapping=fields)
+                pipe.zadd(f"{self.p}adv:index", {record.id: _ts(record.received_at)})
+                pipe.execute()
+            except WatchError:  # another worker wrote it meanwhile
+                return False
         return True
+
+    def add_advisory(self, record: AdvisoryRecord, patient_keys: list[str]) -> bool:
+        """One round trip, atomic (a Lua script): see queue_add_advisory."""
+        keys, args = self._add_call(record, patient_keys)
+        return bool(self.r.eval(_ADD_ADVISORY, len(keys), *keys, *args))
+
+    def queue_add_advisory(self, pipe: Any, record: AdvisoryRecord,
+                           patient_keys: list[str]) -> None:
+        """Queue add_advisory() on a redis-py pipeline of this store's client; its reply (1 new,
+        0 present already) comes with the pipeline's. The record, its delivery state and
+        advisory (raw_out), the index, the patient index and the stream entry are written
+        together or not at all, so a worker dying half-way leaves nothing to repair."""
+        keys, args = self._add_call(record, patient_keys)
+        pipe.eval(_ADD_ADVISORY, len(keys), *keys, *args)  # EVAL: no SCRIPT EXISTS round trip
+
+    def _add_call(self, record: AdvisoryRecord, patient_keys: list[str]
+                  ) -> tuple[list[str], list[Any]]:
+        mutable = self._mutable_fields(record.model_dump(mode="json", include=set(_MUTABLE)))
+        keys = [self._key(record.id), f"{self.p}adv:index", f"{self.p}advisories",
+                *(f"{self.p}patadv:{_sha(k)}" for k in patient_keys)]
+        args: list[Any] = [record.id, _ts(record.received_at), json.dumps(record.flags_json()),
+                           self.stream_maxlen, PATIENT_INDEX_TTL,
+                           record.model_dump_json(exclude=set(_MUTABLE) | {"audit"})]
+        for name, value in mutable.items():
+            args += [name, value]
+        return keys, args
 
     @staticmethod
     def _mutable_fields(values: dict[str, Any]) -> dict[str, str]:
@@ -260,16 +339,21 @@ class RedisStore:
         return AdvisoryRecord.model_validate(data)
 
     def update(self, advisory_id: str, **fields: Any) -> None:
-        unknown = set(fields) - set(_MUTABLE)
-        if unknown:
-            raise StoreError(f"not updatable: {', '.join(sorted(unknown))}")
-        values = {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in fields.items()}
+        self.update_many([(advisory_id, fields)])
+
+    def update_many(self, items: list[tuple[str, dict[str, Any]]]) -> None:
         pipe = self.r.pipeline(transaction=False)
-        pipe.hset(self._key(advisory_id), mapping=self._mutable_fields(values))
-        if fields.get("delivery") == "undelivered":
-            pipe.sadd(f"{self.p}adv:undelivered", advisory_id)
-        elif "delivery" in fields:
-            pipe.srem(f"{self.p}adv:undelivered", advisory_id)
+        for advisory_id, fields in items:
+            unknown = set(fields) - set(_MUTABLE)
+            if unknown:
+                raise StoreError(f"not updatable: {', '.join(sorted(unknown))}")
+            values = {k: (v.isoformat() if isinstance(v, datetime) else v)
+                      for k, v in fields.items()}
+            pipe.hset(self._key(advisory_id), mapping=self._mutable_fields(values))
+            if fields.get("delivery") == "undelivered":
+                pipe.sadd(f"{self.p}adv:undelivered", advisory_id)
+            elif "delivery" in fields:
+                pipe.srem(f"{self.p}adv:undelivered", advisory_id)
         pipe.execute()
 
     def dispose(self, advisory_id: str, disposition: Disposition) -> AdvisoryRecord:
@@ -327,7 +411,7 @@ class RedisStore:
         for key in patient_keys:
             name = f"{self.p}patadv:{_sha(key)}"
             pipe.zadd(name, {advisory_id: _ts(at)})
-            pipe.expire(name, 7 * 24 * 3600)
+            pipe.expire(name, PATIENT_INDEX_TTL)
         pipe.execute()
 
     def patient_advisories(self, patient_keys: list[str], since: datetime) -> list[str]:
@@ -365,6 +449,8 @@ class RedisStore:
         if kept:
             pipe.rpush(f"{self.p}rejected", *kept)
         pipe.execute()
+        # The advisory stream too: its entry ids are milliseconds since the epoch.
+        self.r.xtrim(f"{self.p}advisories", minid=int(_ts(before) * 1000), approximate=False)
         ids = self.r.zrangebyscore(f"{self.p}adv:index", "-inf", f"({_ts(before)}")
         if not ids:
             return 0
@@ -385,6 +471,21 @@ class RedisStore:
     def dedup_set(self, key: str, ack: bytes, ttl: int) -> None:
         self.r.set(f"{self.p}dedup:{key}", ack, ex=ttl)
 
+    def dedup_get_many(self, keys: list[str]) -> list[bytes | None]:
+        if not keys:
+            return []
+        values: list[bytes | None] = self.r.mget([f"{self.p}dedup:{k}" for k in keys])
+        return values
+
+    def dedup_set_many(self, items: list[tuple[str, bytes]], ttl: int) -> None:
+        if len(items) == 1:
+            self.dedup_set(items[0][0], items[0][1], ttl)
+            return
+        pipe = self.r.pipeline(transaction=False)
+        for key, ack in items:
+            pipe.set(f"{self.p}dedup:{key}", ack, ex=ttl)
+        pipe.execute()
+
 
 class RedisDedup:
     """The resend table in Redis, with the same interface as MemoryDedup."""
@@ -397,6 +498,12 @@ class RedisDedup:
 
     def set(self, key: str, ack: bytes, ttl: int) -> None:
         self.store.dedup_set(key, ack, ttl)
+
+    def get_many(self, keys: list[str]) -> list[bytes | None]:
+        return self.store.dedup_get_many(keys)
+
+    def set_many(self, items: list[tuple[str, bytes]], ttl: int) -> None:
+        self.store.dedup_set_many(items, ttl)
 
 
 class RedisHistory:
@@ -421,17 +528,36 @@ class RedisHistory:
     def entries(self, patient_keys: list[str]) -> list[HistoryEntry]:
         if not patient_keys:
             return []
-        members = self.r.sunion([self._key(k) for k in patient_keys])
+        return self.parse_entries(self.r.sunion([self._key(k) for k in patient_keys]))
+
+    def queue_entries(self, pipe: Any, patient_keys: list[str]) -> None:
+        """Queue entries() on a redis-py pipeline; parse its reply with parse_entries()."""
+        pipe.sunion([self._key(k) for k in patient_keys])
+
+    @staticmethod
+    def parse_entries(members: Any) -> list[HistoryEntry]:
         return sorted((HistoryEntry.model_validate_json(m) for m in members),
                       key=lambda e: (e.at is None, e.at or datetime.min, e.control_id))
 
 
-def mark_delivery(store: AdvisoryStore, advisory_id: str, state: Delivery, attempts: int,
-                  error: str = "", destination: str = "") -> None:
+def purge_expired(store: AdvisoryStore, retention_days: int, now: datetime | None = None) -> int:
+    """Delete advisories and kept refused messages received more than *retention_days* days
+    before *now* (default: the current time); returns how many advisories went."""
+    return store.purge((now or datetime.now(UTC)) - timedelta(days=retention_days))
+
+
+def delivery_fields(state: Delivery, attempts: int, error: str = "", destination: str = ""
+                    ) -> dict[str, Any]:
+    """The fields mark_delivery() sets (for store.update or store.update_many)."""
     fields: dict[str, Any] = {"delivery": state, "delivery_attempts": attempts,
                               "delivery_error": error}
     if destination:
         fields["destination"] = destination
     if state == "delivered":
         fields["delivered_at"] = datetime.now(UTC)
-    store.update(advisory_id, **fields)
+    return fields
+
+
+def mark_delivery(store: AdvisoryStore, advisory_id: str, state: Delivery, attempts: int,
+                  error: str = "", destination: str = "") -> None:
+    store.update(advisory_id, **delivery_fields(state, attempts, error, destination))

@@ -1,13 +1,19 @@
 """Celery tasks, thin: deserialise, call the pipeline, retry.
 
-validate: one per received message (payload: the raw bytes as Latin-1 text, lossless).
+validate_batch: the messages the listener received together (one task for a burst; payload:
+    a list of [raw bytes as Latin-1 text (lossless), received_at]).
+validate: one received message (the same payload, alone; what earlier versions queued).
 deliver: a retry of an advisory's delivery after a failed first attempt.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from functools import cache
+from typing import Any
+
+from celery.exceptions import Reject
 
 from worker.celery_app import app, settings
 from worker.guideline import load_knowledge
@@ -16,6 +22,7 @@ from worker.publish import Publisher
 from worker.runtime import Stores, redis_client
 
 log = logging.getLogger("ordercheck.tasks")
+RETRY_QUEUE_WINDOW = 60.0  # seconds to keep trying to queue a retry (task_time_limit is 120)
 
 
 @cache
@@ -37,7 +44,30 @@ def validate(self: object, message: str, received_at: float) -> list[str]:
         return processor().process(message.encode("latin-1"), received_at)
     except Exception as exc:  # Redis or another dependency failed: run again later
         log.error("validate failed: %s; retrying", type(exc).__name__)
-        raise self.retry(exc=exc, countdown=2) from exc  # type: ignore[attr-defined]
+        raise _retry(self, exc, countdown=2) from exc
+
+
+@app.task(name="ordercheck.validate_batch", bind=True, max_retries=None, acks_late=True)
+def validate_batch(self: object, messages: list[tuple[str, float]]) -> int:
+    """Processor.process_batch. The messages that failed run again later in a task of their
+    own (a message that always fails holds up no other); when that task cannot be queued
+    either, the whole batch runs again (idempotent: what was done is not done twice).
+    Returns the number of advisories (a count: the pool sends results to its parent)."""
+    ids, errors = processor().process_batch([(message.encode("latin-1"), received_at)
+                                             for message, received_at in messages])
+    if not errors:
+        return len(ids)
+    failed = [messages[i] for i in sorted(errors)]
+    error = next(iter(errors.values()))  # Redis or another dependency failed: run again later
+    log.error("validate failed: %s; retrying %d of %d messages", type(error).__name__,
+              len(failed), len(messages))
+    if len(failed) < len(messages):
+        try:
+            validate_batch.apply_async((failed,), countdown=2, retry=False)
+            return len(ids)
+        except Exception:
+            log.error("could not queue the failed messages again; retrying the batch")
+    raise _retry(self, error, countdown=2) from error
 
 
 @app.task(name="ordercheck.deliver", bind=True, max_retries=None, acks_late=True)
@@ -46,9 +76,39 @@ def deliver(self: object, advisory_id: str, attempt: int) -> bool:
         return processor().deliver(advisory_id, attempt)
     except Exception as exc:
         log.error("deliver failed: %s; retrying", type(exc).__name__)
-        raise self.retry(exc=exc, countdown=5) from exc  # type: ignore[attr-defined]
+        raise _retry(self, exc, countdown=5) from exc
+
+
+def _retry(task: Any, exc: Exception, countdown: float) -> Exception:
+    """The exception that runs the task again in *countdown* seconds.
+
+    Celery's retry queues a new message and acknowledges this one; when the broker is down it
+    cannot queue the new one and rejects this one without requeueing (Reject(requeue=False)):
+    the message would be lost. So the retry is tried again every *countdown* seconds for up to
+    RETRY_QUEUE_WINDOW seconds (a Redis restart); after that this very message is requeued, or,
+    with the broker still down, left unacknowledged for Redis to redeliver after the
+    visibility timeout.
+    """
+    deadline = time.monotonic() + RETRY_QUEUE_WINDOW
+    while True:
+        try:
+            retry: Exception = task.retry(exc=exc, countdown=countdown)  # raises Retry once queued
+            return retry
+        except Reject as not_queued:
+            if time.monotonic() + countdown > deadline:
+                log.error("could not queue the retry: %s; requeueing the message",
+                          type(not_queued.reason).__name__)
+                requeue: Exception = Reject(not_queued.reason, requeue=True)
+                return requeue
+            time.sleep(countdown)
 
 
 def enqueue(data: bytes, received_at: float) -> None:
     """Hand a message to the broker (raises when the broker did not accept it)."""
-    validate.apply_async((data.decode("latin-1"), received_at), retry=False)
+    enqueue_many([(data, received_at)])
+
+
+def enqueue_many(messages: list[tuple[bytes, float]]) -> None:
+    """Hand messages to the broker as one task (raises when the broker did not accept it)."""
+    validate_batch.apply_async(([(data.decode("latin-1"), at) for data, at in messages],),
+                               retry=False)

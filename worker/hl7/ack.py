@@ -62,8 +62,8 @@ class AckTarget:
     def wants_accept_ack(self, accepted: bool) -> bool:
         """Whether MSH-15 asks for an accept ACK for this outcome (original mode: always)."""
         mode = self.accept_ack_type.upper()
-        if not self.enhanced or mode in ("", "AL"):
-            return True
+        if not self.enhanced or mode not in ("NE", "ER", "SU"):
+            return True  # AL, empty, or a value outside table 0155: always answer
         if mode == "NE":
             return False
         return accepted if mode == "SU" else not accepted  # ER: errors only

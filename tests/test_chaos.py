@@ -1,0 +1,82 @@
+"""A small chaos run (bench/chaos.py): 300 orders over MLLP to `ordercheck serve` on a Redis of
+its own (AOF, fsync always) while a Celery pool process is SIGKILLed twice, Redis crashes and
+restarts once, the ordering system refuses connections for 2 s, and 5 % of the messages are
+resent with the same MSH-10. Every accepted order must give exactly one delivered advisory.
+
+Deterministic: faults are placed by the number of orders accepted (and at least 1 s apart), the
+resends by a seeded random generator, and the sender is paced; the drain wait is bounded. The
+broker visibility timeout is 8 s (300 s in production), so a message Celery dropped from its
+buffer when Redis went away runs again within the test's time.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+
+from chaos import ChaosConfig, run_chaos
+
+pytestmark = pytest.mark.slow
+
+
+def test_small_chaos_run_loses_and_duplicates_nothing(tmp_path: Path) -> None:
+    if shutil.which("redis-server") is None:
+        if os.environ.get("CI"):
+            pytest.fail("redis-server is not installed (CI needs it)")
+        pytest.skip("redis-server is not installed")
+    lines: list[str] = []
+    cfg = ChaosConfig(orders=300, kill_every=100, workers=2, connections=4, rate=50,
+                      resend_rate=0.05, refuse_seconds=2, redis_downtime=1, fault_gap=1,
+                      drain_timeout=40, quiet_seconds=1.5, ack_timeout=5, max_attempts=100,
+                      visibility_timeout=8, seed=1, workdir=tmp_path)
+    report = run_chaos(cfg, log=lines.append)
+    summary = "\n".join(lines + report.lines())
+    assert (report.kills, report.redis_restarts, report.refusal_windows) == (2, 1, 1), summary
+    assert report.resends == 15, summary
+    assert report.accepted == 300 and report.not_accepted == 0, summary
+    assert report.drained, summary
+    assert (report.lost, report.duplicated, report.undelivered) == (0, 0, 0), summary
+    assert report.unexpected == 0, summary
+    assert report.advisories_received == 300 + report.redelivered, summary
+    assert report.ok, summary
+
+
+def test_serve_starts_a_dead_celery_worker_again(tmp_path: Path) -> None:
+    """Celery's main process can die (it does on some broker losses); serve starts it again."""
+    import signal
+
+    from harness import FakeOrderingSystem, RedisServer, Serve, children, make_order, wait_until
+
+    from worker.hl7.ack import ack_fields
+    from worker.hl7.mllp import MLLPClient
+
+    if shutil.which("redis-server") is None:
+        if os.environ.get("CI"):
+            pytest.fail("redis-server is not installed (CI needs it)")
+        pytest.skip("redis-server is not installed")
+    redis = RedisServer(tmp_path / "redis", aof=False).start()
+    ris = FakeOrderingSystem().start()
+    serve = Serve({"ORDERCHECK_REDIS_URL": redis.url(0), "ORDERCHECK_WORKERS": "1",
+                   "ORDERCHECK_ADVISORY_HOST": "127.0.0.1",
+                   "ORDERCHECK_ADVISORY_PORT": str(ris.port)}, tmp_path / "serve")
+    try:
+        serve.start()
+        (celery,) = children(serve.pid)
+        os.kill(celery, signal.SIGKILL)
+        wait_until(lambda: [p for p in children(serve.pid) if p != celery] != []
+                   and bool(serve.pool_pids()), 30, "a new celery worker")
+        order = make_order(1, run="SUP")
+        with MLLPClient("127.0.0.1", serve.port, connect_timeout=10) as client:
+            assert ack_fields(client.send(order.message, timeout=10))[0] == "AA"
+        wait_until(lambda: order.placer in ris.by_placer(), 30, "the advisory")
+        assert "starting it again" in serve.log_text()
+    finally:
+        serve.stop()
+        ris.stop()
+        redis.stop()

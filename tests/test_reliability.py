@@ -1,0 +1,129 @@
+"""The small fixes behind the chaos and fuzz runs, one test each: a retry that cannot be queued
+keeps its message, an advisory record is written whole or not at all, an MSH-15 outside table
+0155 still gets an ACK, and purging removes what is past retention (stream included)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import fakeredis
+import pytest
+from celery.exceptions import Reject, Retry
+
+from worker import tasks
+from worker.hl7.ack import AckTarget
+from worker.models import CheckResult
+from worker.records import AdvisoryRecord
+from worker.store import MemoryStore, RedisStore, RejectedEntry, purge_expired
+
+
+def _record(rec_id: str, received_at: datetime) -> AdvisoryRecord:
+    result = CheckResult(message_control_id=rec_id, message_type="ORM^O01",
+                         verdict="not-appropriate", guideline_version="test")
+    return AdvisoryRecord(id=rec_id, received_at=received_at, result=result,
+                          raw_in="MSH|in", raw_out="MSH|out")
+
+
+class _Task:
+    """A bound Celery task whose retry cannot be queued the first *failures* times."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.calls = 0
+
+    def retry(self, exc: Exception, countdown: float) -> Exception:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise Reject(ConnectionError("broker down"), requeue=False)  # what Celery does
+        raise Retry("queued", exc)
+
+
+def test_retry_waits_for_the_broker_instead_of_dropping_the_message() -> None:
+    task = _Task(failures=2)
+    with pytest.raises(Retry):
+        raise tasks._retry(task, ConnectionError("redis"), countdown=0.01)
+    assert task.calls == 3
+
+
+def test_retry_requeues_the_message_when_the_broker_stays_down(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tasks, "RETRY_QUEUE_WINDOW", 0.05)
+    out = tasks._retry(_Task(failures=10**6), ConnectionError("redis"), countdown=0.01)
+    assert isinstance(out, Reject) and out.requeue  # never Reject(requeue=False): a loss
+
+
+def test_advisory_record_is_written_whole() -> None:
+    store = RedisStore(fakeredis.FakeRedis())
+    assert store.put(_record("a1", datetime.now(UTC)))
+    fields = store.r.hgetall("oc:adv:a1")
+    assert {b"record", b"raw_out", b"delivery"} <= set(fields)
+    assert not store.put(_record("a1", datetime.now(UTC)))  # written once
+
+
+class _Racing:
+    """A client on which another worker writes the record between our check and our write."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+
+    def pipeline(self, transaction: bool = True) -> Any:
+        pipe = self.real.pipeline(transaction=transaction)
+        check = pipe.hexists
+
+        def hexists(key: str, name: str) -> Any:
+            found = check(key, name)
+            self.real.hset(key, "record", "written by another worker")
+            return found
+
+        pipe.hexists = hexists
+        return pipe
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+def test_advisory_record_race_leaves_the_winners_record_alone() -> None:
+    real = fakeredis.FakeRedis()
+    assert not RedisStore(_Racing(real)).put(_record("a2", datetime.now(UTC)))
+    assert real.hgetall("oc:adv:a2") == {b"record": b"written by another worker"}
+
+
+@pytest.mark.parametrize("mode", ["XX", "\x01", "al", ""])
+def test_msh15_outside_table_0155_is_answered(mode: str) -> None:
+    target = AckTarget(enhanced=True, accept_ack_type=mode)
+    assert target.wants_accept_ack(True) and target.wants_accept_ack(False)
+
+
+def test_msh15_table_0155_values() -> None:
+    def wants(mode: str, accepted: bool) -> bool:
+        return AckTarget(enhanced=True, accept_ack_type=mode).wants_accept_ack(accepted)
+
+    assert wants("AL", True) and wants("AL", False)
+    assert not wants("NE", True) and not wants("NE", False)
+    assert not wants("ER", True) and wants("ER", False)
+    assert wants("SU", True) and not wants("SU", False)
+
+
+@pytest.mark.parametrize("kind", ["memory", "fakeredis"])
+def test_purge_expired(kind: str) -> None:
+    store: MemoryStore | RedisStore = (MemoryStore() if kind == "memory"
+                                       else RedisStore(fakeredis.FakeRedis()))
+    now = datetime.now(UTC)
+    store.put(_record("old", now - timedelta(days=31)))
+    store.put(_record("new", now - timedelta(days=29)))
+    for control, days in (("R-OLD", 31), ("R-NEW", 29)):
+        store.keep_rejected(RejectedEntry(control_id=control, ack_code="AR", reason="x",
+                                          received_at=now - timedelta(days=days), raw="MSH|"))
+    assert purge_expired(store, 30, now) == 1
+    assert store.get("old") is None and store.get("new") is not None
+    assert [e.control_id for e in store.rejected()] == ["R-NEW"]
+
+
+def test_purge_trims_the_advisory_stream() -> None:
+    store = RedisStore(fakeredis.FakeRedis())
+    now = datetime.now(UTC)
+    store.publish(_record("s1", now))
+    assert purge_expired(store, 1, now) == 0 and store.r.xlen("oc:advisories") == 1
+    assert purge_expired(store, 1, now + timedelta(days=2)) == 0
+    assert store.r.xlen("oc:advisories") == 0

@@ -1,0 +1,212 @@
+"""The batched hot path (issue 5) keeps the behaviour of the one-message path: the listener's
+batches (resends, ACK only after queueing), the worker's process_batch (same advisories as
+process() one by one, idempotent, one stream entry each) and the atomic advisory write."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import fakeredis
+import pytest
+from hl7build import order_message
+
+from worker.guideline import Knowledge
+from worker.hl7.ack import ack_fields
+from worker.hl7.parse import peek_msh
+from worker.ingest import Ingestor
+from worker.pipeline import Processor, _lock_name
+from worker.publish import DeliveryOutcome
+from worker.runtime import Stores
+from worker.serve import Batcher
+from worker.settings import Route, Settings
+from worker.store import MemoryDedup, RedisDedup, RedisHistory, RedisStore
+
+
+class Recorder:
+    """Publisher double that records what would be sent."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    def route(self, application: str, facility: str) -> Route | None:
+        return Route(host="127.0.0.1", port=9)
+
+    def send(self, route: Route, message: bytes, control_id: str) -> DeliveryOutcome:
+        assert peek_msh(message).control_id == control_id
+        self.sent.append(message)
+        return DeliveryOutcome(True, "", "127.0.0.1:9")
+
+
+def _processor(knowledge: Knowledge) -> tuple[Processor, Recorder, Any]:
+    client = fakeredis.FakeRedis()
+    stores = Stores(Settings(redis_url=None))
+    store = RedisStore(client)
+    stores.store, stores.history, stores.dedup = store, RedisHistory(client), RedisDedup(store)
+    publisher = Recorder()
+    processor = Processor(Settings(redis_url=None), knowledge, stores,
+                          publisher, lambda i, a, d: None, client)  # type: ignore[arg-type]
+    return processor, publisher, client
+
+
+def _batch() -> list[bytes]:
+    return [
+        order_message(control_id="B1", placer="PB1", patient_id="S1^^^H^MR",
+                      reason="^Left thigh mass 6 cm deep"),
+        order_message(control_id="B2", placer="PB2", patient_id="S2^^^H^MR",
+                      procedure="73720^MRI LE WO W^CPT4", reason="^thigh mass, XR done"),
+        order_message(control_id="B3", placer="PB3", patient_id="S1^^^H^MR",  # same patient
+                      procedure="20206^BIOPSY MUSCLE PERCUTANEOUS^CPT4",
+                      reason="^core biopsy left thigh mass 6 cm"),
+        order_message(control_id="B4", placer="PB4", patient_id="S3^^^H^MR",
+                      procedure="71260^CT CHEST W^CPT4", reason="^cough"),  # out of scope
+        order_message(control_id="B5", msg_type="ORU^R01", placer="PB5",
+                      patient_id="S4^^^H^MR", procedure="73720^MRI LE WO W^CPT4",
+                      reason="^thigh mass"),  # a result: history, no advisory
+        order_message(control_id="B6", placer="PB6", patient_id="S5^^^H^MR",
+                      order_status="CM", procedure="73720^MRI LE WO W^CPT4",
+                      reason="^thigh mass"),  # a completed order writes history
+        b"MSH|^~\\&|X\rgarbage",
+        order_message(control_id="B8", placer="PB8", patient_id="",
+                      reason="^Right thigh lump 7 cm"),  # no patient id: no lock
+    ]
+
+
+def _stamps(data: bytes) -> bytes:
+    return re.sub(rb"\d{14}", b"T", data)
+
+
+def test_process_batch_gives_what_process_gives_one_by_one(knowledge: Knowledge) -> None:
+    batched, sent_batched, client = _processor(knowledge)
+    single, sent_single, _ = _processor(knowledge)
+    items = [(m, 1_700_000_000.0) for m in _batch()]
+    ids, failed = batched.process_batch(items)
+    expected = [i for m, at in items for i in single.process(m, at)]
+    assert failed == {}
+    assert sorted(ids) == sorted(expected) and len(ids) == 4  # B1, B2, B3, B8
+    assert sorted(map(_stamps, sent_batched.sent)) == sorted(map(_stamps, sent_single.sent))
+    for rec_id in ids:
+        a, b = batched.stores.store.get(rec_id), single.stores.store.get(rec_id)
+        assert a is not None and b is not None
+        assert a.delivery == "delivered" and a.delivery_attempts == 1 and a.delivered_at
+        assert (a.result.verdict, [f.code for f in a.result.flags]) == (
+            b.result.verdict, [f.code for f in b.result.flags])
+    assert client.xlen("oc:advisories") == 4
+    assert not list(client.scan_iter("oc:lock:*"))  # every patient lock released
+    # Run again (a redelivered task): nothing new is sent or streamed.
+    again, failed = batched.process_batch(items)
+    assert sorted(again) == sorted(ids) and failed == {}
+    assert len(sent_batched.sent) == 4 and client.xlen("oc:advisories") == 4
+
+
+def test_a_patient_locked_by_another_worker_is_waited_for(knowledge: Knowledge) -> None:
+    processor, publisher, client = _processor(knowledge)
+    msg = order_message(control_id="L1", placer="PL1", patient_id="LK1^^^H^MR",
+                        reason="^Left thigh mass 6 cm deep")
+    client.set(_lock_name(["H|LK1"]), b"other", px=300)
+    assert client.exists(_lock_name(["H|LK1"]))
+    started = time.monotonic()
+    ids, failed = processor.process_batch([(msg, 1_700_000_000.0)])
+    assert failed == {} and len(ids) == 1 and len(publisher.sent) == 1
+    assert time.monotonic() - started >= 0.2
+
+
+def test_add_advisory_writes_once_and_all_together(knowledge: Knowledge) -> None:
+    processor, _, client = _processor(knowledge)
+    [rec_id] = processor.process(order_message(control_id="A1", patient_id="AA1^^^H^MR",
+                                               reason="^thigh mass 6 cm"), 1_700_000_000.0)
+    store = processor.stores.store
+    record = store.get(rec_id)
+    assert record is not None and record.raw_out and record.delivery == "delivered"
+    assert not store.add_advisory(record.model_copy(update={"delivery": "pending"}), ["H|AA1"])
+    again = store.get(rec_id)
+    assert again is not None and again.delivery == "delivered"  # nothing overwritten
+    assert client.xlen("oc:advisories") == 1
+    assert client.zscore("oc:adv:index", rec_id) == 1_700_000_000.0
+    assert store.patient_advisories(["H|AA1"], record.received_at) == [rec_id]
+
+
+class Queue:
+    def __init__(self, dedup: MemoryDedup, fail: bool = False) -> None:
+        self.dedup = dedup
+        self.fail = fail
+        self.calls: list[list[bytes]] = []
+        self.acks_recorded: list[int] = []  # resend-table size at each broker call
+
+    def many(self, messages: list[tuple[bytes, float]]) -> None:
+        if self.fail:
+            raise ConnectionError("broker down")
+        self.acks_recorded.append(len(self.dedup._acks))
+        self.calls.append([m for m, _ in messages])
+
+    def one(self, data: bytes, at: float) -> None:
+        raise AssertionError("enqueue_many is used")
+
+
+def test_listener_batch_queues_once_and_answers_resends_with_the_first_ack() -> None:
+    dedup = MemoryDedup()
+    queue = Queue(dedup)
+    ingest = Ingestor(Settings(redis_url=None), dedup, queue.one, lambda r: None, queue.many)
+    first = order_message(control_id="R1", reason="^thigh mass")
+    [ack1] = ingest.handle_batch([first])
+    other = order_message(control_id="R2", reason="^thigh mass")
+    replies = ingest.handle_batch([other, first, other, b"not hl7"])
+    assert queue.calls == [[first], [other]]  # one broker call per batch, each message once
+    assert queue.acks_recorded == [0, 1]  # an ACK is recorded only after its message is queued
+    assert replies[1] == ack1  # a resend of an earlier batch
+    assert replies[2] == replies[0] and ack_fields(replies[0] or b"") == ("AA", "R2")
+    assert ack_fields(replies[3] or b"")[0] == "AE"
+
+
+def test_listener_batch_refused_when_the_broker_is_down() -> None:
+    dedup = MemoryDedup()
+    ingest = Ingestor(Settings(redis_url=None), dedup, Queue(dedup).one, lambda r: None,
+                      Queue(dedup, fail=True).many)
+    msg = order_message(control_id="D1", reason="^thigh mass")
+    replies = ingest.handle_batch([msg, msg])
+    assert [ack_fields(r or b"")[0] for r in replies] == ["AR", "AR"]
+    assert not dedup._acks  # nothing recorded: the resend is queued
+
+
+def test_batcher_groups_frames_that_arrive_together() -> None:
+    sizes: list[int] = []
+
+    def handle(frames: list[bytes]) -> tuple[list[bytes | None], Any]:
+        sizes.append(len(frames))
+        time.sleep(0.02)
+        return [b"ack:" + f for f in frames], lambda: None
+
+    async def main() -> list[bytes | None]:
+        batcher = Batcher(handle, ThreadPoolExecutor(2))
+        first = asyncio.ensure_future(batcher.submit(b"0"))
+        await asyncio.sleep(0.005)  # the first frame is handled alone, at once
+        rest = [batcher.submit(str(i).encode()) for i in range(1, 10)]
+        return [await first, *await asyncio.gather(*rest)]
+
+    replies = asyncio.run(main())
+    assert replies == [b"ack:" + str(i).encode() for i in range(10)]
+    assert sizes == [1, 9]  # the others arrived while it was handled: one batch
+
+
+@pytest.mark.parametrize("size", [1, 3])
+def test_dedup_many_on_redis(size: int) -> None:
+    dedup = RedisDedup(RedisStore(fakeredis.FakeRedis()))
+    keys = [f"k{i}" for i in range(size)]
+    assert dedup.get_many(keys) == [None] * size
+    dedup.set_many([(k, k.encode()) for k in keys], 60)
+    assert dedup.get_many(keys) == [k.encode() for k in keys]
+
+
+def test_acks_are_recorded_for_resends_after_they_are_returned() -> None:
+    dedup = MemoryDedup()
+    queue = Queue(dedup)
+    ingest = Ingestor(Settings(redis_url=None), dedup, queue.one, lambda r: None, queue.many)
+    msg = order_message(control_id="E1", reason="^thigh mass")
+    [ack], remember = ingest.handle_batch_early([msg])
+    assert queue.calls == [[msg]] and ack_fields(ack or b"") == ("AA", "E1")
+    assert not dedup._acks
+    remember()
+    assert ingest.handle(msg) == ack and queue.calls == [[msg]]  # the resend: same ACK
