@@ -33,7 +33,7 @@ def test_small_chaos_run_loses_and_duplicates_nothing(tmp_path: Path) -> None:
     lines: list[str] = []
     cfg = ChaosConfig(orders=300, kill_every=100, workers=2, connections=4, rate=50,
                       resend_rate=0.05, refuse_seconds=2, redis_downtime=1, fault_gap=1,
-                      drain_timeout=40, quiet_seconds=1.5, ack_timeout=5, max_attempts=100,
+                      drain_timeout=50, quiet_seconds=1.5, ack_timeout=5, max_attempts=100,
                       visibility_timeout=8, seed=1, workdir=tmp_path)
     report = run_chaos(cfg, log=lines.append)
     summary = "\n".join(lines + report.lines())
@@ -76,6 +76,37 @@ def test_serve_starts_a_dead_celery_worker_again(tmp_path: Path) -> None:
             assert ack_fields(client.send(order.message, timeout=10))[0] == "AA"
         wait_until(lambda: order.placer in ris.by_placer(), 30, "the advisory")
         assert "starting it again" in serve.log_text()
+    finally:
+        serve.stop()
+        ris.stop()
+        redis.stop()
+
+
+def test_an_accepted_message_the_broker_lost_is_queued_again(tmp_path: Path) -> None:
+    """The kombu window (BRPOP, then the unacked record): a message taken off the queue by a
+    worker that dies with Redis is gone from the broker; the listener's journal queues it
+    again after twice the visibility timeout."""
+    from harness import FakeOrderingSystem, RedisServer, Serve, make_order, wait_until
+
+    from worker.journal import Journal
+
+    if shutil.which("redis-server") is None:
+        if os.environ.get("CI"):
+            pytest.fail("redis-server is not installed (CI needs it)")
+        pytest.skip("redis-server is not installed")
+    redis = RedisServer(tmp_path / "redis", aof=False).start()
+    ris = FakeOrderingSystem().start()
+    serve = Serve({"ORDERCHECK_REDIS_URL": redis.url(0), "ORDERCHECK_WORKERS": "1",
+                   "ORDERCHECK_BROKER_VISIBILITY_TIMEOUT": "5",
+                   "ORDERCHECK_ADVISORY_HOST": "127.0.0.1",
+                   "ORDERCHECK_ADVISORY_PORT": str(ris.port)}, tmp_path / "serve")
+    try:
+        serve.start()
+        lost = make_order(1, run="LOST")
+        Journal(redis.client()).add([(lost.message, 1.0)])  # accepted, never reached a worker
+        wait_until(lambda: lost.placer in ris.by_placer(), 30, "the lost message processed")
+        wait_until(lambda: Journal(redis.client()).size() == 0, 10, "the journal cleared")
+        assert len(ris.by_placer()[lost.placer]) == 1
     finally:
         serve.stop()
         ris.stop()

@@ -127,3 +127,46 @@ def test_purge_trims_the_advisory_stream() -> None:
     assert purge_expired(store, 1, now) == 0 and store.r.xlen("oc:advisories") == 1
     assert purge_expired(store, 1, now + timedelta(days=2)) == 0
     assert store.r.xlen("oc:advisories") == 0
+
+
+# ------------------------------------------------------------------------------- the journal
+def test_journal_add_done_and_stale(monkeypatch: pytest.MonkeyPatch) -> None:
+    from worker import journal as jmod
+
+    clock = [1000.0]
+    monkeypatch.setattr(jmod.time, "time", lambda: clock[0])
+    j = jmod.Journal(fakeredis.FakeRedis())
+    j.add([(b"MSH|one\r", 1.0), (b"MSH|two\xe9\r", 2.0)])
+    assert j.size() == 2
+    assert j.take_stale(grace=60) == []  # not old enough
+    j.done([b"MSH|one\r"])
+    clock[0] += 61
+    assert j.take_stale(grace=60) == [(b"MSH|two\xe9\r", 2.0)]  # bytes survive as they were
+    assert j.take_stale(grace=60) == []  # marked queued again just now
+    clock[0] += 61
+    assert len(j.take_stale(grace=60)) == 1  # still not processed: again
+    j.done([b"MSH|two\xe9\r"])
+    assert j.size() == 0
+
+
+def test_journaled_enqueue_and_requeue_stale(monkeypatch: pytest.MonkeyPatch) -> None:
+    from worker import journal as jmod
+
+    clock = [1000.0]
+    monkeypatch.setattr(jmod.time, "time", lambda: clock[0])
+    j = jmod.Journal(fakeredis.FakeRedis())
+    queued: list[list[tuple[bytes, float]]] = []
+    enqueue = jmod.journaled(j, queued.append)
+    enqueue([(b"A", 1.0)])
+    assert queued == [[(b"A", 1.0)]] and j.size() == 1
+
+    def broken(messages: list[tuple[bytes, float]]) -> None:
+        raise ConnectionError("broker down")
+
+    with pytest.raises(ConnectionError):
+        jmod.journaled(j, broken)([(b"B", 2.0)])
+    assert j.size() == 1  # a refused message (AR) is not kept: the sender resends it
+    clock[0] += 100
+    assert jmod.requeue_stale(j, queued.append, grace=60, queue_length=lambda: 5) == 0
+    assert jmod.requeue_stale(j, queued.append, grace=60, queue_length=lambda: 0) == 1
+    assert queued[-1] == [(b"A", 1.0)]

@@ -26,7 +26,8 @@ from worker.guideline import load_knowledge
 from worker.hl7.ack import AckError, AckTarget, build_ack
 from worker.hl7.mllp import FrameError, FrameErrorKind, MLLPServer
 from worker.ingest import EnqueueMany, Ingestor, Rejected
-from worker.runtime import Stores
+from worker.journal import Journal, journaled, requeue_stale
+from worker.runtime import Stores, redis_client
 from worker.settings import Settings
 from worker.store import RejectedEntry, purge_expired
 
@@ -133,8 +134,13 @@ class Service:
             from worker import tasks
 
             self.stores = Stores(settings)
-            enqueue = tasks.enqueue
-            enqueue_many: EnqueueMany | None = tasks.enqueue_many
+            # Each message goes to the journal before the queue: see worker/journal.py.
+            self.journal = Journal(redis_client(settings.redis_url))
+            journaled_many = journaled(self.journal, tasks.enqueue_many)
+            enqueue_many: EnqueueMany | None = journaled_many
+
+            def enqueue(data: bytes, received_at: float) -> None:
+                journaled_many([(data, received_at)])
         else:
             from worker.embedded import EmbeddedRuntime
 
@@ -144,7 +150,9 @@ class Service:
             enqueue_many = None
         self.ingestor = Ingestor(settings, self.stores.dedup, enqueue, _keeper(self.stores),
                                  enqueue_many)
-        self.pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="ordercheck-ingest")
+        # One thread: the batcher hands it one batch at a time (and one thread keeps one malloc
+        # arena: the listener's memory stays flat over a long run).
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ordercheck-ingest")
         self.batcher = Batcher(self.ingestor.handle_batch_early, self.pool)
         self.server = MLLPServer(self._on_frame, on_error=self._on_frame_error,
                                  host=settings.listen_host, port=settings.listen_port,
@@ -175,6 +183,7 @@ class Service:
         else:
             self.celery = start_celery_worker(self.settings)
             self._background.append(asyncio.create_task(self._supervise()))
+            self._background.append(asyncio.create_task(self._requeue_lost()))
         await self.server.start()
         self._background.append(asyncio.create_task(self._purge_daily()))
         if self.settings.metrics_port is not None:
@@ -210,6 +219,24 @@ class Service:
                 log.error("celery worker exited with status %s; starting it again",
                           self.celery.returncode)
                 self.celery = start_celery_worker(self.settings)
+
+    async def _requeue_lost(self) -> None:
+        """Queue again accepted messages no worker processed (worker/journal.py): those still
+        in the journal after twice the broker's visibility timeout, with the queue empty."""
+        from worker import tasks
+        from worker.celery_app import QUEUE
+
+        grace = 2.0 * self.settings.broker_visibility_timeout
+        client = redis_client(self.settings.redis_url)
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(min(60.0, grace / 4))
+            try:
+                await loop.run_in_executor(None, requeue_stale, self.journal,
+                                           tasks.enqueue_many, grace,
+                                           lambda: int(client.llen(QUEUE)))
+            except Exception as exc:  # Redis down: the next round
+                log.error("journal sweep failed: %s", type(exc).__name__)
 
     async def _purge_daily(self) -> None:
         """Purge what is older than retention_days now, then every PURGE_INTERVAL seconds."""

@@ -17,6 +17,7 @@ from celery.exceptions import Reject
 
 from worker.celery_app import app, settings
 from worker.guideline import load_knowledge
+from worker.journal import Journal
 from worker.pipeline import Processor
 from worker.publish import Publisher
 from worker.runtime import Stores, redis_client
@@ -38,13 +39,21 @@ def processor() -> Processor:
                      schedule, client)
 
 
+def _done(messages: list[str]) -> None:
+    """Clear processed messages from the listener's journal (worker/journal.py)."""
+    if settings.redis_url and messages:
+        Journal(redis_client(settings.redis_url)).done([m.encode("latin-1") for m in messages])
+
+
 @app.task(name="ordercheck.validate", bind=True, max_retries=None, acks_late=True)
 def validate(self: object, message: str, received_at: float) -> list[str]:
     try:
-        return processor().process(message.encode("latin-1"), received_at)
+        ids = processor().process(message.encode("latin-1"), received_at)
     except Exception as exc:  # Redis or another dependency failed: run again later
         log.error("validate failed: %s; retrying", type(exc).__name__)
         raise _retry(self, exc, countdown=2) from exc
+    _done([message])
+    return ids
 
 
 @app.task(name="ordercheck.validate_batch", bind=True, max_retries=None, acks_late=True)
@@ -55,6 +64,7 @@ def validate_batch(self: object, messages: list[tuple[str, float]]) -> int:
     Returns the number of advisories (a count: the pool sends results to its parent)."""
     ids, errors = processor().process_batch([(message.encode("latin-1"), received_at)
                                              for message, received_at in messages])
+    _done([m for i, (m, _) in enumerate(messages) if i not in errors])
     if not errors:
         return len(ids)
     failed = [messages[i] for i in sorted(errors)]

@@ -1,0 +1,119 @@
+"""The journal of accepted messages: none is lost between the broker and a worker (Redis mode).
+
+Celery's Redis transport takes a message off the queue (BRPOP) and records it as unacknowledged
+with a second command; if Redis crashes between the two, the message is gone although the
+listener ACKed it (kombu issue #305; the chaos run, bench/chaos.py, hits it). So:
+
+- the listener writes each message here before queueing it (`journaled`), and answers AA only
+  once both are done;
+- the worker removes it once processed (`Journal.done`);
+- `ordercheck serve` queues again what is still here after `grace` seconds while the queue is
+  empty (`requeue_stale`). Processing is idempotent, so a message queued twice gives one
+  advisory; a message only ever waits here, it is never processed from here.
+
+Redis layout (prefix "oc:"): oc:inflight hash, message key -> JSON [message as Latin-1 text,
+received_at]; oc:inflight:at sorted set, message key by the time it was last queued. The message
+key is a hash of the message bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+log = logging.getLogger("ordercheck.journal")
+
+Messages = list[tuple[bytes, float]]  # (message bytes, received_at epoch seconds)
+
+
+def message_key(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:32]
+
+
+class Journal:
+    """Accepted messages not processed yet, in Redis."""
+
+    def __init__(self, client: Any, prefix: str = "oc:") -> None:
+        self.r = client
+        self.hash = f"{prefix}inflight"
+        self.index = f"{prefix}inflight:at"
+
+    def add(self, messages: Messages) -> None:
+        """Record *messages* (one round trip, all or nothing); raises when Redis did not."""
+        now = time.time()
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hset(self.hash, mapping={message_key(d): json.dumps([d.decode("latin-1"), at])
+                                      for d, at in messages})
+        pipe.zadd(self.index, {message_key(d): now for d, _ in messages})
+        pipe.execute()
+
+    def done(self, messages: list[bytes]) -> None:
+        """Forget *messages* (processed); never raises: what stays is only queued again."""
+        if not messages:
+            return
+        keys = [message_key(d) for d in messages]
+        try:
+            pipe = self.r.pipeline(transaction=True)
+            pipe.hdel(self.hash, *keys)
+            pipe.zrem(self.index, *keys)
+            pipe.execute()
+        except Exception as exc:
+            log.warning("could not clear processed messages from the journal: %s",
+                        type(exc).__name__)
+
+    def size(self) -> int:
+        return int(self.r.zcard(self.index))
+
+    def take_stale(self, grace: float, limit: int = 500) -> Messages:
+        """Messages queued more than *grace* seconds ago and not processed since; they are
+        marked queued now (the caller queues them again)."""
+        now = time.time()
+        keys = [k.decode() for k in self.r.zrangebyscore(self.index, "-inf", now - grace,
+                                                         start=0, num=limit)]
+        if not keys:
+            return []
+        values = self.r.hmget(self.hash, keys)
+        out: Messages = []
+        pipe = self.r.pipeline(transaction=True)
+        for key, value in zip(keys, values, strict=True):
+            if value is None:  # processed meanwhile
+                pipe.zrem(self.index, key)
+                continue
+            text, at = json.loads(value)
+            out.append((text.encode("latin-1"), float(at)))
+            pipe.zadd(self.index, {key: now})
+        pipe.execute()
+        return out
+
+
+def journaled(journal: Journal, enqueue_many: Callable[[Messages], None]
+              ) -> Callable[[Messages], None]:
+    """enqueue_many that records the messages in the journal first (raises if either fails)."""
+
+    def enqueue(messages: Messages) -> None:
+        journal.add(messages)
+        try:
+            enqueue_many(messages)
+        except Exception:
+            journal.done([d for d, _ in messages])  # refused: the sender resends them
+            raise
+
+    return enqueue
+
+
+def requeue_stale(journal: Journal, enqueue_many: Callable[[Messages], None], grace: float,
+                  queue_length: Callable[[], int]) -> int:
+    """Queue again the journal's messages older than *grace* seconds, when the broker's queue
+    is empty (a backlog is waiting, not lost). Returns how many were queued."""
+    if queue_length() > 0:
+        return 0
+    stale = journal.take_stale(grace)
+    if stale:
+        enqueue_many(stale)
+        log.warning("queued %d accepted messages again that no worker processed",
+                    len(stale))
+    return len(stale)
