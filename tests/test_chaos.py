@@ -25,11 +25,16 @@ from chaos import ChaosConfig, run_chaos
 pytestmark = pytest.mark.slow
 
 
-def test_small_chaos_run_loses_and_duplicates_nothing(tmp_path: Path) -> None:
+
+def _require_redis_server() -> None:
+    """These tests start redis-servers of their own: skip locally without one, fail in CI."""
     if shutil.which("redis-server") is None:
         if os.environ.get("CI"):
             pytest.fail("redis-server is not installed (CI needs it)")
         pytest.skip("redis-server is not installed")
+
+def test_small_chaos_run_loses_and_duplicates_nothing(tmp_path: Path) -> None:
+    _require_redis_server()
     lines: list[str] = []
     cfg = ChaosConfig(orders=300, kill_every=100, workers=2, connections=4, rate=50,
                       resend_rate=0.05, refuse_seconds=2, redis_downtime=1, fault_gap=1,
@@ -56,10 +61,7 @@ def test_serve_starts_a_dead_celery_worker_again(tmp_path: Path) -> None:
     from worker.hl7.ack import ack_fields
     from worker.hl7.mllp import MLLPClient
 
-    if shutil.which("redis-server") is None:
-        if os.environ.get("CI"):
-            pytest.fail("redis-server is not installed (CI needs it)")
-        pytest.skip("redis-server is not installed")
+    _require_redis_server()
     redis = RedisServer(tmp_path / "redis", aof=False).start()
     ris = FakeOrderingSystem().start()
     serve = Serve({"ORDERCHECK_REDIS_URL": redis.url(0), "ORDERCHECK_WORKERS": "1",
@@ -90,10 +92,7 @@ def test_an_accepted_message_the_broker_lost_is_queued_again(tmp_path: Path) -> 
 
     from worker.journal import Journal
 
-    if shutil.which("redis-server") is None:
-        if os.environ.get("CI"):
-            pytest.fail("redis-server is not installed (CI needs it)")
-        pytest.skip("redis-server is not installed")
+    _require_redis_server()
     redis = RedisServer(tmp_path / "redis", aof=False).start()
     ris = FakeOrderingSystem().start()
     serve = Serve({"ORDERCHECK_REDIS_URL": redis.url(0), "ORDERCHECK_WORKERS": "1",
