@@ -237,3 +237,10 @@ def test_site_code_map(tmp_path: object, knowledge: Knowledge) -> None:
     checker = Checker(load_knowledge(code_map=path), InMemoryHistory())
     r = check(checker, procedure="IMG9^XYZ PROTOCOL 9^EAP", reason="^left thigh mass")
     assert r.verdict == "not-appropriate"
+
+
+def test_free_text_in_the_code_component_is_read(checker: Checker) -> None:
+    """Feeds that put text in OBR-4.1 and OBR-31.1 ("CT FEMUR LT W/CONTRAST", "Left thigh mass")."""
+    r = check(checker, procedure="CT FEMUR LT W/CONTRAST", reason="Left thigh mass 6 cm")
+    assert r.verdict == "not-appropriate"
+    assert r.facts is not None and r.facts.contrast == "with" and r.facts.laterality == "left"

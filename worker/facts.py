@@ -35,10 +35,13 @@ _ONE_LETTER = re.compile(r"^\W*\w\W*$")
 
 
 def procedure_text(order: Order) -> str:
+    """The ordered procedure's text (OBR-4.2/.5, OBR-44); free text sent in the code component
+    ("CT FEMUR LT W/CONTRAST" in OBR-4.1) counts as text."""
     seen: list[str] = []
     for p in order.procedures:
-        if p.text and p.text not in seen:
-            seen.append(p.text)
+        text = p.text or (p.code if any(ch.isspace() for ch in p.code) else "")
+        if text and text not in seen:
+            seen.append(text)
     return " ".join(seen)
 
 

@@ -86,7 +86,9 @@ def _text(msg: RawMessage, raw: str) -> str:
 
 def _source(msg: RawMessage, label: str, raw: str, coded: bool = False) -> TextSource | None:
     codes = _coded(msg, raw) if coded else []
-    text = " ".join(c.text for c in codes if c.text) if coded else _text(msg, raw)
+    # A coded field often carries free text in its first component ("Left thigh mass"):
+    # a code without text is read as text too (a real code in the text matches no word).
+    text = " ".join(c.text or c.code for c in codes) if coded else _text(msg, raw)
     if not text and not codes:
         return None
     return TextSource(source=label, text=text, codes=codes)
