@@ -62,22 +62,14 @@ def test_advisory_record_is_written_whole() -> None:
 
 
 class _Racing:
-    """A client on which another worker writes the record between our check and our write."""
+    """A client on which another worker writes the record just before our write reaches Redis."""
 
     def __init__(self, real: Any) -> None:
         self.real = real
 
-    def pipeline(self, transaction: bool = True) -> Any:
-        pipe = self.real.pipeline(transaction=transaction)
-        check = pipe.hexists
-
-        def hexists(key: str, name: str) -> Any:
-            found = check(key, name)
-            self.real.hset(key, "record", "written by another worker")
-            return found
-
-        pipe.hexists = hexists
-        return pipe
+    def eval(self, script: str, numkeys: int, *keys_and_args: Any) -> Any:
+        self.real.hset(keys_and_args[0], "record", "written by another worker")
+        return self.real.eval(script, numkeys, *keys_and_args)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.real, name)

@@ -325,8 +325,8 @@ class Processor:
             mark_delivery(store, rec_id, "not-sent", attempt - 1,
                           "no destination configured for this sender")
             return False
-        outcome = self.publisher.send(route, record.raw_out.encode("utf-8"),
-                                      peek_msh(record.raw_out.encode("utf-8")).control_id)
+        message = record.raw_out.encode("utf-8")
+        outcome = self.publisher.send(route, message, peek_msh(message).control_id)
         if outcome.ok:
             fields = delivery_fields("delivered", attempt, "", outcome.destination)
             if marks is None:

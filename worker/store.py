@@ -21,7 +21,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from pydantic import BaseModel
-from redis.exceptions import WatchError
 
 from worker.errors import StoreError
 from worker.models import CheckResult, HistoryEntry
@@ -239,9 +238,9 @@ class MemoryDedup:
 
 PATIENT_INDEX_TTL = 7 * 24 * 3600  # seconds a patient's advisory index lives (re-checks)
 
-# add_advisory: KEYS = record hash, index, stream, patient indexes...; ARGV = id, score (epoch
-# seconds), stream entry (JSON), stream max length, patient index TTL, record JSON, then the
-# mutable fields as name, value pairs.
+# put / add_advisory: KEYS = record hash, index, stream, patient indexes...; ARGV = id, score
+# (epoch seconds), stream entry (JSON; "" for none), stream max length, patient index TTL,
+# record JSON, then the mutable fields as name, value pairs. Atomic: written whole or not at all.
 _ADD_ADVISORY = """
 if redis.call('HSETNX', KEYS[1], 'record', ARGV[6]) == 0 then return 0 end
 if #ARGV > 6 then redis.call('HSET', KEYS[1], unpack(ARGV, 7)) end
@@ -250,7 +249,9 @@ for i = 4, #KEYS do
   redis.call('ZADD', KEYS[i], ARGV[2], ARGV[1])
   redis.call('EXPIRE', KEYS[i], ARGV[5])
 end
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*', 'advisory', ARGV[3])
+if ARGV[3] ~= '' then
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*', 'advisory', ARGV[3])
+end
 return 1
 """
 
@@ -272,23 +273,10 @@ class RedisStore:
         return f"{self.p}adv:{advisory_id}"
 
     def put(self, record: AdvisoryRecord) -> bool:
-        # One MULTI/EXEC under WATCH: a worker or Redis dying half-way must never leave a record
-        # without its advisory (raw_out) and delivery state, or the re-run would send nothing.
-        fields = {"record": record.model_dump_json(exclude=set(_MUTABLE) | {"audit"}),
-                  **self._mutable_fields(record.model_dump(mode="json", include=set(_MUTABLE)))}
-        key = self._key(record.id)
-        with self.r.pipeline(transaction=True) as pipe:
-            try:
-                pipe.watch(key)
-                if pipe.hexists(key, "record"):
-                    return False
-                pipe.multi()
-                pipe.hset(key, mapping=fields)
-                pipe.zadd(f"{self.p}adv:index", {record.id: _ts(record.received_at)})
-                pipe.execute()
-            except WatchError:  # another worker wrote it meanwhile
-                return False
-        return True
+        # The add_advisory script without stream entry or patient index: a worker or Redis
+        # dying half-way never leaves a record without its advisory (raw_out) and delivery state.
+        keys, args = self._add_call(record, [], stream=False)
+        return bool(self.r.eval(_ADD_ADVISORY, len(keys), *keys, *args))
 
     def add_advisory(self, record: AdvisoryRecord, patient_keys: list[str]) -> bool:
         """One round trip, atomic (a Lua script): see queue_add_advisory."""
@@ -304,12 +292,13 @@ class RedisStore:
         keys, args = self._add_call(record, patient_keys)
         pipe.eval(_ADD_ADVISORY, len(keys), *keys, *args)  # EVAL: no SCRIPT EXISTS round trip
 
-    def _add_call(self, record: AdvisoryRecord, patient_keys: list[str]
+    def _add_call(self, record: AdvisoryRecord, patient_keys: list[str], stream: bool = True
                   ) -> tuple[list[str], list[Any]]:
         mutable = self._mutable_fields(record.model_dump(mode="json", include=set(_MUTABLE)))
         keys = [self._key(record.id), f"{self.p}adv:index", f"{self.p}advisories",
                 *(f"{self.p}patadv:{_sha(k)}" for k in patient_keys)]
-        args: list[Any] = [record.id, _ts(record.received_at), json.dumps(record.flags_json()),
+        entry = json.dumps(record.flags_json()) if stream else ""
+        args: list[Any] = [record.id, _ts(record.received_at), entry,
                            self.stream_maxlen, PATIENT_INDEX_TTL,
                            record.model_dump_json(exclude=set(_MUTABLE) | {"audit"})]
         for name, value in mutable.items():
