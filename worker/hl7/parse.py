@@ -14,13 +14,20 @@ import codecs
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Literal, Protocol
 
 from worker.errors import HL7ParseError
 from worker.hl7.escape import Delimiters
 
 _SEGMENT_ID = re.compile(r"^[A-Z][A-Z0-9]{2}$")
-_MSH_START = re.compile(rb"(?:^|[\r\n\x0b\x1c])(?=MSH)")
+_LOWER_ID = re.compile(r"^[a-z][a-z0-9]{2}$")
+# A message begins at MSH (any case) at the start of a line, after at most 16 bytes of junk
+# (spaces, NULs, a DOS end-of-file ^Z) and a UTF-8 byte order mark, and before a delimiter.
+_JUNK = b" \t\x00\x1a"
+_BOM = codecs.BOM_UTF8
+_MSH_START = re.compile(rb"(?:^|(?<=[\r\n]))[ \t\x00\x1a]{0,16}(?:\xef\xbb\xbf)?"
+                        rb"(?=[Mm][Ss][Hh][^A-Za-z0-9\r\n])")
+_TAIL = 24  # bytes at the end of a buffer in which an MSH may still be arriving
 _FRAMING = bytes.maketrans(b"\x0b\x1c", b"\r\r")
 
 # MSH-18 (HL7 table 0211) to Python codecs. Unknown names fall back to UTF-8, then Latin-1.
@@ -80,8 +87,11 @@ class RawMessage:
 
     # -- field helpers (they unescape) -----------------------------------------------------------
     def value(self, raw: str) -> str:
-        """The text of a field or component, escape sequences decoded, whitespace trimmed."""
-        return self.delimiters.decode(raw).strip()
+        """The text of a field or component, escape sequences decoded, whitespace trimmed.
+
+        The HL7 explicit null `""` (delete the value) reads as empty."""
+        value = self.delimiters.decode(raw).strip()
+        return "" if value == '""' else value
 
     def repetitions(self, raw: str) -> list[str]:
         rep = self.delimiters.repetition
@@ -116,6 +126,8 @@ def decode_bytes(data: bytes, declared: str) -> tuple[str, str]:
     if data.isascii():
         return data.decode("ascii"), "ascii"
     name = _CHARSETS.get(declared.strip().upper(), "")
+    if name in ("utf-16", "utf-32") and b"\x00" not in data:
+        name = ""  # already turned into UTF-8 (clean_start), or a wrong declaration
     if name and name not in ("latin-1", "ascii", "utf-8", "cp1252"):
         try:
             return data.decode(name), name
@@ -201,13 +213,20 @@ class MessageSplitter:
         self._dropping = False  # the text in progress passed the limit: only its tail is kept
         self._skipped_lines = 0  # line ends in the bytes dropped
         self.oversized = 0  # messages yielded as b"" because they passed the limit
+        # A UTF-16 stream (a Windows export) is turned into UTF-8 as it arrives: None until the
+        # first bytes are seen, then the decoder or False.
+        self._utf16: codecs.IncrementalDecoder | Literal[False] | None = None
 
     def feed(self, chunk: bytes) -> list[tuple[int, bytes]]:
+        if self._utf16 is None and chunk:
+            self._utf16 = _utf16_decoder(chunk) or False
+        if self._utf16:
+            chunk = self._utf16.decode(chunk).encode("utf-8")
         buf = self._buf + chunk.translate(_FRAMING)
         out: list[tuple[int, bytes]] = []
         prev = 0
         for m in _MSH_START.finditer(buf, self._scan):
-            start = m.start() if buf[m.start():m.start() + 3] == b"MSH" else m.start() + 1
+            start = m.start()
             if start == 0 and (self._started or self._dropping):
                 continue  # the message in progress itself, or the cut of a dropped text
             self._emit(buf[prev:start], out)
@@ -217,11 +236,15 @@ class MessageSplitter:
             self._drop(buf)
         else:
             self._buf = buf
-        self._scan = max(0, len(self._buf) - 3)  # "MSH" may still be arriving
+        self._scan = max(0, len(self._buf) - _TAIL)  # an MSH may still be arriving
         return out
 
     def close(self) -> list[tuple[int, bytes]]:
         out: list[tuple[int, bytes]] = []
+        if self._utf16:
+            rest = self._utf16.decode(b"", True).encode("utf-8")
+            if rest:
+                out = self.feed(rest)
         self._emit(self._buf, out)
         self._buf, self._scan = b"", 0
         return out
@@ -231,18 +254,31 @@ class MessageSplitter:
         if self._dropping:
             out.append((self._line, b""))
             self.oversized += 1
-        elif self._started or piece.strip(b" \t\r\n\x00"):
+        elif self._started or not _only_batch_header(piece):
             out.append((self._line, piece))
         self._line += self._skipped_lines + _count_lines(piece)
         self._started, self._dropping, self._skipped_lines = True, False, 0
 
     def _drop(self, buf: bytes) -> None:
-        """Keep only the last 3 bytes of an oversized text (an MSH may begin there)."""
-        dropped, kept = buf[:-3], buf[-3:]
+        """Keep only the last bytes of an oversized text (an MSH may begin there)."""
+        dropped, kept = buf[:-_TAIL], buf[-_TAIL:]
         self._skipped_lines += _count_lines(dropped) - (dropped.endswith(b"\r")
                                                          and kept.startswith(b"\n"))
         self._buf = kept
         self._dropping = True
+
+
+_BATCH_SEGMENTS = (b"FHS", b"BHS", b"FTS", b"BTS")
+
+
+def _only_batch_header(piece: bytes) -> bool:
+    """Whether text before the first MSH is blank or only batch segments (FHS, BHS: HL7 v2.5.1
+    chapter 2.10), which carry no message of their own."""
+    for line in piece.replace(_BOM, b"").replace(b"\n", b"\r").split(b"\r"):
+        line = line.strip(_JUNK)
+        if line and line[:3].upper() not in _BATCH_SEGMENTS:
+            return False
+    return True
 
 
 def _count_lines(data: bytes) -> int:
@@ -250,10 +286,46 @@ def _count_lines(data: bytes) -> int:
     return data.count(b"\n") + data.count(b"\r") - data.count(b"\r\n")
 
 
+def _utf16_decoder(head: bytes) -> codecs.IncrementalDecoder | None:
+    """A decoder when *head* (the first bytes of a stream) is UTF-16 text, else None."""
+    head = head.lstrip(b"\x0b")
+    if head[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE):
+        return codecs.getincrementaldecoder("utf-16")(errors="replace")
+    if head[:6].upper() == b"M\x00S\x00H\x00":
+        return codecs.getincrementaldecoder("utf-16-le")(errors="replace")
+    if head[:6].upper() == b"\x00M\x00S\x00H":
+        return codecs.getincrementaldecoder("utf-16-be")(errors="replace")
+    return None
+
+
+def clean_start(data: bytes) -> bytes:
+    """*data* from its MSH on: MLLP bytes, a byte order mark, UTF-16 and leading junk removed.
+
+    Junk on the line of the MSH (an export header written without a line end) is dropped when
+    an MSH followed by a delimiter stands on that first line; otherwise the bytes are returned
+    stripped, for the caller to refuse.
+    """
+    decoder = _utf16_decoder(data)
+    if decoder is not None:
+        data = decoder.decode(data, True).encode("utf-8")
+    data = data.translate(_FRAMING).strip(_JUNK + b"\r\n")
+    if data.startswith(_BOM):
+        data = data[len(_BOM):].lstrip(_JUNK + b"\r\n")
+    if data[:3].upper() != b"MSH":
+        first = data.split(b"\r", 1)[0].split(b"\n", 1)[0][:512]
+        found = _MSH_ANYWHERE.search(first)
+        if found is not None:
+            data = data[found.start():]
+    return data
+
+
+_MSH_ANYWHERE = re.compile(rb"[Mm][Ss][Hh](?=[^A-Za-z0-9\r\n ][^A-Za-z0-9\r\n ])")
+
+
 def parse_message(data: bytes, line: int = 1) -> RawMessage:
     """Read one message (bytes from MSH to the next MSH). Raises HL7ParseError naming where."""
-    data = data.translate(_FRAMING).strip(b" \t\r\n\x00")
-    if not data.startswith(b"MSH"):
+    data = clean_start(data)
+    if data[:3].upper() != b"MSH":
         raise HL7ParseError("not an HL7 v2 message: it does not begin with MSH", code="100")
     if len(data) < 8:
         raise HL7ParseError("MSH segment is truncated", "MSH", 2, code="100")
@@ -277,18 +349,23 @@ def parse_message(data: bytes, line: int = 1) -> RawMessage:
     )
     lines = text.replace("\r\n", "\r").replace("\n", "\r").split("\r")
     segments: list[RawSegment] = []
-    for number, seg_text in enumerate(lines, start=1):
-        seg_text = seg_text.strip("\x00")
-        if not seg_text.strip():
+    for number, line_text in enumerate(lines, start=1):
+        line_text = line_text.strip("\x00\x1a")
+        if not line_text.strip():
             continue  # blank line, e.g. the empty segment after a trailing CRLF
+        # A segment may be indented (pretty-printed); its id may be in lower case.
+        seg_text = line_text.lstrip(" \t") if fsep not in " \t" else line_text
         seg_id = seg_text[:3]
+        if _LOWER_ID.match(seg_id) and seg_text[3:4] in ("", fsep):
+            seg_id = seg_id.upper()
         if not _SEGMENT_ID.match(seg_id) or (len(seg_text) > 3 and seg_text[3] != fsep):
+            seg_text = line_text
             if segments and number > 1:
                 # A continuation of the previous segment's text (a bare line break inside a
                 # note, as some feeds send): keep it as part of the last field.
                 prev = segments[-1]
-                prev.fields[-1] = prev.fields[-1] + "\\.br\\" + seg_text if delims.escape \
-                    else prev.fields[-1] + " " + seg_text
+                e = delims.escape
+                prev.fields[-1] += f"{e}.br{e}{seg_text}" if e else f" {seg_text}"
                 continue
             raise HL7ParseError(f"segment {number} has no valid segment id", seg_id or "?")
         if seg_id == "MSH":
@@ -298,6 +375,7 @@ def parse_message(data: bytes, line: int = 1) -> RawMessage:
             fields = ["MSH", fsep, *parts[1:]]
         else:
             fields = seg_text.split(fsep)
+            fields[0] = seg_id
         segments.append(RawSegment(seg_id, fields))
     message = RawMessage(segments, delims, charset, text, line)
     _check_msh(message)
@@ -310,6 +388,19 @@ def _check_msh(message: RawMessage) -> None:
         raise HL7ParseError("MSH-9 message type is missing", "MSH", 9, code="101")
     if not message.value(msh.get(10)):
         raise HL7ParseError("MSH-10 message control id is missing", "MSH", 10, code="101")
+
+
+def message_type(code: str, event: str, structure: str) -> tuple[str, str, str]:
+    """MSH-9 components as (message code, trigger event, structure), upper case.
+
+    Some feeds send the structure in the first component (`ORM_O01`), or only the code (`ORM`):
+    `ORM_O01` with no event is read as ORM^O01^ORM_O01.
+    """
+    code, event, structure = code.strip().upper(), event.strip().upper(), structure.strip().upper()
+    if "_" in code:
+        head, _, tail = code.partition("_")
+        code, event, structure = head, event or tail, structure or f"{head}_{tail}"
+    return code, event, structure
 
 
 @dataclass(frozen=True, slots=True)
@@ -330,9 +421,9 @@ class MSHPeek:
 
 def peek_msh(data: bytes) -> MSHPeek:
     """Best-effort MSH fields of *data*; empty values where there is nothing readable."""
-    head = data.translate(_FRAMING).lstrip(b" \t\r\n\x00")[:2048]
+    head = clean_start(data[:4096])[:2048]
     head = head.split(b"\r", 1)[0].split(b"\n", 1)[0]
-    if not head.startswith(b"MSH") or len(head) < 5:
+    if head[:3].upper() != b"MSH" or len(head) < 5:
         return MSHPeek()
     text = head.decode("latin-1")
     sep, comp = text[3], text[4]
@@ -344,6 +435,7 @@ def peek_msh(data: bytes) -> MSHPeek:
         parts = fields[n].split(comp) if comp not in (sep, " ") else [fields[n]]
         return parts[c - 1].strip()[:64] if len(parts) >= c else ""
 
-    kind = "^".join(p for p in (get(9), get(9, 2)) if p)
-    return MSHPeek(get(3), get(4), get(5), get(6), kind, get(9, 2), get(10), get(11),
+    code, event, _ = message_type(get(9), get(9, 2), get(9, 3))
+    kind = "^".join(p for p in (code, event) if p)
+    return MSHPeek(get(3), get(4), get(5), get(6), kind, event, get(10), get(11),
                    get(12), bool(get(15) or get(16)))

@@ -8,10 +8,11 @@ one that shares the last ORC when the group already has an OBR), and the segment
 
 from __future__ import annotations
 
+import re
 from datetime import date, datetime, timedelta, timezone
 
 from worker.errors import HL7ParseError
-from worker.hl7.parse import RawMessage, RawSegment
+from worker.hl7.parse import RawMessage, RawSegment, message_type
 from worker.models import (
     Coded,
     MessageHeader,
@@ -22,12 +23,23 @@ from worker.models import (
     TextSource,
 )
 
+_ISO_DATE = re.compile(r"(\d{4})-(\d{1,2})(?:-(\d{1,2}))?(?:[T ](\d{1,2}):(\d{2})(?::(\d{2}))?"
+                       r"(?:\.\d+)?)?\s*(Z|[+-]\d{2}:?\d{2})?$")
+
 
 def parse_ts(value: str) -> datetime | None:
-    """HL7 TS/DTM (YYYY[MM[DD[HH[MM[SS[.S]]]]]][+/-ZZZZ]) to a datetime; None when unreadable."""
+    """HL7 TS/DTM (YYYY[MM[DD[HH[MM[SS[.S]]]]]][+/-ZZZZ]) to a datetime; None when unreadable.
+
+    ISO 8601 dates (2008-11-05, 2008-11-05T10:30:00+01:00), which some feeds send in PID-7, are
+    read too: a child's birth date must not fall back to "adult"."""
     value = value.strip()
     if not value:
         return None
+    iso = _ISO_DATE.match(value)
+    if iso is not None:  # 2008-11-05, 2008-11-05T10:30:00+01:00: not HL7, but sent
+        y, mo, d, h, mi, sec, zone = iso.groups()
+        value = f"{y}{int(mo):02d}{int(d or 1):02d}{int(h or 0):02d}{mi or '00'}{sec or '00'}"
+        value += "" if not zone or zone == "Z" else zone.replace(":", "")
     tz = None
     for sign in ("+", "-"):
         if sign in value[4:]:
@@ -97,6 +109,8 @@ def _source(msg: RawMessage, label: str, raw: str, coded: bool = False) -> TextS
 def read_header(msg: RawMessage) -> MessageHeader:
     msh = msg.msh
     comp = msg.component
+    kind, event, structure = message_type(comp(msh.get(9), 1), comp(msh.get(9), 2),
+                                          comp(msh.get(9), 3))
     return MessageHeader(
         field_separator=msg.delimiters.field,
         encoding_characters=msh.get(2),
@@ -105,9 +119,9 @@ def read_header(msg: RawMessage) -> MessageHeader:
         receiving_application=comp(msh.get(5), 1),
         receiving_facility=comp(msh.get(6), 1),
         timestamp=parse_ts(comp(msh.get(7), 1)),
-        message_type=comp(msh.get(9), 1).upper(),
-        trigger_event=comp(msh.get(9), 2).upper(),
-        message_structure=comp(msh.get(9), 3).upper(),
+        message_type=kind,
+        trigger_event=event,
+        message_structure=structure,
         control_id=msg.value(msh.get(10)),
         processing_id=comp(msh.get(11), 1).upper(),
         version=comp(msh.get(12), 1),
@@ -149,9 +163,10 @@ def _provider(msg: RawMessage, raw: str) -> str:
 
 
 class _Group:
-    def __init__(self, index: int, orc: RawSegment | None) -> None:
+    def __init__(self, index: int, orc: RawSegment | None, shared_orc: bool = False) -> None:
         self.index = index
         self.orc = orc
+        self.shared_orc = shared_orc  # a second OBR under one ORC: OBR-2 names this order
         self.obr: RawSegment | None = None
         self.others: list[RawSegment] = []
 
@@ -166,7 +181,7 @@ def _group(msg: RawMessage) -> tuple[list[RawSegment], list[_Group]]:
             groups.append(current)
         elif seg.id == "OBR":
             if current is None or current.obr is not None:
-                current = _Group(i, current.orc if current else None)
+                current = _Group(i, current.orc if current else None, current is not None)
                 groups.append(current)
             current.obr = seg
         elif current is None:
@@ -187,7 +202,7 @@ def _order(msg: RawMessage, group: _Group) -> Order:
     get_obr = obr.get if obr else (lambda n: "")
     tq1 = next((s for s in group.others if s.id == "TQ1"), None)
     ipc = next((s for s in group.others if s.id == "IPC"), None)
-    procedures = _coded(msg, get_obr(4)) + _coded(msg, get_obr(44))
+    procedures = _coded(msg, get_obr(4)) + _coded(msg, get_obr(44)) + _modifiers(msg, get_obr(45))
     if ipc is not None and not procedures:
         procedures = _coded(msg, ipc.get(6))  # IPC-6 protocol code as a last resort
     texts: list[TextSource] = []
@@ -201,21 +216,61 @@ def _order(msg: RawMessage, group: _Group) -> Order:
     ordered_at = (parse_ts(c(get_orc(9), 1)) or parse_ts(c(get_obr(6), 1))
                   or (parse_ts(c(tq1.get(7), 1)) if tq1 else None)
                   or parse_ts(c(get_orc(7), 4)) or parse_ts(c(get_obr(7), 1)))
-    modality = _first(c(get_obr(24), 1), c(ipc.get(5), 1) if ipc else "")
+    modality = _modality(c(get_obr(24), 1), c(ipc.get(5), 1) if ipc else "")
+    placer = (_first(c(get_obr(2), 1), c(get_orc(2), 1)) if group.shared_orc
+              else _first(c(get_orc(2), 1), c(get_obr(2), 1)))
+    filler = (_first(c(get_obr(3), 1), c(get_orc(3), 1)) if group.shared_orc
+              else _first(c(get_orc(3), 1), c(get_obr(3), 1)))
     return Order(
         order_control=c(get_orc(1), 1).upper(),
         order_status=c(get_orc(5), 1).upper(),
-        placer_number=_first(c(get_orc(2), 1), c(get_obr(2), 1)),
-        filler_number=_first(c(get_orc(3), 1), c(get_obr(3), 1)),
+        placer_number=placer,
+        filler_number=filler,
         procedures=procedures,
-        modality=modality.upper(),
-        result_status=c(get_obr(25), 1).upper(),
+        modality=modality,
+        result_status=c(get_obr(25), 1).upper() or _observation_status(msg, group.others),
         ordered_at=ordered_at,
         ordering_provider=_first(_provider(msg, get_orc(12)), _provider(msg, get_obr(16))),
         accession=_first(c(ipc.get(1), 1) if ipc else "", c(get_obr(18), 1)),
         texts=texts,
         segment_index=group.index,
     )
+
+
+# OBR-24 values (HL7 table 0074) that name the department, not the modality: IPC-5 says more.
+_GENERIC_SECTIONS = frozenset({"RAD", "RADIOLOGY", "IMG", "IMAGING", "DI", "XRAY DEPT", "RX DEPT"})
+# OBR-45 / CPT modifiers for the side (CPT appendix A; 50 = bilateral procedure).
+_SIDE_MODIFIERS = {"LT": "left", "RT": "right", "50": "bilateral"}
+
+
+def _modality(section: str, ipc: str) -> str:
+    """The modality: OBR-24, unless it only names the department (RAD) and IPC-5 is valued."""
+    section, ipc = section.upper(), ipc.upper()
+    if section in _GENERIC_SECTIONS and ipc:
+        return ipc
+    return _first(section, ipc)
+
+
+def _modifiers(msg: RawMessage, raw: str) -> list[Coded]:
+    """OBR-45 procedure code modifiers; a side modifier without text gets its word (LT: left)."""
+    out = []
+    for mod in _coded(msg, raw):
+        side = _SIDE_MODIFIERS.get(mod.code.upper())
+        if side and not mod.text:
+            mod = Coded(code=mod.code, text=side, system=mod.system)
+        out.append(mod)
+    return out
+
+
+def _observation_status(msg: RawMessage, segments: list[RawSegment]) -> str:
+    """A result status from OBX-11 (table 0085) when OBR-25 is empty: F or C when any
+    observation is final or corrected, else the first status given (P, R, I ...), else ""."""
+    statuses = [msg.component(s.get(11), 1).upper() for s in segments if s.id == "OBX"]
+    statuses = [st for st in statuses if st]
+    for final in ("F", "C"):
+        if final in statuses:
+            return final
+    return statuses[0] if statuses else ""
 
 
 # OBX-5 answers that deny the question asked (Y/N, yes/no, table 0136 and common variants).

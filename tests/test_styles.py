@@ -1,0 +1,217 @@
+"""Orders in vendor styles and HL7 shapes the seeds do not cover, read end to end by the checker.
+
+Each test is a misread once found by writing orders the way other interfaces send them: the
+message must give the verdict its content calls for, whatever its framing, encoding or layout.
+"""
+
+from __future__ import annotations
+
+import codecs
+
+import pytest
+from hl7build import segment
+
+from worker.check import Checker
+from worker.models import CheckResult
+
+CT = "73701^CT LOWER EXTREMITY W CONTRAST^CPT4"
+MRI = "73720^MRI LOWER EXTREMITY WO+W^CPT4"
+BIOPSY = "20206^BIOPSY MUSCLE PERCUTANEOUS^CPT4"
+CASE = "6 cm deep mass left thigh, XR femur showed calcification"
+
+
+def msh(control_id: str, kind: str = "ORM^O01", version: str = "2.3",
+        extra: dict[int, str] | None = None) -> str:
+    return segment("MSH", {3: "EHR", 4: "TSTH", 5: "RIS", 6: "TSTH", 7: "20261101093000",
+                           9: kind, 10: control_id, 11: "P", 12: version, **(extra or {})})
+
+
+def pid(mrn: str, birth: str = "19700203") -> str:
+    return segment("PID", {1: "1", 3: f"{mrn}^^^TSTH^MR", 5: "TEST^STYLE", 7: birth, 8: "F"})
+
+
+def order(control_id: str, mrn: str, procedure: str = CT, text: str = CASE,
+          birth: str = "19700203", kind: str = "ORM^O01", version: str = "2.3") -> list[str]:
+    return [msh(control_id, kind, version), pid(mrn, birth),
+            segment("ORC", {1: "NW", 2: f"{control_id}P"}),
+            segment("OBR", {1: "1", 2: f"{control_id}P", 4: procedure, 13: text})]
+
+
+def encode(segments: list[str], eol: str = "\r") -> bytes:
+    return (eol.join(segments) + eol).encode("utf-8")
+
+
+def results(checker: Checker, data: bytes) -> list[CheckResult]:
+    return [r for outcome in checker.check_file_bytes(data) for r in outcome.results]
+
+
+def only(checker: Checker, data: bytes) -> CheckResult:
+    found = results(checker, data)
+    assert len(found) == 1, [(r.verdict, r.error) for r in found]
+    return found[0]
+
+
+def codes(result: CheckResult) -> list[str]:
+    return [f.code for f in result.flags]
+
+
+# -- MSH-9 ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["ORM_O01", "ORM", "ORM^O01^ORM_O01", "orm^o01", " ORM^O01 "])
+def test_message_type_forms(checker: Checker, kind: str) -> None:
+    r = only(checker, encode(order("S01", "TST90001", kind=kind)))
+    assert r.verdict == "not-appropriate" and codes(r) == ["CT_BEFORE_MRI"]
+    assert r.message_type.startswith("ORM")
+
+
+def test_structure_only_message_type_is_split(checker: Checker) -> None:
+    outcome = checker.check_file_bytes(encode(order("S01", "TST90001", kind="OMI_O23")))[0]
+    assert outcome.parsed is not None
+    header = outcome.parsed.header
+    assert (header.message_type, header.trigger_event, header.message_structure) == (
+        "OMI", "O23", "OMI_O23")
+
+
+# -- bytes before and around MSH -----------------------------------------------------------------
+@pytest.mark.parametrize("prefix", [codecs.BOM_UTF8, b"\r\n  \t", b"\x00\x00",
+                                    b"<HL7 export 2026-11-01>", codecs.BOM_UTF8 + b"\x0b"])
+def test_bytes_before_msh(checker: Checker, prefix: bytes) -> None:
+    r = only(checker, prefix + encode(order("S07", "TST90007")))
+    assert r.verdict == "not-appropriate" and r.placer_order_number == "S07P"
+
+
+def test_bom_before_each_message_of_a_file(checker: Checker) -> None:
+    data = (codecs.BOM_UTF8 + encode(order("S07A", "TST90007"))
+            + codecs.BOM_UTF8 + encode(order("S07B", "TST90008", procedure=MRI)))
+    found = results(checker, data)
+    assert [(r.placer_order_number, r.verdict) for r in found] == [
+        ("S07AP", "not-appropriate"), ("S07BP", "appropriate")]
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-16-be"])
+def test_utf16_file(checker: Checker, encoding: str) -> None:
+    text = "\r".join(order("S37A", "TST90039") + order("S37B", "TST90040", procedure=MRI)) + "\r"
+    found = results(checker, text.encode(encoding))
+    assert [(r.placer_order_number, r.verdict) for r in found] == [
+        ("S37AP", "not-appropriate"), ("S37BP", "appropriate")]
+
+
+@pytest.mark.parametrize("tail", ["", "x"])  # odd and even byte counts: UTF-16 must not be tried
+def test_utf16_declared_but_sent_as_utf8(checker: Checker, tail: str) -> None:
+    segs = order("S38", "TST90041", text=CASE + " – größe 6 cm" + tail)
+    segs[0] = msh("S38", extra={18: "UNICODE UTF-16"})
+    r = only(checker, encode(segs))
+    assert r.verdict == "not-appropriate"
+    assert r.facts is not None and r.facts.size_cm == 6
+
+
+def test_batch_header_and_trailer_give_no_result(checker: Checker) -> None:
+    data = encode(["FHS|^~\\&|EHR|TSTH|RIS|TSTH|20261101093000",
+                   "BHS|^~\\&|EHR|TSTH|RIS|TSTH|20261101093000",
+                   *order("S04A", "TST90104"), *order("S04B", "TST90105", procedure=MRI),
+                   "BTS|2", "FTS|1"])
+    found = results(checker, data)
+    assert [(r.placer_order_number, r.verdict) for r in found] == [
+        ("S04AP", "not-appropriate"), ("S04BP", "appropriate")]
+
+
+def test_other_text_before_the_first_msh_still_gets_an_outcome(checker: Checker) -> None:
+    found = results(checker, b"HELLO\r\n" + encode(order("S49", "TST90051")))
+    assert [r.verdict for r in found] == ["rejected", "not-appropriate"]
+
+
+def test_indented_lower_case_segments_and_dos_end_of_file(checker: Checker) -> None:
+    segs = order("S45", "TST90047")
+    data = "\n".join(["  " + segs[0].replace("MSH", "msh", 1), "\t" + segs[1].replace("PID", "pid"),
+                      " " + segs[2], segs[3] + "   "]) + "\r\n\x1a"
+    r = only(checker, data.encode())
+    assert r.verdict == "not-appropriate" and r.placer_order_number == "S45P"
+
+
+def test_blank_lines_between_messages_and_mllp_frames_without_end_block(
+        checker: Checker) -> None:
+    a, b = order("S35A", "TST90035"), order("S35B", "TST90036", procedure=MRI)
+    blank = encode(a, "\n") + b"\n\n\n" + encode(b, "\n") + b"\n\n"
+    starts_only = b"\x0b" + encode(a) + b"\x0b" + encode(b)
+    for data in (blank, starts_only):
+        found = results(checker, data)
+        assert [r.verdict for r in found] == ["not-appropriate", "appropriate"]
+
+
+# -- fields ---------------------------------------------------------------------------------------
+def test_explicit_null_is_empty(checker: Checker) -> None:
+    segs = [msh("S03"), pid("TST90103"), segment("ORC", {1: "NW", 2: '""', 3: '""'}),
+            segment("OBR", {1: "1", 2: "S03P", 4: CT, 13: CASE, 24: '""'})]
+    r = only(checker, encode(segs))
+    assert r.placer_order_number == "S03P" and r.verdict == "not-appropriate"
+
+
+def test_second_obr_under_one_orc_keeps_its_own_placer(checker: Checker) -> None:
+    segs = [msh("S10"), pid("TST90111"), segment("ORC", {1: "NW", 2: "S10P"}),
+            segment("OBR", {1: "1", 2: "S10P", 4: "73552^XR FEMUR 2 VIEWS LEFT^CPT4", 13: CASE}),
+            segment("OBR", {1: "2", 2: "S10Q", 4: CT, 13: CASE})]
+    found = results(checker, encode(segs))
+    assert [(r.placer_order_number, r.verdict) for r in found] == [
+        ("S10P", "appropriate"), ("S10Q", "not-appropriate")]
+
+
+def test_department_in_obr24_gives_way_to_ipc5(checker: Checker) -> None:
+    segs = [msh("S12", "OMI^O23", "2.5.1"), pid("TST90101"),
+            segment("ORC", {1: "NW", 2: "S12P"}), segment("TQ1", {1: "1", 7: "20261101090000"}),
+            segment("OBR", {1: "1", 2: "S12P", 4: "RAD4471^THIGH LEFT W IV CONTRAST^L",
+                            24: "RAD", 31: "^" + CASE}),
+            segment("IPC", {1: "ACC12", 2: "RP12", 3: "1.2.840.99999.12", 4: "SPS12", 5: "CT"})]
+    r = only(checker, encode(segs))
+    assert r.facts is not None and r.facts.procedure_class == "ct"
+    assert codes(r) == ["CT_BEFORE_MRI"]
+
+
+def test_table_0074_nmr_is_mri(checker: Checker) -> None:
+    segs = [msh("S13"), pid("TST90102"), segment("ORC", {1: "NW", 2: "S13P"}),
+            segment("OBR", {1: "1", 2: "S13P", 4: "RAD5500^THIGH LEFT WO/W^L", 13: CASE,
+                            24: "NMR"})]
+    r = only(checker, encode(segs))
+    assert r.facts is not None and r.facts.procedure_class == "mri"
+    assert r.verdict == "appropriate"
+
+
+@pytest.mark.parametrize(("birth", "verdict"), [
+    ("2008-11-05", "no-criteria-apply"),  # ISO date: 17 on the order date
+    ("2008-10-31", "not-appropriate"),
+    ("200811020830-0500", "no-criteria-apply"),
+    ("2012", "no-criteria-apply"),
+    ("19700203000000.000+0100", "not-appropriate"),
+])
+def test_birth_date_forms(checker: Checker, birth: str, verdict: str) -> None:
+    segs = order("S16", "TST90016", birth=birth)
+    segs[2] = segment("ORC", {1: "NW", 2: "S16P", 9: "20261101090000"})
+    assert only(checker, encode(segs)).verdict == verdict
+
+
+# -- results that enter the history --------------------------------------------------------------
+def _result(control_id: str, mrn: str, obr: dict[int, str], obx_status: str = "F") -> bytes:
+    return encode([msh(control_id, "ORU^R01", "2.5.1"), pid(mrn),
+                   segment("OBR", {1: "1", 2: f"{control_id}P", 3: f"{control_id}F", 24: "MR",
+                                   **obr}),
+                   segment("OBX", {1: "1", 2: "TX", 3: "IMP^Impression", 5: "6 cm mass.",
+                                   11: obx_status})])
+
+
+def _biopsy(control_id: str, mrn: str, side: str = "left") -> bytes:
+    return encode(order(control_id, mrn, procedure=BIOPSY,
+                        text=f"US guided core biopsy {side} thigh mass 6 cm"))
+
+
+@pytest.mark.parametrize(("obx_status", "flagged"), [("F", False), ("C", False), ("P", True)])
+def test_result_status_from_obx11_when_obr25_is_empty(checker: Checker, obx_status: str,
+                                                       flagged: bool) -> None:
+    checker.check_file_bytes(_result("S16A", "TST90116", {4: MRI, 31: "^left thigh mass"},
+                                     obx_status))
+    r = only(checker, _biopsy("S16B", "TST90116"))
+    assert ("BIOPSY_BEFORE_MRI" in codes(r)) is flagged
+
+
+def test_side_modifier_in_obr45_sets_the_side_of_a_result(checker: Checker) -> None:
+    checker.check_file_bytes(_result("S07A", "TST90108", {4: MRI, 25: "F", 31: "^thigh mass",
+                                                          45: "LT"}))
+    assert codes(only(checker, _biopsy("S07B", "TST90108", "right"))) == ["BIOPSY_BEFORE_MRI"]
+    assert codes(only(checker, _biopsy("S07C", "TST90108", "left"))) == []
