@@ -12,7 +12,10 @@ import pytest
 from hl7build import segment
 
 from worker.check import Checker
+from worker.ingest import Ingestor
 from worker.models import CheckResult
+from worker.settings import Settings
+from worker.store import MemoryDedup
 
 CT = "73701^CT LOWER EXTREMITY W CONTRAST^CPT4"
 MRI = "73720^MRI LOWER EXTREMITY WO+W^CPT4"
@@ -215,3 +218,20 @@ def test_side_modifier_in_obr45_sets_the_side_of_a_result(checker: Checker) -> N
                                                           45: "LT"}))
     assert codes(only(checker, _biopsy("S07B", "TST90108", "right"))) == ["BIOPSY_BEFORE_MRI"]
     assert codes(only(checker, _biopsy("S07C", "TST90108", "left"))) == []
+
+
+# -- the MLLP listener's screen --------------------------------------------------------------------
+@pytest.mark.parametrize(("kind", "version", "code"), [
+    ("ORM^O01", "", b"AA"),  # MSH-12 empty: read, as `ordercheck check` reads it
+    ("ORM_O01", "2.3", b"AA"),
+    ("ORM", "2.3", b"AA"),
+    ("ORM^O01", "1.0", b"AR"),
+])
+def test_listener_accepts_what_check_reads(kind: str, version: str, code: bytes) -> None:
+    queued: list[bytes] = []
+    ingestor = Ingestor(Settings(), MemoryDedup(), lambda data, at: queued.append(data),
+                        lambda rejected: None)
+    frame = codecs.BOM_UTF8 + encode(order("S33", "TST90033", kind=kind, version=version))
+    ack = ingestor.handle(frame)
+    assert ack is not None and f"MSA|{code.decode()}|S33".encode() in ack
+    assert len(queued) == (code == b"AA")

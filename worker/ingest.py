@@ -230,7 +230,7 @@ class Ingestor:
         if processing_id not in s.processing_ids:
             return AckError("202", f"processing id {processing_id!r} is not accepted (MSH-11)",
                             "MSH", 11)
-        if version not in s.versions:
+        if version and version not in s.versions:  # an empty MSH-12 is read, as by `check`
             return AckError("203", f"version {version!r} is not supported (MSH-12)", "MSH", 12)
         if kind not in ACCEPTED_EVENTS:
             return AckError("200", f"message type {kind!r} is not supported (MSH-9)", "MSH", 9)
