@@ -190,6 +190,31 @@ def test_birth_date_forms(checker: Checker, birth: str, verdict: str) -> None:
     assert only(checker, encode(segs)).verdict == verdict
 
 
+@pytest.mark.parametrize("text", ["MRI THIGH LEFT W&WO CONTRAST",
+                                  "MRI THIGH LEFT W\\T\\WO CONTRAST"])
+def test_ampersand_in_procedure_text_is_text(checker: Checker, text: str) -> None:
+    segs = [msh("S21"), pid("TST90201"), segment("ORC", {1: "NW", 2: "S21P"}),
+            segment("OBR", {1: "1", 2: "S21P", 4: f"^{text}", 13: CASE, 24: "MR"})]
+    r = only(checker, encode(segs))
+    assert r.facts is not None and r.facts.contrast == "without_and_with"
+    assert r.verdict == "appropriate" and "MRI_NO_PRECONTRAST" not in [a.code for a in r.advice]
+
+
+def test_order_date_from_obr27_start(checker: Checker) -> None:
+    segs = [msh("S22", extra={7: "20261102090000"}), pid("TST90207", "20081102"),
+            segment("ORC", {1: "NW", 2: "S22P"}),
+            segment("OBR", {1: "1", 2: "S22P", 4: CT, 13: CASE, 27: "^^^20261101080000^^R"})]
+    r = only(checker, encode(segs))
+    assert r.verdict == "no-criteria-apply" and r.facts is not None and r.facts.age_years == 17
+
+
+def test_orc_sent_after_its_obr(checker: Checker) -> None:
+    segs = [msh("S23"), pid("TST90216"), segment("OBR", {1: "1", 2: "S23P", 4: CT, 13: CASE}),
+            segment("ORC", {1: "NW", 2: "S23P"})]
+    r = only(checker, encode(segs))
+    assert r.verdict == "not-appropriate" and r.placer_order_number == "S23P"
+
+
 # -- results that enter the history --------------------------------------------------------------
 def _result(control_id: str, mrn: str, obr: dict[int, str], obx_status: str = "F") -> bytes:
     return encode([msh(control_id, "ORU^R01", "2.5.1"), pid(mrn),
@@ -220,6 +245,15 @@ def test_side_modifier_in_obr45_sets_the_side_of_a_result(checker: Checker) -> N
     assert codes(only(checker, _biopsy("S07C", "TST90108", "left"))) == []
 
 
+def test_status_update_with_final_result_enters_the_history(checker: Checker) -> None:
+    done = [msh("S24A"), pid("TST90203"), segment("ORC", {1: "SC", 2: "S24AP", 3: "S24AF"}),
+            segment("OBR", {1: "1", 2: "S24AP", 3: "S24AF", 4: MRI, 13: "left thigh mass",
+                            24: "MR", 25: "F"})]
+    assert only(checker, encode(done)).verdict == "no-criteria-apply"
+    r = only(checker, encode(order("S24B", "TST90203")))
+    assert r.verdict == "appropriate" and codes(r) == []
+
+
 # -- the MLLP listener's screen --------------------------------------------------------------------
 @pytest.mark.parametrize(("kind", "version", "code"), [
     ("ORM^O01", "", b"AA"),  # MSH-12 empty: read, as `ordercheck check` reads it
@@ -235,3 +269,4 @@ def test_listener_accepts_what_check_reads(kind: str, version: str, code: bytes)
     ack = ingestor.handle(frame)
     assert ack is not None and f"MSA|{code.decode()}|S33".encode() in ack
     assert len(queued) == (code == b"AA")
+

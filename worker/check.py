@@ -31,6 +31,7 @@ from worker.validators import RuleContext, in_scope, run_rules
 ORDER_TYPES = ("ORM", "OMI", "OMG")
 RESULT_TYPES = ("ORU",)
 FINAL_RESULT = ("F", "C", "")  # OBR-25 (table 0123); blank is taken as final
+STATUS_CONTROLS = ("SC", "RE")  # ORC-1 of a status update or an observation to follow
 _HISTORY_CLASSES = ("mri", "mra", "radiograph", "ct", "us", "pet", "biopsy")
 
 
@@ -93,7 +94,7 @@ class Checker:
         facts = [extract(o, parsed, self.kn, parsed.orders) for o in parsed.orders]
         recorded = 0
         for order, f in zip(parsed.orders, facts, strict=True):  # history first: same message
-            if order.order_status == "CM" and f.procedure_class in _HISTORY_CLASSES and keys:
+            if _completed(order) and f.procedure_class in _HISTORY_CLASSES and keys:
                 self.history.add(keys, self._entry(order, f, header.control_id,
                                                    "completed-order"))
                 recorded += 1
@@ -209,6 +210,12 @@ class Checker:
                            message_type=head.message_type, verdict="rejected",
                            guideline_version=self.kn.version, error=f"{where}{exc}",
                            reason="The message could not be read.", source=source)
+
+
+def _completed(order: Order) -> bool:
+    """A completed order: ORC-5 CM, or a status update (ORC-1 SC, RE) whose OBR-25 is final."""
+    return order.order_status == "CM" or (order.order_control in STATUS_CONTROLS
+                                          and order.result_status in ("F", "C"))
 
 
 def _procedure(p: ProcedureDef) -> Procedure:

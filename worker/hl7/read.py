@@ -70,15 +70,20 @@ def parse_date(value: str) -> date | None:
 def _coded(msg: RawMessage, raw: str) -> list[Coded]:
     """A CE/CWE field (all repetitions): primary and alternate triplets, empty ones dropped."""
     out: list[Coded] = []
+    sub = msg.delimiters.subcomponent
+
+    def part(comps: list[str], n: int, whole: bool = False) -> str:
+        value = comps[n] if len(comps) > n else ""
+        if sub and not whole:  # a code or system cut at a subcomponent (73720&IMP)
+            value = value.split(sub, 1)[0]
+        return msg.value(value)
+
     for rep in msg.repetitions(raw):
         comps = msg.components(rep)
         for start in (0, 3):
-            code = msg.value(comps[start]) if len(comps) > start else ""
-            text = msg.value(comps[start + 1]) if len(comps) > start + 1 else ""
-            system = msg.value(comps[start + 2]) if len(comps) > start + 2 else ""
-            sub = msg.delimiters.subcomponent
-            if sub:
-                code, text, system = (v.split(sub, 1)[0] for v in (code, text, system))
+            # The text keeps a bare "&" (MRI THIGH W&WO) and an escaped one (\T\).
+            code, text, system = (part(comps, start), part(comps, start + 1, whole=True),
+                                  part(comps, start + 2))
             if code or text:
                 out.append(Coded(code=code, text=text, system=system))
     return out
@@ -175,8 +180,13 @@ def _group(msg: RawMessage) -> tuple[list[RawSegment], list[_Group]]:
     context: list[RawSegment] = []
     groups: list[_Group] = []
     current: _Group | None = None
-    for i, seg in enumerate(msg.segments[1:], start=1):
+    segments = msg.segments
+    for i, seg in enumerate(segments[1:], start=1):
         if seg.id == "ORC":
+            if current is not None and current.obr is not None and current.orc is None \
+                    and _next_order_segment(segments, i + 1) != "OBR":
+                current.orc = seg  # ORC sent after its OBR: it belongs to that OBR
+                continue
             current = _Group(i, seg)
             groups.append(current)
         elif seg.id == "OBR":
@@ -189,6 +199,11 @@ def _group(msg: RawMessage) -> tuple[list[RawSegment], list[_Group]]:
         else:
             current.others.append(seg)
     return context, groups
+
+
+def _next_order_segment(segments: list[RawSegment], start: int) -> str:
+    """The id of the next ORC or OBR from *start* on, or ""."""
+    return next((s.id for s in segments[start:] if s.id in ("ORC", "OBR")), "")
 
 
 def _first(*values: str) -> str:
@@ -215,7 +230,8 @@ def _order(msg: RawMessage, group: _Group) -> Order:
         texts.extend(_segment_texts(msg, seg))
     ordered_at = (parse_ts(c(get_orc(9), 1)) or parse_ts(c(get_obr(6), 1))
                   or (parse_ts(c(tq1.get(7), 1)) if tq1 else None)
-                  or parse_ts(c(get_orc(7), 4)) or parse_ts(c(get_obr(7), 1)))
+                  or parse_ts(c(get_orc(7), 4)) or parse_ts(c(get_obr(27), 4))
+                  or parse_ts(c(get_obr(7), 1)))
     modality = _modality(c(get_obr(24), 1), c(ipc.get(5), 1) if ipc else "")
     placer = (_first(c(get_obr(2), 1), c(get_orc(2), 1)) if group.shared_orc
               else _first(c(get_orc(2), 1), c(get_obr(2), 1)))
