@@ -254,6 +254,17 @@ def test_status_update_with_final_result_enters_the_history(checker: Checker) ->
     assert r.verdict == "appropriate" and codes(r) == []
 
 
+def test_status_update_with_final_order_entry_answers_is_not_a_completed_exam(
+        checker: Checker) -> None:
+    """OBX-11 F on an ask-at-order-entry answer says nothing about the exam (ORC-5 IP)."""
+    scheduled = [msh("S25A"), pid("TST90204"),
+                 segment("ORC", {1: "SC", 2: "S25AP", 5: "IP"}),
+                 segment("OBR", {1: "1", 2: "S25AP", 4: MRI, 13: "left thigh mass", 24: "MR"}),
+                 segment("OBX", {1: "1", 2: "CE", 3: "Q1^PACEMAKER?^EAP", 5: "N^No", 11: "F"})]
+    assert checker.check_file_bytes(encode(scheduled))[0].recorded == 0
+    assert codes(only(checker, _biopsy("S25B", "TST90204"))) == ["BIOPSY_BEFORE_MRI"]
+
+
 # -- the MLLP listener's screen --------------------------------------------------------------------
 @pytest.mark.parametrize(("kind", "version", "code"), [
     ("ORM^O01", "", b"AA"),  # MSH-12 empty: read, as `ordercheck check` reads it
@@ -269,4 +280,5 @@ def test_listener_accepts_what_check_reads(kind: str, version: str, code: bytes)
     ack = ingestor.handle(frame)
     assert ack is not None and f"MSA|{code.decode()}|S33".encode() in ack
     assert len(queued) == (code == b"AA")
+
 

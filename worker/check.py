@@ -172,7 +172,8 @@ class Checker:
             return 0
         count = 0
         for order in parsed.orders:
-            if order.result_status not in FINAL_RESULT:
+            # OBR-25, else the OBX-11s (a result that says only there that it is preliminary)
+            if (order.result_status or order.observation_status) not in FINAL_RESULT:
                 continue
             f = extract(order, parsed, self.kn)
             if f.procedure_class in _HISTORY_CLASSES:

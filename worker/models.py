@@ -105,7 +105,8 @@ class Order(_Model):
     filler_number: str = ""  # ORC-3.1, else OBR-3.1
     procedures: list[Coded] = Field(default_factory=list)  # OBR-4 (primary, alternate), OBR-44
     modality: str = ""  # OBR-24 diagnostic service section, else IPC-5
-    result_status: str = ""  # OBR-25 (table 0123); when empty, from the OBX-11s (table 0085)
+    result_status: str = ""  # OBR-25 (table 0123)
+    observation_status: str = ""  # from the group's OBX-11s (table 0085): F, C, else the first
     ordered_at: datetime | None = None  # ORC-9, OBR-6, TQ1-7, OBR-7
     ordering_provider: str = ""  # ORC-12, else OBR-16: "id family given"
     accession: str = ""  # IPC-1, else OBR-18

@@ -244,7 +244,8 @@ def _order(msg: RawMessage, group: _Group) -> Order:
         filler_number=filler,
         procedures=procedures,
         modality=modality,
-        result_status=c(get_obr(25), 1).upper() or _observation_status(msg, group.others),
+        result_status=c(get_obr(25), 1).upper(),
+        observation_status=_observation_status(msg, group.others),
         ordered_at=ordered_at,
         ordering_provider=_first(_provider(msg, get_orc(12)), _provider(msg, get_obr(16))),
         accession=_first(c(ipc.get(1), 1) if ipc else "", c(get_obr(18), 1)),
@@ -279,8 +280,8 @@ def _modifiers(msg: RawMessage, raw: str) -> list[Coded]:
 
 
 def _observation_status(msg: RawMessage, segments: list[RawSegment]) -> str:
-    """A result status from OBX-11 (table 0085) when OBR-25 is empty: F or C when any
-    observation is final or corrected, else the first status given (P, R, I ...), else ""."""
+    """The group's OBX-11 (table 0085) in one: F or C when any observation is final or
+    corrected, else the first status given (P, R, I ...), else ""."""
     statuses = [msg.component(s.get(11), 1).upper() for s in segments if s.id == "OBX"]
     statuses = [st for st in statuses if st]
     for final in ("F", "C"):
