@@ -265,6 +265,23 @@ def test_status_update_with_final_order_entry_answers_is_not_a_completed_exam(
     assert codes(only(checker, _biopsy("S25B", "TST90204"))) == ["BIOPSY_BEFORE_MRI"]
 
 
+def test_result_message_with_two_patients_records_each_under_its_own(checker: Checker) -> None:
+    data = encode([msh("S26A", "ORU^R01", "2.5.1"), pid("TST90226"),
+                   segment("OBR", {1: "1", 2: "S26X", 4: "73552^XR FEMUR LEFT^CPT4", 25: "F"}),
+                   segment("OBX", {1: "1", 2: "TX", 3: "IMP", 5: "Soft tissue mass", 11: "F"}),
+                   pid("TST90227"), "PV1|1|O",
+                   segment("ORC", {1: "RE", 2: "S26M"}),
+                   segment("OBR", {1: "1", 2: "S26M", 4: MRI, 24: "MR", 25: "F",
+                                   31: "^left thigh mass"}),
+                   segment("OBX", {1: "1", 2: "TX", 3: "IMP", 5: "6 cm mass", 11: "F"})])
+    outcome = checker.check_file_bytes(data)[0]
+    assert outcome.recorded == 2
+    assert outcome.orders == [] and outcome.parsed is not None
+    second = outcome.parsed.orders[1]
+    assert second.placer_number == "S26M" and second.patient is not None
+    assert codes(only(checker, _biopsy("S26B", "TST90226"))) == ["BIOPSY_BEFORE_MRI"]
+    assert codes(only(checker, _biopsy("S26C", "TST90227"))) == []
+
 # -- the MLLP listener's screen --------------------------------------------------------------------
 @pytest.mark.parametrize(("kind", "version", "code"), [
     ("ORM^O01", "", b"AA"),  # MSH-12 empty: read, as `ordercheck check` reads it

@@ -31,7 +31,6 @@ from worker.validators import RuleContext, in_scope, run_rules
 ORDER_TYPES = ("ORM", "OMI", "OMG")
 RESULT_TYPES = ("ORU",)
 FINAL_RESULT = ("F", "C", "")  # OBR-25 (table 0123); blank is taken as final
-STATUS_CONTROLS = ("SC", "RE")  # ORC-1 of a status update or an observation to follow
 _HISTORY_CLASSES = ("mri", "mra", "radiograph", "ct", "us", "pet", "biopsy")
 
 
@@ -94,7 +93,7 @@ class Checker:
         facts = [extract(o, parsed, self.kn, parsed.orders) for o in parsed.orders]
         recorded = 0
         for order, f in zip(parsed.orders, facts, strict=True):  # history first: same message
-            if _completed(order) and f.procedure_class in _HISTORY_CLASSES and keys:
+            if order.order_status == "CM" and f.procedure_class in _HISTORY_CLASSES and keys:
                 self.history.add(keys, self._entry(order, f, header.control_id,
                                                    "completed-order"))
                 recorded += 1
@@ -168,16 +167,19 @@ class Checker:
 
     # -- history -----------------------------------------------------------------------------
     def _record_results(self, parsed: ParsedMessage, keys: list[str]) -> int:
-        if not keys:
-            return 0
         count = 0
         for order in parsed.orders:
+            # A result message may carry several patients: each group under its own PID.
+            order_keys = order.patient.keys() if order.patient is not None else keys
+            if not order_keys:
+                continue
             # OBR-25, else the OBX-11s (a result that says only there that it is preliminary)
             if (order.result_status or order.observation_status) not in FINAL_RESULT:
                 continue
             f = extract(order, parsed, self.kn)
             if f.procedure_class in _HISTORY_CLASSES:
-                self.history.add(keys, self._entry(order, f, parsed.header.control_id, "result"))
+                self.history.add(order_keys, self._entry(order, f, parsed.header.control_id,
+                                                         "result"))
                 count += 1
         return count
 
@@ -211,12 +213,6 @@ class Checker:
                            message_type=head.message_type, verdict="rejected",
                            guideline_version=self.kn.version, error=f"{where}{exc}",
                            reason="The message could not be read.", source=source)
-
-
-def _completed(order: Order) -> bool:
-    """A completed order: ORC-5 CM, or a status update (ORC-1 SC, RE) whose OBR-25 is final."""
-    return order.order_status == "CM" or (order.order_control in STATUS_CONTROLS
-                                          and order.result_status in ("F", "C"))
 
 
 def _procedure(p: ProcedureDef) -> Procedure:

@@ -100,7 +100,7 @@ class Order(_Model):
     """One ORC/OBR group of an order or result message."""
 
     order_control: str = ""  # ORC-1 (table 0119)
-    order_status: str = ""  # ORC-5 (table 0038)
+    order_status: str = ""  # ORC-5 (table 0038); CM when empty on a status update with OBR-25 F/C
     placer_number: str = ""  # ORC-2.1, else OBR-2.1
     filler_number: str = ""  # ORC-3.1, else OBR-3.1
     procedures: list[Coded] = Field(default_factory=list)  # OBR-4 (primary, alternate), OBR-44
@@ -112,6 +112,7 @@ class Order(_Model):
     accession: str = ""  # IPC-1, else OBR-18
     texts: list[TextSource] = Field(default_factory=list)  # in order of trust
     segment_index: int = 0  # index of the group's first segment in the message
+    patient: PatientRef | None = None  # the group's own PID when a result has several patients
 
 
 class ParsedMessage(_Model):

@@ -136,8 +136,9 @@ def read_header(msg: RawMessage) -> MessageHeader:
     )
 
 
-def read_patient(msg: RawMessage) -> PatientRef:
-    pid = msg.first("PID")
+def read_patient(msg: RawMessage, pid: RawSegment | None = None) -> PatientRef:
+    """The patient of *pid*, by default the message's first PID."""
+    pid = pid or msg.first("PID")
     if pid is None:
         return PatientRef()
     ids: list[PatientId] = []
@@ -174,28 +175,39 @@ class _Group:
         self.shared_orc = shared_orc  # a second OBR under one ORC: OBR-2 names this order
         self.obr: RawSegment | None = None
         self.others: list[RawSegment] = []
+        self.pid: RawSegment | None = None  # the group's own PID when the message has several
 
 
 def _group(msg: RawMessage) -> tuple[list[RawSegment], list[_Group]]:
     context: list[RawSegment] = []
     groups: list[_Group] = []
     current: _Group | None = None
+    pid: RawSegment | None = None  # a later patient's PID (ORU^R01 may carry several)
+    pending: list[RawSegment] = []  # that patient's segments before its first order
+
+    def start(index: int, orc: RawSegment | None, shared: bool = False) -> _Group:
+        nonlocal pending
+        group = _Group(index, orc, shared)
+        group.pid, group.others, pending = pid, pending, []
+        groups.append(group)
+        return group
+
     segments = msg.segments
     for i, seg in enumerate(segments[1:], start=1):
-        if seg.id == "ORC":
+        if seg.id == "PID" and groups:
+            pid, current = seg, None
+        elif seg.id == "ORC":
             if current is not None and current.obr is not None and current.orc is None \
                     and _next_order_segment(segments, i + 1) != "OBR":
                 current.orc = seg  # ORC sent after its OBR: it belongs to that OBR
                 continue
-            current = _Group(i, seg)
-            groups.append(current)
+            current = start(i, seg)
         elif seg.id == "OBR":
             if current is None or current.obr is not None:
-                current = _Group(i, current.orc if current else None, current is not None)
-                groups.append(current)
+                current = start(i, current.orc if current else None, current is not None)
             current.obr = seg
         elif current is None:
-            context.append(seg)
+            (pending if pid is not None else context).append(seg)
         else:
             current.others.append(seg)
     return context, groups
@@ -237,23 +249,30 @@ def _order(msg: RawMessage, group: _Group) -> Order:
               else _first(c(get_orc(2), 1), c(get_obr(2), 1)))
     filler = (_first(c(get_obr(3), 1), c(get_orc(3), 1)) if group.shared_orc
               else _first(c(get_orc(3), 1), c(get_obr(3), 1)))
+    control, status = c(get_orc(1), 1).upper(), c(get_orc(5), 1).upper()
+    result_status = c(get_obr(25), 1).upper()
+    if not status and control in _STATUS_CONTROLS and result_status in ("F", "C"):
+        status = "CM"  # a status update whose result is final: the exam is completed
     return Order(
-        order_control=c(get_orc(1), 1).upper(),
-        order_status=c(get_orc(5), 1).upper(),
+        order_control=control,
+        order_status=status,
         placer_number=placer,
         filler_number=filler,
         procedures=procedures,
         modality=modality,
-        result_status=c(get_obr(25), 1).upper(),
+        result_status=result_status,
         observation_status=_observation_status(msg, group.others),
         ordered_at=ordered_at,
         ordering_provider=_first(_provider(msg, get_orc(12)), _provider(msg, get_obr(16))),
         accession=_first(c(ipc.get(1), 1) if ipc else "", c(get_obr(18), 1)),
         texts=texts,
         segment_index=group.index,
+        patient=read_patient(msg, group.pid) if group.pid is not None else None,
     )
 
 
+# ORC-1 (table 0119) of a status update (SC) or an observation to follow (RE).
+_STATUS_CONTROLS = ("SC", "RE")
 # OBR-24 values (HL7 table 0074) that name the department, not the modality: IPC-5 says more.
 _GENERIC_SECTIONS = frozenset({"RAD", "RADIOLOGY", "IMG", "IMAGING", "DI", "XRAY DEPT", "RX DEPT"})
 # OBR-45 / CPT modifiers for the side (CPT appendix A; 50 = bilateral procedure).
