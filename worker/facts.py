@@ -23,10 +23,11 @@ from worker.models import (
     Region,
     TextSource,
 )
-from worker.text import affirmed, largest_size_cm
+from worker.text import Hit, affirmed, affirmed_hits, clause_bounds, largest_size_cm
 
 _CLASS_ORDER: tuple[ProcedureClass, ...] = (
-    "biopsy", "excision", "pet", "mra", "cta", "mri", "ct", "us", "radiograph", "guidance")
+    "biopsy", "excision", "pet", "other", "mra", "cta", "mri", "ct", "us", "radiograph",
+    "guidance")
 _REGION_ORDER: tuple[Region, ...] = (
     "whole_body", "thigh", "knee", "hip", "ankle", "lower_extremity", "chest", "abdomen",
     "pelvis", "spine", "head", "upper_extremity")
@@ -80,10 +81,14 @@ def region_from_text(text: str, kn: Knowledge) -> Region | None:
 
 
 def laterality_from_text(text: str, kn: Knowledge, allow_letters: bool) -> Laterality | None:
+    """The side a text names. One-letter sides ("L", "R") count in a procedure text
+    (*allow_letters*), elsewhere only right before a site word ("L thigh", "R. leg")."""
     found = set()
+    letter_site = kn.laterality["letter_site"]
     for side in ("bilateral", "left", "right"):
         for m in kn.laterality[side].finditer(text):
-            if allow_letters or not _ONE_LETTER.match(m.group(0)):
+            if allow_letters or not _ONE_LETTER.match(m.group(0)) or letter_site.match(
+                    text, m.start() + len(m.group(0).rstrip())):
                 found.add(side)
                 break
     if "bilateral" in found or {"left", "right"} <= found:
@@ -119,6 +124,33 @@ class _Collector:
                 self.note(fact, hit.words, src.source)
                 return True
         return False
+
+    def first_study(self, fact: str, pattern: re.Pattern[str], texts: list[TextSource],
+                    kn: Knowledge, planned: bool = False, side: Laterality = "unknown",
+                    study: bool = True) -> bool:
+        """Like first_affirmed, for a study or an object that must concern this thigh: read as
+        a study (*study*: "XR negative" is a done XR), without the planned ones (*planned*),
+        and not when its clause names the side opposite *side*."""
+        other = _opposite(side)
+        for src in texts:
+            if src.negated:
+                continue
+            for hit in affirmed_hits(pattern, src.text, kn, study=study, planned=planned):
+                if other is not None and _clause_side(src.text, hit, kn) == other:
+                    continue
+                self.note(fact, hit.words, src.source)
+                return True
+        return False
+
+
+def _opposite(side: Laterality) -> Laterality | None:
+    return "right" if side == "left" else "left" if side == "right" else None
+
+
+def _clause_side(text: str, hit: Hit, kn: Knowledge) -> Laterality | None:
+    """The side named in the clause of *hit* ("IM nail right femur": right)."""
+    left, right = clause_bounds(text, hit.start, hit.end, kn)
+    return laterality_from_text(text[left:right], kn, allow_letters=False)
 
 
 def _code_meaning(order: Order, kn: Knowledge
@@ -213,7 +245,11 @@ def extract(order: Order, message: ParsedMessage, kn: Knowledge,
     facts.trauma = col.first_affirmed("trauma", kn.terms["trauma"], with_proc, kn) or any(
         d.meaning == "trauma" for _, d in diagnoses)
     strong = col.first_affirmed("mass", kn.terms["mass_strong"], with_proc, kn)
-    weak = not strong and not facts.trauma and col.first_affirmed(
+    # A weak word (swelling, lesion) is no mass next to a trauma, another cause of swelling,
+    # or a mass word negated ("thigh swelling, no discrete mass on US").
+    weak = not strong and not facts.trauma and not col.first_affirmed(
+        "other_cause", kn.terms["other_cause"], with_proc, kn) and not any(
+        kn.terms["mass_strong"].search(src.text) for src in with_proc) and col.first_affirmed(
         "mass", kn.terms["mass_weak"], with_proc, kn)
     coded_mass = [c for c, d in diagnoses if d.meaning == "mass"]
     if coded_mass:
@@ -224,7 +260,9 @@ def extract(order: Order, message: ParsedMessage, kn: Knowledge,
     facts.bone_lesion = col.first_affirmed("bone_lesion", kn.terms["bone_lesion"], with_proc,
                                            kn) and not any(
         kn.terms["soft_tissue"].search(s.text) for s in with_proc)
-    thigh_in_text = next((s for s in with_proc if kn.terms["thigh_site"].search(s.text)), None)
+    # "PET/CT skull base to mid-thigh" names the field of view, not the site of the mass.
+    site_texts = indication if facts.region == "whole_body" else with_proc
+    thigh_in_text = next((s for s in site_texts if kn.terms["thigh_site"].search(s.text)), None)
     if thigh_in_text is not None:
         col.note("thigh_site", kn.terms["thigh_site"].search(thigh_in_text.text).group(0),  # type: ignore[union-attr]
                  thigh_in_text.source)
@@ -235,7 +273,7 @@ def extract(order: Order, message: ParsedMessage, kn: Knowledge,
     for src in with_proc:
         size = largest_size_cm(src.text)
         if size is not None and (facts.size_cm is None or size[0] > facts.size_cm):
-            facts.size_cm = round(size[0], 2)
+            facts.size_cm = size[0]
             col.note("size_cm", size[1], src.source)
     for fact in ("deep", "superficial", "calcification", "bony_involvement", "growing",
                  "painful", "recurrence", "haemorrhage", "vascular", "mineralisation_request"):
@@ -243,14 +281,18 @@ def extract(order: Order, message: ParsedMessage, kn: Knowledge,
     if not facts.haemorrhage and any(d.meaning == "haemorrhage" for _, d in diagnoses):
         facts.haemorrhage = True
         col.note("haemorrhage", "M79.81", "ICD-10-CM code")
-    facts.radiograph_documented = col.first_affirmed(
+    facts.radiograph_documented = col.first_study(
         "radiograph_documented", kn.terms["radiograph_done"], indication, kn)
     for sib in siblings or []:
         if sib is not order and classify_text(procedure_text(sib), kn) == "radiograph":
             facts.radiograph_documented = True
             col.note("radiograph_documented", procedure_text(sib), "OBR-4 of another order")
-    facts.prior_mri_documented = col.first_affirmed(
-        "prior_mri_documented", kn.terms["prior_mri"], indication, kn)
+    # An MRI documented in the order: done (not planned), and not of the other thigh.
+    facts.prior_mri_documented = col.first_study(
+        "prior_mri_documented", kn.terms["prior_mri"], indication, kn, planned=True,
+        side=facts.laterality)
+    # Staging or a known diagnosis: noted as evidence, which PET_INITIAL reads.
+    col.first_affirmed("known_diagnosis", kn.terms["known_diagnosis"], indication, kn)
 
     # MRI contraindications.
     contra: list[str] = []
@@ -263,11 +305,15 @@ def extract(order: Order, message: ParsedMessage, kn: Knowledge,
         col.note("mri_contraindication", "Z95", "ICD-10-CM code")
     if col.first_affirmed("mri_contraindication", kn.terms["habitus"], indication, kn):
         contra.append("habitus")
-    if col.first_affirmed("mri_contraindication", kn.terms["metal"], indication, kn):
-        contra.append("metal")
-    if not contra and col.first_affirmed("mri_contraindication", kn.terms["general"],
-                                         indication, kn):
-        contra.append("other")
+    if col.first_study("mri_contraindication", kn.terms["metal"], indication, kn,
+                       side=facts.laterality, study=False):
+        contra.append("metal")  # metal at the site, not in the other limb
+    if not contra and any(
+            affirmed(kn.terms["general"], src.text, kn) is not None
+            and affirmed(kn.terms["not_contraindication"], src.text, kn) is None
+            for src in indication if not src.negated):
+        contra.append("other")  # "cannot have MRI", unless the reason given is claustrophobia
+        col.note("mri_contraindication", "MRI contraindicated", "order text")
     facts.mri_contraindications = contra  # type: ignore[assignment]
 
     # Contrast cautions.

@@ -174,6 +174,10 @@ class NegationDef(_Strict):
     answer: list[str]
     terminators: list[str]
     window: int = Field(ge=1, le=20)
+    result: list[str]
+    scope_break: list[str]
+    planned: list[str]
+    pseudo: list[str]
 
 
 class CautionDef(_Strict):
@@ -191,14 +195,14 @@ class VocabularyFile(_Strict):
     modality: dict[str, ProcedureClass]
     contrast: dict[Literal["without_and_with", "without", "with", "with_weak"], list[str]]
     region: dict[Region, list[str]]
-    laterality: dict[Literal["left", "right", "bilateral"], list[str]]
-    indication: dict[Literal["mass_strong", "mass_weak", "trauma", "bone_lesion", "soft_tissue",
-                             "thigh_site"], list[str]]
+    laterality: dict[Literal["left", "right", "bilateral", "letter_site"], list[str]]
+    indication: dict[Literal["mass_strong", "mass_weak", "trauma", "other_cause", "bone_lesion",
+                             "soft_tissue", "thigh_site"], list[str]]
     findings: dict[Literal["calcification", "bony_involvement", "radiograph_done", "prior_mri",
                            "deep", "superficial", "growing", "painful", "recurrence",
-                           "haemorrhage", "vascular"], list[str]]
+                           "haemorrhage", "vascular", "known_diagnosis"], list[str]]
     contraindication: dict[Literal["device", "device_conditional", "general", "habitus", "metal",
-                                   "mineralisation_request"], list[str]]
+                                   "not_contraindication", "mineralisation_request"], list[str]]
     caution: CautionDef
 
 
@@ -245,6 +249,10 @@ class Knowledge:
         self.negation_after = compile_terms(v.negation.after, "negation.after")
         self.negation_answer = compile_terms(v.negation.answer, "negation.answer")
         self.negation_stop = compile_terms(v.negation.terminators, "negation.terminators")
+        self.negation_result = compile_terms(v.negation.result, "negation.result")
+        self.negation_scope_break = compile_terms(v.negation.scope_break, "negation.scope_break")
+        self.negation_planned = compile_terms(v.negation.planned, "negation.planned")
+        self.negation_pseudo = compile_terms(v.negation.pseudo, "negation.pseudo")
         self.procedure_class = {k: compile_terms(p, f"procedure_class.{k}")
                                 for k, p in v.procedure_class.items()}
         self.contrast = {k: compile_terms(p, f"contrast.{k}") for k, p in v.contrast.items()}

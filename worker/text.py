@@ -27,7 +27,8 @@ class Hit:
     end: int
 
 
-def _clause_bounds(text: str, start: int, end: int, kn: Knowledge) -> tuple[int, int]:
+def clause_bounds(text: str, start: int, end: int, kn: Knowledge) -> tuple[int, int]:
+    """The clause around text[start:end]: sentence punctuation, commas and terminators end it."""
     left = 0
     for m in _CLAUSE_END.finditer(text, 0, start):
         left = m.end()
@@ -41,24 +42,57 @@ def _clause_bounds(text: str, start: int, end: int, kn: Knowledge) -> tuple[int,
     return left, right
 
 
-def is_negated(text: str, start: int, end: int, kn: Knowledge) -> bool:
-    """Whether the term at text[start:end] is negated in its clause."""
+def is_negated(text: str, start: int, end: int, kn: Knowledge, study: bool = False) -> bool:
+    """Whether the term at text[start:end] is negated in its clause.
+
+    study: the term names a study (a radiograph, an MRI). A result word is then no negation
+    ("XR negative", "unremarkable radiographs": the study was done), nor is a negation whose
+    reach passes a preposition ("no fracture on XR": the fracture is negated, not the XR).
+    """
     if text[max(0, start - 4):start].lower() in ("non-", "non "):
         return True
-    left, right = _clause_bounds(text, start, end, kn)
+    left, right = clause_bounds(text, start, end, kn)
+    pseudo = [(m.start(), m.end()) for m in kn.negation_pseudo.finditer(text, left, right)]
+
+    def real(cue_start: int, cue_end: int) -> bool:
+        return not any(a <= cue_start and cue_end <= b for a, b in pseudo)
+
     before = text[left:start]
     words = list(_WORD.finditer(before))
     window = kn.vocab.negation.window
     if words:
         from_pos = words[-window].start() if len(words) >= window else words[0].start()
-        if kn.negation_before.search(before, from_pos):
+        for cue in kn.negation_before.finditer(before, from_pos):
+            if not real(left + cue.start(), left + cue.end()):
+                continue
+            if not study:
+                return True
+            if kn.negation_result.search(cue.group(0)) or kn.negation_scope_break.search(
+                    text, left + cue.end(), end):
+                continue
             return True
     after = text[end:right]
-    if kn.negation_answer.match(after):
+    answer = kn.negation_answer.match(after)
+    if answer and not (study and kn.negation_result.search(answer.group(0))):
         return True
     after_words = list(_WORD.finditer(after))
     limit = after_words[min(3, len(after_words) - 1)].end() if after_words else len(after)
-    return bool(kn.negation_after.search(after[:max(limit, 0) + 1]))
+    for cue in kn.negation_after.finditer(after[:max(limit, 0) + 1]):
+        if real(end + cue.start(), end + cue.end()) and not (
+                study and kn.negation_result.search(cue.group(0))):
+            return True
+    return False
+
+
+def is_planned(text: str, start: int, end: int, kn: Knowledge) -> bool:
+    """Whether the study named at text[start:end] is only planned ("awaiting MRI", "MRI booked
+    for 12/03"): a planned-study word within three words of it, in its clause, or inside it."""
+    left, right = clause_bounds(text, start, end, kn)
+    words_before = list(_WORD.finditer(text, left, start))
+    lo = words_before[-3].start() if len(words_before) >= 3 else left
+    after = list(_WORD.finditer(text, end, right))
+    hi = after[min(2, len(after) - 1)].end() if after else end
+    return kn.negation_planned.search(text, lo, hi) is not None
 
 
 def find_terms(pattern: re.Pattern[str], text: str, kn: Knowledge) -> list[Hit]:
@@ -75,16 +109,40 @@ def affirmed(pattern: re.Pattern[str], text: str, kn: Knowledge) -> Hit | None:
     return None
 
 
+def affirmed_hits(pattern: re.Pattern[str], text: str, kn: Knowledge, study: bool = False,
+                  planned: bool = False) -> list[Hit]:
+    """Every match of *pattern* in *text* that is not negated (read as a study when *study*;
+    without the ones only planned when *planned*)."""
+    return [Hit(m.group(0), False, m.start(), m.end()) for m in pattern.finditer(text)
+            if m.group(0).strip() and not is_negated(text, m.start(), m.end(), kn, study)
+            and not (planned and is_planned(text, m.start(), m.end(), kn))]
+
+
 _NUM = r"(\d{1,3}(?:[.,]\d{1,2})?)"
-_UNIT = r"(cms?|mms?|centimet(?:er|re)s?|millimet(?:er|re)s?)"
+# cm, mm (not "mm Hg"), inches ("2.5 inches", "2.5in", '2.5"': "in" and '"' only attached).
+_UNIT = (r"(cms?|mms?(?!\s*hg\b)|centimet(?:er|re)s?|millimet(?:er|re)s?|inch(?:es)?"
+         r"|(?<=\d)in\b|(?<=\d)\")")
 _SIZE = re.compile(
     rf"(?<![\w.]){_NUM}\s*-?\s*{_UNIT}?(?:\s*(?:x|×|\*|by)\s*{_NUM}\s*-?\s*{_UNIT}?)?"
     rf"(?:\s*(?:x|×|\*|by)\s*{_NUM}\s*-?\s*{_UNIT}?)?(?![\w])",
     re.IGNORECASE)
+# "> 5 cm", "more than 5 cm": the size is above the number written.
+_ABOVE = re.compile(r"(?:>|\bmore\s+than|\bgreater\s+than|\bover|\blarger\s+than"
+                    r"|\bbigger\s+than|\bexceed(?:s|ing)?)\s*$", re.IGNORECASE)
+
+
+def _to_cm(value: float, unit: str) -> float:
+    u = unit.lower()
+    if u.startswith("m"):
+        return value / 10
+    if u.startswith("i") or u == '"':
+        return value * 2.54
+    return value
 
 
 def largest_size_cm(text: str) -> tuple[float, str] | None:
-    """The largest mass dimension written in *text*, in cm ("5cm", "5.2 x 3.1 cm", "52 mm").
+    """The largest mass dimension written in *text*, in cm ("5cm", "5.2 x 3.1 cm", "52 mm",
+    "2.5in"), with the words it was read from ("> 5 cm" keeps its ">").
 
     A number counts only with a unit, its own or the next one in the same "a x b x c" group.
     """
@@ -99,8 +157,9 @@ def largest_size_cm(text: str) -> tuple[float, str] | None:
             unit = next((u for u in units[i:] if u), None)
             if unit is None:
                 continue
-            value = float(num.replace(",", "."))
-            cm = value / 10 if unit.lower().startswith("m") else value
+            cm = _to_cm(float(num.replace(",", ".")), unit)
             if 0.1 <= cm <= 100 and (best is None or cm > best[0]):
-                best = (cm, m.group(0).strip())
+                words = m.group(0).strip()
+                above = _ABOVE.search(text, max(0, m.start() - 16), m.start())
+                best = (round(cm, 2), f"{above.group(0).strip()} {words}" if above else words)
     return best

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from worker.validators.base import Finding, RuleContext, describe_red_flags
+from worker.validators.base import Finding, RuleContext, describe_red_flags, red_flags
 
 RULE_ID = "MRI_ADD_CONTRAST"
 
@@ -11,6 +11,9 @@ def evaluate(ctx: RuleContext) -> list[Finding]:
     facts = ctx.facts
     if facts.procedure_class != "mri" or facts.contrast not in ("without", "unspecified"):
         return []
-    if not ctx.red_flags or facts.contrast_cautions:
+    # Pain alone is a referral red flag, not a reason for contrast (section 4 lists > 5 cm,
+    # deep, calcification and bony involvement for this rule).
+    flags = [f for f in red_flags(ctx) if f != "painful"]
+    if not flags or facts.contrast_cautions:
         return []
-    return [Finding(RULE_ID, "advice", f"red flags: {describe_red_flags(ctx)}")]
+    return [Finding(RULE_ID, "advice", f"red flags: {describe_red_flags(ctx, flags)}")]
