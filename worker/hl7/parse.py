@@ -25,8 +25,8 @@ _LOWER_ID = re.compile(r"^[a-z][a-z0-9]{2}$")
 # (spaces, NULs, a DOS end-of-file ^Z) and a UTF-8 byte order mark, and before a delimiter.
 _JUNK = b" \t\x00\x1a"
 _BOM = codecs.BOM_UTF8
-_MSH_START = re.compile(rb"(?:^|(?<=[\r\n]))[ \t\x00\x1a]{0,16}(?:\xef\xbb\xbf)?"
-                        rb"(?=[Mm][Ss][Hh][^A-Za-z0-9\r\n])")
+_MSH_HIT = re.compile(rb"(?i)msh(?=[^a-z0-9\r\n])")
+_MAX_JUNK = 16
 _TAIL = 24  # bytes at the end of a buffer in which an MSH may still be arriving
 _FRAMING = bytes.maketrans(b"\x0b\x1c", b"\r\r")
 
@@ -225,8 +225,10 @@ class MessageSplitter:
         buf = self._buf + chunk.translate(_FRAMING)
         out: list[tuple[int, bytes]] = []
         prev = 0
-        for m in _MSH_START.finditer(buf, self._scan):
-            start = m.start()
+        for m in _MSH_HIT.finditer(buf, self._scan):
+            start = _message_start(buf, m.start())
+            if start is None:
+                continue  # "MSH|" inside a line of text
             if start == 0 and (self._started or self._dropping):
                 continue  # the message in progress itself, or the cut of a dropped text
             self._emit(buf[prev:start], out)
@@ -266,6 +268,16 @@ class MessageSplitter:
                                                          and kept.startswith(b"\n"))
         self._buf = kept
         self._dropping = True
+
+
+def _message_start(buf: bytes, msh: int) -> int | None:
+    """Where the message whose MSH is at *msh* begins: at the start of its line, when only a
+    byte order mark and at most 16 bytes of junk stand before the MSH; else None."""
+    start = msh - 3 if msh >= 3 and buf[msh - 3:msh] == _BOM else msh
+    limit = max(0, start - _MAX_JUNK)
+    while start > limit and buf[start - 1] in _JUNK:
+        start -= 1
+    return start if start == 0 or buf[start - 1] in b"\r\n" else None
 
 
 _BATCH_SEGMENTS = (b"FHS", b"BHS", b"FTS", b"BTS")
