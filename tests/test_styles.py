@@ -215,6 +215,18 @@ def test_orc_sent_after_its_obr(checker: Checker) -> None:
     assert r.verdict == "not-appropriate" and r.placer_order_number == "S23P"
 
 
+@pytest.mark.parametrize("procedure", [
+    "36172-5^Study^2.16.840.1.113883.6.1",
+    "36172-5^Study^http://loinc.org",
+    "RPID888^Study^urn:oid:2.16.840.1.113883.6.256",
+    "73701^Study^^^^^^^^^^^^2.16.840.1.113883.6.12",  # CWE-14: the coding system OID (2.7+)
+    "LOC1^Study^L^73701^Study^^^^^^^^^^^^2.16.840.1.113883.6.12",  # CWE-17: the alternate's
+])
+def test_coding_systems_sent_as_oid_or_uri(checker: Checker, procedure: str) -> None:
+    r = only(checker, encode(order("S27", "TST90311", procedure=procedure, version="2.8")))
+    assert r.facts is not None and r.facts.procedure_class == "ct"
+    assert codes(r) == ["CT_BEFORE_MRI"]
+
 # -- results that enter the history --------------------------------------------------------------
 def _result(control_id: str, mrn: str, obr: dict[int, str], obx_status: str = "F") -> bytes:
     return encode([msh(control_id, "ORU^R01", "2.5.1"), pid(mrn),

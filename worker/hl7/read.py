@@ -80,13 +80,33 @@ def _coded(msg: RawMessage, raw: str) -> list[Coded]:
 
     for rep in msg.repetitions(raw):
         comps = msg.components(rep)
-        for start in (0, 3):
+        for start, oid in ((0, 13), (3, 16)):
             # The text keeps a bare "&" (MRI THIGH W&WO) and an escaped one (\T\).
             code, text, system = (part(comps, start), part(comps, start + 1, whole=True),
                                   part(comps, start + 2))
+            system = _system(system or part(comps, oid))  # CWE-14/17: the system's OID (2.7+)
             if code or text:
                 out.append(Coded(code=code, text=text, system=system))
     return out
+
+
+# Coding systems sent as an OID or a URI (CWE-3 or CWE-14 in v2.7+, messages made from FHIR or
+# CDA) read as their HL7 table 0396 names.
+_SYSTEM_IDS = {
+    "2.16.840.1.113883.6.12": "C4", "http://www.ama-assn.org/go/cpt": "C4",
+    "2.16.840.1.113883.6.1": "LN", "http://loinc.org": "LN",
+    "2.16.840.1.113883.6.90": "I10", "http://hl7.org/fhir/sid/icd-10-cm": "I10",
+    "2.16.840.1.113883.6.3": "I10", "http://hl7.org/fhir/sid/icd-10": "I10",
+    "2.16.840.1.113883.6.256": "RADLEX", "http://www.radlex.org": "RADLEX",
+    "http://radlex.org": "RADLEX",
+    "2.16.840.1.113883.6.96": "SCT", "http://snomed.info/sct": "SCT",
+}
+
+
+def _system(system: str) -> str:
+    """A coding system name, with an OID or URI turned into its table 0396 name."""
+    key = system.strip().removeprefix("urn:oid:").rstrip("/").lower()
+    return _SYSTEM_IDS.get(key, system)
 
 
 def _text(msg: RawMessage, raw: str) -> str:
