@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from worker.errors import HL7ParseError
 from worker.hl7.escape import Delimiters
-from worker.hl7.parse import parse_message, split_messages
+from worker.hl7.parse import clean_start, parse_message, peek_msh, split_messages
 from worker.hl7.read import parse_ts, read_message
 
 BASE = (b"MSH|^~\\&|RIS|HOSP|OC|OC|20261120083000||ORM^O01|C1|P|2.3\r"
@@ -110,6 +110,36 @@ def test_timestamps() -> None:
     assert parse_ts("2026") is not None
     assert parse_ts("garbage") is None
     assert parse_ts("20261399") is None
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("2008-11-05", "2008-11-05 00:00:00"),
+    ("2008-1-5", "2008-01-05 00:00:00"),
+    ("2008-11", "2008-11-01 00:00:00"),
+    ("2008-11-05T10:30:00+01:00", "2008-11-05 10:30:00+01:00"),
+    ("2008-11-05 10:30", "2008-11-05 10:30:00"),
+    ("2026-11-01T09:00:00.250Z", "2026-11-01 09:00:00"),
+    ("200811051030-0500", "2008-11-05 10:30:00-05:00"),
+])
+def test_iso_timestamps(value: str, expected: str) -> None:
+    assert str(parse_ts(value)) == expected
+
+
+@pytest.mark.parametrize(("msh9", "expected"), [
+    ("ORM^O01", ("ORM", "O01", "")), ("ORM_O01", ("ORM", "O01", "ORM_O01")),
+    ("orm^o01^orm_o01", ("ORM", "O01", "ORM_O01")), ("ORM", ("ORM", "", "")),
+    ("OMI_O23^^", ("OMI", "O23", "OMI_O23")),
+])
+def test_message_type_forms(msh9: str, expected: tuple[str, str, str]) -> None:
+    header = read_message(parse_message(BASE.replace(b"ORM^O01", msh9.encode()))).header
+    assert (header.message_type, header.trigger_event, header.message_structure) == expected
+    assert peek_msh(BASE.replace(b"ORM^O01", msh9.encode())).trigger_event == expected[1]
+
+
+@pytest.mark.parametrize("prefix", [b"\xef\xbb\xbf", b"  \x00", b"\x0b", b"export:"])
+def test_clean_start(prefix: bytes) -> None:
+    assert clean_start(prefix + BASE).startswith(b"MSH|")
+    assert peek_msh(prefix + BASE).control_id == "C1"
 
 
 def test_groups_share_context_and_split_orders() -> None:

@@ -295,17 +295,22 @@ def test_result_message_with_two_patients_records_each_under_its_own(checker: Ch
     assert codes(only(checker, _biopsy("S26C", "TST90227"))) == []
 
 # -- the MLLP listener's screen --------------------------------------------------------------------
-@pytest.mark.parametrize(("kind", "version", "code"), [
-    ("ORM^O01", "", b"AA"),  # MSH-12 empty: read, as `ordercheck check` reads it
-    ("ORM_O01", "2.3", b"AA"),
-    ("ORM", "2.3", b"AA"),
-    ("ORM^O01", "1.0", b"AR"),
+@pytest.mark.parametrize(("kind", "version", "processing", "code"), [
+    ("ORM^O01", "", "P", b"AA"),  # MSH-12 empty: read, as `ordercheck check` reads it
+    ("ORM^O01", "2.3", "", b"AA"),  # MSH-11 empty likewise
+    ("ORM_O01", "2.3", "P", b"AA"),
+    ("ORM", "2.3", "P", b"AA"),
+    ("ORM^O01", "1.0", "P", b"AR"),
+    ("ORM^O01", "2.3", "X", b"AR"),
 ])
-def test_listener_accepts_what_check_reads(kind: str, version: str, code: bytes) -> None:
+def test_listener_accepts_what_check_reads(kind: str, version: str, processing: str,
+                                           code: bytes) -> None:
     queued: list[bytes] = []
     ingestor = Ingestor(Settings(), MemoryDedup(), lambda data, at: queued.append(data),
                         lambda rejected: None)
-    frame = codecs.BOM_UTF8 + encode(order("S33", "TST90033", kind=kind, version=version))
+    segs = order("S33", "TST90033", kind=kind, version=version)
+    segs[0] = msh("S33", kind, version, extra={11: processing})
+    frame = codecs.BOM_UTF8 + encode(segs)
     ack = ingestor.handle(frame)
     assert ack is not None and f"MSA|{code.decode()}|S33".encode() in ack
     assert len(queued) == (code == b"AA")

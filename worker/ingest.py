@@ -227,7 +227,7 @@ class Ingestor:
     def _check_header(self, kind: str, event: str, processing_id: str, version: str,
                       application: str, facility: str) -> AckError | None:
         s = self.settings
-        if processing_id not in s.processing_ids:
+        if processing_id and processing_id not in s.processing_ids:  # empty: read, as by check
             return AckError("202", f"processing id {processing_id!r} is not accepted (MSH-11)",
                             "MSH", 11)
         if version and version not in s.versions:  # an empty MSH-12 is read, as by `check`
