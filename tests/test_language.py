@@ -266,3 +266,46 @@ def test_protocol_steps_from_new_wordings(checker: Checker) -> None:
     assert any("Subtraction" in s for s in bleed.protocol)
     assert any("angiography" in s for s in vessel.protocol)
     assert not any("angiography" in s for s in none.protocol)
+
+
+# -- Words that only look like a device, metal at the site, or another cause -------------------
+
+@pytest.mark.parametrize("note", ["ICD-10: R22.42", "Prosthetic heart valve",
+                                  "Metal plate in skull", "L ankle ORIF 2010"])
+def test_no_device_and_no_metal_at_the_site(checker: Checker, note: str) -> None:
+    r = check(checker, CT, "Left thigh mass 6 cm", note)
+    assert flags(r) == {"CT_BEFORE_MRI"}
+
+
+def test_oedema_around_a_lesion_is_no_other_cause(checker: Checker) -> None:
+    r = check(checker, MRI_WWO, "L thigh intramuscular lesion with surrounding oedema on US")
+    assert r.verdict == "appropriate"
+    r = check(checker, "^^^^US THIGH LEFT", "L thigh swelling after liposuction ? seroma",
+              control_id="O2", patient_id="O2^^^H")
+    assert r.verdict == "no-criteria-apply"
+
+
+@pytest.mark.parametrize("procedure", ["73701-LT^^CPT4", "73701 RT^^CPT4", "73701-26-LT^^C4"])
+def test_cpt_codes_with_modifiers(checker: Checker, procedure: str) -> None:
+    r = check(checker, procedure, "Left thigh mass 6 cm")
+    assert flags(r) == {"CT_BEFORE_MRI"}
+
+
+def test_icd10_oid_as_coding_system(checker: Checker) -> None:
+    data = order_message(procedure="^^^^CT FEMUR LEFT W CONTRAST",
+                         dg1=("R22.42^^2.16.840.1.113883.6.90",))
+    assert flags(checker.check_message(data).results[0]) == {"CT_BEFORE_MRI"}
+
+
+@pytest.mark.parametrize("text", ["Hx: lipoma excised 2019. Now new lump same site L thigh",
+                                  "new lump L thigh at the old scar"])
+def test_recurrence_at_the_site_is_a_red_flag(checker: Checker, text: str) -> None:
+    r = check(checker, MRI_WWO, f"{text}. XR done")
+    assert r.facts is not None and r.facts.recurrence
+    assert "REFER_SARCOMA_CENTRE" in advice(r)
+
+
+def test_x_ray_written_apart_is_a_radiograph(checker: Checker) -> None:
+    r = check(checker, MRI_WO, "L thigh mass 4 cm superficial with calcification on x ray")
+    assert "RADIOGRAPH_FIRST" not in advice(r)
+    assert "MRI_ADD_CONTRAST" in advice(r)

@@ -23,7 +23,7 @@ from worker.models import (
     Region,
     TextSource,
 )
-from worker.text import Hit, affirmed, affirmed_hits, clause_bounds, largest_size_cm
+from worker.text import affirmed, affirmed_hits, clause_bounds, largest_size_cm
 
 _CLASS_ORDER: tuple[ProcedureClass, ...] = (
     "biopsy", "excision", "pet", "other", "mra", "cta", "mri", "ct", "us", "radiograph",
@@ -127,16 +127,20 @@ class _Collector:
 
     def first_study(self, fact: str, pattern: re.Pattern[str], texts: list[TextSource],
                     kn: Knowledge, planned: bool = False, side: Laterality = "unknown",
-                    study: bool = True) -> bool:
+                    study: bool = True, elsewhere: re.Pattern[str] | None = None) -> bool:
         """Like first_affirmed, for a study or an object that must concern this thigh: read as
         a study (*study*: "XR negative" is a done XR), without the planned ones (*planned*),
-        and not when its clause names the side opposite *side*."""
+        and not when its clause names the side opposite *side* or a body part *elsewhere*."""
         other = _opposite(side)
         for src in texts:
             if src.negated:
                 continue
             for hit in affirmed_hits(pattern, src.text, kn, study=study, planned=planned):
-                if other is not None and _clause_side(src.text, hit, kn) == other:
+                left, right = clause_bounds(src.text, hit.start, hit.end, kn)
+                clause = src.text[left:right]
+                if other is not None and laterality_from_text(clause, kn, False) == other:
+                    continue
+                if elsewhere is not None and elsewhere.search(clause):
                     continue
                 self.note(fact, hit.words, src.source)
                 return True
@@ -145,12 +149,6 @@ class _Collector:
 
 def _opposite(side: Laterality) -> Laterality | None:
     return "right" if side == "left" else "left" if side == "right" else None
-
-
-def _clause_side(text: str, hit: Hit, kn: Knowledge) -> Laterality | None:
-    """The side named in the clause of *hit* ("IM nail right femur": right)."""
-    left, right = clause_bounds(text, hit.start, hit.end, kn)
-    return laterality_from_text(text[left:right], kn, allow_letters=False)
 
 
 def _code_meaning(order: Order, kn: Knowledge
@@ -306,8 +304,8 @@ def extract(order: Order, message: ParsedMessage, kn: Knowledge,
     if col.first_affirmed("mri_contraindication", kn.terms["habitus"], indication, kn):
         contra.append("habitus")
     if col.first_study("mri_contraindication", kn.terms["metal"], indication, kn,
-                       side=facts.laterality, study=False):
-        contra.append("metal")  # metal at the site, not in the other limb
+                       side=facts.laterality, study=False, elsewhere=kn.terms["metal_elsewhere"]):
+        contra.append("metal")  # metal at the site: not in the other limb, not in the skull
     if not contra and any(
             affirmed(kn.terms["general"], src.text, kn) is not None
             and affirmed(kn.terms["not_contraindication"], src.text, kn) is None

@@ -126,6 +126,10 @@ def _expand(codes: list[str]) -> list[str]:
     return out
 
 
+# A CPT code with modifiers (LT, RT, 50, 26, TC ...): "73701-LT", "73720 RT", "73718-26-LT".
+_CPT_MODIFIERS = re.compile(r"^(\d{5})(?:\s*-\s*|\s+)[A-Z0-9]{2}(?:(?:\s*-\s*|\s+)[A-Z0-9]{2})*$")
+
+
 class ProcedureCodeDef(_Strict):
     system: str
     codes: list[str] = Field(min_length=1)
@@ -202,7 +206,8 @@ class VocabularyFile(_Strict):
                            "deep", "superficial", "growing", "painful", "recurrence",
                            "haemorrhage", "vascular", "known_diagnosis"], list[str]]
     contraindication: dict[Literal["device", "device_conditional", "general", "habitus", "metal",
-                                   "not_contraindication", "mineralisation_request"], list[str]]
+                                   "metal_elsewhere", "not_contraindication",
+                                   "mineralisation_request"], list[str]]
     caution: CautionDef
 
 
@@ -288,6 +293,9 @@ class Knowledge:
         if local is not None:
             return local
         canonical = self.system_alias.get(system_u)
+        base = _CPT_MODIFIERS.match(code_u)
+        if base is not None and canonical in (None, "CPT"):  # "73701-LT", "73720 RT"
+            return self.lookup_procedure(base.group(1), system)
         if canonical is not None:
             return self.procedures.get((canonical, code_u))
         if not system_u:  # no system given: accept a code that is unambiguous in our tables
