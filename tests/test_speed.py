@@ -210,3 +210,44 @@ def test_acks_are_recorded_for_resends_after_they_are_returned() -> None:
     assert not dedup._acks
     remember()
     assert ingest.handle(msg) == ack and queue.calls == [[msg]]  # the resend: same ACK
+
+
+class Silent(Recorder):
+    """An ordering system that takes the connection and never answers (each send times out)."""
+
+    def send(self, route: Route, message: bytes, control_id: str) -> DeliveryOutcome:
+        self.sent.append(message)
+        return DeliveryOutcome(False, "TimeoutError: no ACK", "127.0.0.1:9")
+
+
+def test_a_destination_that_failed_is_not_tried_again_in_the_same_batch(
+        knowledge: Knowledge) -> None:
+    client = fakeredis.FakeRedis()
+    stores = Stores(Settings(redis_url=None))
+    store = RedisStore(client)
+    stores.store, stores.history, stores.dedup = store, RedisHistory(client), RedisDedup(store)
+    publisher = Silent()
+    retries: list[tuple[str, int, float]] = []
+    processor = Processor(Settings(redis_url=None), knowledge, stores, publisher,  # type: ignore[arg-type]
+                          lambda i, a, d: retries.append((i, a, d)), client)
+    batch = [order_message(control_id=f"D{n}", placer=f"PD{n}", patient_id=f"D{n}^^^H^MR",
+                           reason="^Left thigh mass 6 cm deep") for n in range(5)]
+    ids, failed = processor.process_batch([(m, time.time()) for m in batch])
+    assert not failed and len(ids) == 5
+    assert len(publisher.sent) == 1  # one ACK timeout for the whole batch, not five
+    tried = peek_msh(publisher.sent[0]).control_id
+    by_id = {i: a for i, a, _ in retries}
+    assert len(by_id) == 5  # every advisory has a retry scheduled
+    for rec_id in ids:
+        record = store.get(rec_id)
+        assert record is not None and record.delivery == "pending"
+        if record.raw_out.split("|")[9] == tried:  # MSH-10 of the one that was sent
+            assert record.delivery_attempts == 1 and by_id[rec_id] == 2
+        else:  # not tried: the retry is its first attempt
+            assert record.delivery_attempts == 0 and by_id[rec_id] == 1
+            assert "not tried" in record.delivery_error
+    # a retry task (no batch) does try again
+    publisher.sent.clear()
+    other = next(i for i in ids if by_id[i] == 1)
+    processor.deliver(other, 1)
+    assert len(publisher.sent) == 1

@@ -39,7 +39,7 @@ def make_app(settings: Settings) -> Celery:
         task_send_sent_event=False,
         worker_disable_rate_limits=True,
         broker_pool_limit=10,
-        task_time_limit=120,
+        task_time_limit=settings.task_time_limit,
     )
     return app
 

@@ -114,8 +114,12 @@ class Processor:
         self.redis = redis_client
 
     # -- one message ---------------------------------------------------------------------------
-    def process(self, data: bytes, received_at: float) -> list[str]:
-        """Check one message; returns the ids of the advisories it produced."""
+    def process(self, data: bytes, received_at: float, down: set[str] | None = None
+                ) -> list[str]:
+        """Check one message; returns the ids of the advisories it produced.
+
+        down: the destinations that failed earlier in the same batch (see deliver()).
+        """
         try:
             raw = parse_message(data)
             parsed = read_message(raw)
@@ -129,7 +133,7 @@ class Processor:
             if job.keys and job.recorded:
                 self._recheck(job.keys, parsed.header.control_id, job.received)
             added = self._add(job.records, job.keys, lock)
-        return self._finish(job, added)
+        return self._finish(job, added, down=down)
 
     def _check(self, job: _Job, history: list[HistoryEntry] | None) -> None:
         """Check the message of *job* and build its advisory records (job.records)."""
@@ -158,7 +162,8 @@ class Processor:
                                               raw_in=job.raw.text, raw_out=out.decode("utf-8")))
 
     def _finish(self, job: _Job, added: list[bool],
-                marks: list[tuple[str, dict[str, Any]]] | None = None) -> list[str]:
+                marks: list[tuple[str, dict[str, Any]]] | None = None,
+                down: set[str] | None = None) -> list[str]:
         """Deliver the records of *job* that are new (or stored but still pending)."""
         ids: list[str] = []
         for record, new in zip(job.records, added, strict=True):
@@ -173,7 +178,7 @@ class Processor:
             ids.append(record.id)
             if record.delivery == "pending":
                 self.deliver(record.id, attempt=record.delivery_attempts + 1, record=record,
-                             marks=marks)
+                             marks=marks, down=down)
         log.info("checked", extra={"control_id": job.parsed.header.control_id,
                                    "advisories": len(ids)})
         return ids
@@ -210,15 +215,16 @@ class Processor:
             locks.add(name)
             together.append(job)
         ids: list[str] = []
+        down: set[str] = set()  # destinations that failed in this batch: not tried again in it
         if together:
             try:
-                ids, later = self._process_together(together)
+                ids, later = self._process_together(together, down)
                 alone = sorted(alone + later)
             except Exception as exc:
                 failed.update((job.index, exc) for job in together)
         for i in alone:
             try:
-                ids += self.process(*items[i])
+                ids += self.process(*items[i], down=down)
             except Exception as exc:
                 failed[i] = exc
         return ids, failed
@@ -232,7 +238,8 @@ class Processor:
                 and job.parsed.header.message_type in ORDER_TYPES
                 and not any(o.order_status == "CM" for o in job.parsed.orders))
 
-    def _process_together(self, jobs: list[_Job]) -> tuple[list[str], list[int]]:
+    def _process_together(self, jobs: list[_Job], down: set[str]
+                          ) -> tuple[list[str], list[int]]:
         """process() for messages that only read history, one per patient; returns the ids and
         the positions of the messages left for process() (their patient was locked)."""
         client = self.redis
@@ -281,7 +288,7 @@ class Processor:
             for job in jobs:
                 count = len(job.records)
                 ids += self._finish(job, [bool(a) for a in added[position:position + count]],
-                                    marks)
+                                    marks, down)
                 position += count
         finally:  # what was delivered is recorded, even when a later delivery failed
             if marks:
@@ -307,13 +314,18 @@ class Processor:
 
     # -- delivery ------------------------------------------------------------------------------
     def deliver(self, rec_id: str, attempt: int, record: AdvisoryRecord | None = None,
-                retry: bool = True, marks: list[tuple[str, dict[str, Any]]] | None = None
-                ) -> bool:
+                retry: bool = True, marks: list[tuple[str, dict[str, Any]]] | None = None,
+                down: set[str] | None = None) -> bool:
         """One delivery attempt; schedules the next one or marks the advisory undelivered.
 
         retry: False for a single attempt (an operator's resend): no retry is scheduled.
         marks: when given, a successful delivery's state is appended there, for the caller to
         write with those of the other advisories of its batch (store.update_many).
+        down: the destinations that already failed in this batch. An advisory for one of them
+        is not tried now but handed to a retry task (same attempt number), so an ordering
+        system that accepts connections and never answers costs a batch one ACK timeout, not
+        one per advisory, and the batch stays well inside the task time limit. A failure here
+        adds its destination.
         """
         store = self.stores.store
         record = record or store.get(rec_id)
@@ -324,6 +336,13 @@ class Processor:
         if route is None:
             mark_delivery(store, rec_id, "not-sent", attempt - 1,
                           "no destination configured for this sender")
+            return False
+        destination = f"{route.host}:{route.port}"
+        if retry and down is not None and destination in down:
+            mark_delivery(store, rec_id, "pending", attempt - 1,
+                          "not tried: the destination failed earlier in the same batch",
+                          destination)
+            self.schedule_retry(rec_id, attempt, self.settings.delivery_backoff)
             return False
         message = record.raw_out.encode("utf-8")
         outcome = self.publisher.send(route, message, peek_msh(message).control_id)
@@ -339,6 +358,8 @@ class Processor:
             log.info("delivered", extra={"advisory": rec_id, "attempt": attempt})
             return True
         metrics.DELIVERY_FAILED.inc()
+        if down is not None:
+            down.add(destination)
         if not retry or attempt > self.settings.delivery_retries:
             mark_delivery(store, rec_id, "undelivered", attempt, outcome.error,
                           outcome.destination)

@@ -32,8 +32,15 @@ class Settings(BaseSettings):
     workers: int | None = Field(default=None, ge=1, le=256)  # None: one per CPU core
     # Seconds before Redis gives a message taken by a worker that never acknowledged it (the
     # worker died, or lost Redis while holding it) to another worker. Keep it above the longest
-    # task (120 s) and delivery_backoff_max, or a delivery retry waiting that long runs twice.
+    # task (task_time_limit) and delivery_backoff_max, or a delivery retry waiting that long
+    # runs twice.
     broker_visibility_timeout: int = Field(default=300, ge=5)
+    # Seconds after which a task is killed and its message runs again. A batch normally takes
+    # milliseconds; its slow parts are bounded on their own (Redis socket timeout 10 s, one
+    # advisory_ack_timeout per destination and batch, queueing a retry for half this limit).
+    # Celery keeps a timer entry per task for this long, so the main process's memory grows
+    # with task rate x limit: keep it short.
+    task_time_limit: int = Field(default=60, ge=10)
 
     # MLLP listener.
     listen_host: str = "127.0.0.1"

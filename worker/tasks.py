@@ -23,7 +23,8 @@ from worker.publish import Publisher
 from worker.runtime import Stores, redis_client
 
 log = logging.getLogger("ordercheck.tasks")
-RETRY_QUEUE_WINDOW = 60.0  # seconds to keep trying to queue a retry (task_time_limit is 120)
+# Seconds to keep trying to queue a retry: half the task time limit, so the task ends first.
+RETRY_QUEUE_WINDOW = settings.task_time_limit / 2
 
 
 @cache
