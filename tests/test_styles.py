@@ -294,6 +294,20 @@ def test_result_message_with_two_patients_records_each_under_its_own(checker: Ch
     assert codes(only(checker, _biopsy("S26B", "TST90226"))) == ["BIOPSY_BEFORE_MRI"]
     assert codes(only(checker, _biopsy("S26C", "TST90227"))) == []
 
+@pytest.mark.parametrize(("result_authority", "order_authority", "flagged"), [
+    ("&1.2.840.99999.1&ISO", "TSTH&1.2.840.99999.1&ISO", False),  # OID only, then both
+    ("TSTH&1.2.840.99999.1&ISO", "TSTH", False),
+    ("TSTH", "OTHERHOSP&1.2.840.99999.7&ISO", True),  # another authority: another patient
+])
+def test_assigning_authority_by_namespace_or_oid(checker: Checker, result_authority: str,
+                                                 order_authority: str, flagged: bool) -> None:
+    result = _result("S28A", "TST90400", {4: MRI, 25: "F", 31: "^left thigh mass"})
+    checker.check_file_bytes(result.replace(b"TST90400^^^TSTH^MR",
+                                            f"TST90400^^^{result_authority}^MR".encode()))
+    biopsy = _biopsy("S28B", "TST90400").replace(b"TST90400^^^TSTH^MR",
+                                                 f"TST90400^^^{order_authority}^MR".encode())
+    assert ("BIOPSY_BEFORE_MRI" in codes(only(checker, biopsy))) is flagged
+
 # -- the MLLP listener's screen --------------------------------------------------------------------
 @pytest.mark.parametrize(("kind", "version", "processing", "code"), [
     ("ORM^O01", "", "P", b"AA"),  # MSH-12 empty: read, as `ordercheck check` reads it

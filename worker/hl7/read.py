@@ -168,12 +168,16 @@ def read_patient(msg: RawMessage, pid: RawSegment | None = None) -> PatientRef:
             value = msg.value(comps[0]) if comps else ""
             if not value:
                 continue
-            authority = msg.value(comps[3]) if len(comps) > 3 else ""
-            sub = msg.delimiters.subcomponent
-            if sub and sub in authority:
-                authority = authority.split(sub, 1)[0] or authority.replace(sub, "")
             id_type = msg.value(comps[4]) if len(comps) > 4 else ""
-            ids.append(PatientId(id=value, authority=authority, type=id_type))
+            # CX-4 is an HD: namespace&universal id&type. A patient is found by either, so a
+            # feed that sends only the OID meets one that sends both.
+            raw_authority = comps[3] if len(comps) > 3 else ""
+            sub = msg.delimiters.subcomponent
+            parts = raw_authority.split(sub) if sub else [raw_authority]
+            authorities = [msg.value(a) for a in parts[:2]]
+            authorities = [a for i, a in enumerate(authorities) if a and a not in authorities[:i]]
+            for authority in authorities or [""]:
+                ids.append(PatientId(id=value, authority=authority, type=id_type))
         if ids:
             break
     return PatientRef(identifiers=ids, birth_date=parse_date(msg.component(pid.get(7), 1)),
