@@ -309,3 +309,39 @@ def test_x_ray_written_apart_is_a_radiograph(checker: Checker) -> None:
     r = check(checker, MRI_WO, "L thigh mass 4 cm superficial with calcification on x ray")
     assert "RADIOGRAPH_FIRST" not in advice(r)
     assert "MRI_ADD_CONTRAST" in advice(r)
+
+
+@pytest.mark.parametrize("obx", [
+    ("33914-3^Glomerular filtration rate/1.73 sq M.predicted^LN", "25"),
+    ("33914-3^^LN", "25"),
+])
+def test_egfr_sent_as_a_loinc_result(checker: Checker, obx: tuple[str, str]) -> None:
+    data = order_message(procedure=MRI_WWO, reason="^L thigh mass 3cm, XR done", obx=(obx,))
+    assert "CONTRAST_CAUTION" in advice(checker.check_message(data).results[0])
+
+
+def test_ct_angiography_worded_at_the_end_is_no_ct(checker: Checker) -> None:
+    r = check(checker, "^^^^CT LOWER EXTREMITY ANGIO LEFT", "L thigh pulsatile mass 6cm")
+    assert r.facts is not None and r.facts.procedure_class == "cta"
+    assert r.verdict == "appropriate"
+
+
+@pytest.mark.parametrize(("note", "exception"), [
+    ("CT to assess cortical involvement", True),
+    ("CT to look for zonal pattern of ossification", True),
+    ("? heterotopic ossification after hip surgery", True),
+    ("calcified mass", False),
+    ("Occupation: metal worker, no orbital foreign body on XR", False),
+    ("Too big for MRI scanner (weight 230 kg)", True),
+    ("Gunshot wound L thigh 2009, retained bullet fragments", True),
+    ("R THR 2016", False),
+    ("Dental fillings only", False),
+])
+def test_ct_exception_wordings(checker: Checker, note: str, exception: bool) -> None:
+    r = check(checker, "73700^CT LOWER EXTREMITY WO CONTRAST^CPT4", "L thigh mass 6cm", note)
+    assert (r.verdict == "appropriate") == exception
+
+
+def test_mri_dye_reaction_is_a_gadolinium_reaction(checker: Checker) -> None:
+    r = check(checker, MRI_WWO, "L thigh mass 3cm, XR done", "Previous reaction to MRI dye (rash)")
+    assert "CONTRAST_CAUTION" in advice(r)
