@@ -49,6 +49,15 @@ def test_fifth_encoding_character_and_other_delimiters() -> None:
     assert parsed.orders[0].procedures[0].text == "CT LE W"
 
 
+@pytest.mark.parametrize("msh2", [b"^~\\\\&", b"^\\~\\&", b"^~\\\\&#"])
+def test_doubled_encoding_characters(msh2: bytes) -> None:
+    data = BASE.replace(b"^~\\&", msh2).replace(b"Left thigh mass", b"mass 5\\T\\6 cm~x")
+    msg = parse_message(data)
+    assert (msg.delimiters.repetition, msg.delimiters.escape, msg.delimiters.subcomponent) == (
+        "~", "\\", "&")
+    assert read_message(msg).orders[0].texts[0].text == "mass 5&6 cm x"
+
+
 def test_fewer_declared_delimiters() -> None:
     msg = read_message(parse_message(BASE.replace(b"^~\\&", b"^~")))
     assert msg.orders[0].procedures[0].system == "CPT4"

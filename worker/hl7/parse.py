@@ -348,7 +348,7 @@ def parse_message(data: bytes, line: int = 1) -> RawMessage:
     enc_end = text.find(fsep, 4)
     if enc_end == -1:
         enc_end = len(text.split("\r", 1)[0].split("\n", 1)[0])
-    enc = text[4:enc_end]
+    enc = _encoding_characters(text[4:enc_end])
     if not enc or any(c.isalnum() or c in " \r\n" for c in enc):
         raise HL7ParseError("MSH-2 encoding characters are missing or invalid", "MSH", 2)
     delims = Delimiters(
@@ -392,6 +392,17 @@ def parse_message(data: bytes, line: int = 1) -> RawMessage:
     message = RawMessage(segments, delims, charset, text, line)
     _check_msh(message)
     return message
+
+
+def _encoding_characters(enc: str) -> str:
+    r"""MSH-2, with the usual characters put back when a copy doubled one of them: `^~\\&`
+    (from a program's string literal) and `^\~\&` (from Markdown source) mean `^~\&`."""
+    standard = "^~\\&"
+    if len(enc) > 4 and set(enc) == set(standard):
+        return standard
+    if len(enc) > 5 and set(enc) == set(standard + enc[-1]) and enc[-1] not in standard:
+        return standard + enc[-1]
+    return enc
 
 
 def _check_msh(message: RawMessage) -> None:
