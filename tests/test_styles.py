@@ -227,6 +227,15 @@ def test_coding_systems_sent_as_oid_or_uri(checker: Checker, procedure: str) -> 
     assert r.facts is not None and r.facts.procedure_class == "ct"
     assert codes(r) == ["CT_BEFORE_MRI"]
 
+@pytest.mark.parametrize("site", ["^^^THIGH^L", "^^^THIGH&Thigh&HL70163^L&Left&HL70495"])
+def test_body_site_and_side_in_obr15(checker: Checker, site: str) -> None:
+    segs = [msh("S29"), pid("TST90215"), segment("ORC", {1: "NW", 2: "S29P"}),
+            segment("OBR", {1: "1", 2: "S29P", 4: "RAD100^CT W CONTRAST^L", 13: "6 cm deep mass",
+                            15: site, 24: "CT"})]
+    r = only(checker, encode(segs))
+    assert r.facts is not None and (r.facts.region, r.facts.laterality) == ("thigh", "left")
+    assert codes(r) == ["CT_BEFORE_MRI"]
+
 # -- results that enter the history --------------------------------------------------------------
 def _result(control_id: str, mrn: str, obr: dict[int, str], obx_status: str = "F") -> bytes:
     return encode([msh(control_id, "ORU^R01", "2.5.1"), pid(mrn),

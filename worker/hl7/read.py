@@ -253,9 +253,10 @@ def _order(msg: RawMessage, group: _Group) -> Order:
     get_obr = obr.get if obr else (lambda n: "")
     tq1 = next((s for s in group.others if s.id == "TQ1"), None)
     ipc = next((s for s in group.others if s.id == "IPC"), None)
-    procedures = _coded(msg, get_obr(4)) + _coded(msg, get_obr(44)) + _modifiers(msg, get_obr(45))
+    procedures = _coded(msg, get_obr(4)) + _coded(msg, get_obr(44))
     if ipc is not None and not procedures:
         procedures = _coded(msg, ipc.get(6))  # IPC-6 protocol code as a last resort
+    procedures += _modifiers(msg, get_obr(45)) + _body_site(msg, get_obr(15))
     texts: list[TextSource] = []
     for label, raw, coded in (("OBR-13", get_obr(13), False), ("OBR-31", get_obr(31), True),
                               ("ORC-16", get_orc(16), True)):
@@ -320,6 +321,27 @@ def _modifiers(msg: RawMessage, raw: str) -> list[Coded]:
             mod = Coded(code=mod.code, text=side, system=mod.system)
         out.append(mod)
     return out
+
+
+# OBR-15.5 site modifiers (HL7 table 0495) that give the side.
+_SITE_MODIFIERS = {"L": "left", "R": "right", "B": "bilateral", "BIL": "bilateral"}
+
+
+def _body_site(msg: RawMessage, raw: str) -> list[Coded]:
+    """OBR-15 (specimen source, v2.3-2.4) body site and site modifier, which radiology feeds use
+    for the part examined and its side ("^^^THIGH^L"): one procedure text, or nothing."""
+    reps = msg.repetitions(raw)
+    comps = msg.components(reps[0]) if reps else []
+    sub = msg.delimiters.subcomponent
+    words = []
+    for n in (3, 4):  # OBR-15.4 body site, OBR-15.5 site modifier (CE in subcomponents)
+        parts = (comps[n].split(sub) if sub else [comps[n]]) if len(comps) > n else []
+        code = msg.value(parts[0]) if parts else ""
+        text = msg.value(parts[1]) if len(parts) > 1 else ""
+        word = text or (_SITE_MODIFIERS.get(code.upper(), code) if n == 4 else code)
+        if word:
+            words.append(word)
+    return [Coded(text=" ".join(words), system="OBR-15")] if words else []
 
 
 def _observation_status(msg: RawMessage, segments: list[RawSegment]) -> str:
