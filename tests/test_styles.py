@@ -12,6 +12,7 @@ import pytest
 from hl7build import segment
 
 from worker.check import Checker
+from worker.hl7.build import build_advisory
 from worker.ingest import Ingestor
 from worker.models import CheckResult
 from worker.settings import Settings
@@ -316,6 +317,29 @@ def test_assigning_authority_by_namespace_or_oid(checker: Checker, result_author
     biopsy = _biopsy("S28B", "TST90400").replace(b"TST90400^^^TSTH^MR",
                                                  f"TST90400^^^{order_authority}^MR".encode())
     assert ("BIOPSY_BEFORE_MRI" in codes(only(checker, biopsy))) is flagged
+
+
+# -- the advisory names the order it was read as ------------------------------------------------
+@pytest.mark.parametrize(("orc2", "obr2s", "placers"), [
+    (" S30P ^EPC", ("S30P",), ["S30P^EPC"]),  # padded: the number as read
+    ("S30P", ("S30P", "S30Q"), ["S30P", "S30Q"]),  # a second OBR under one ORC: its own OBR-2
+    ('""', ("S30P",), ["S30P"]),  # explicit null in ORC-2: OBR-2
+])
+def test_advisory_orc2_is_the_placer_number_read(checker: Checker, orc2: str,
+                                                  obr2s: tuple[str, ...],
+                                                  placers: list[str]) -> None:
+    segs = [msh("S30"), pid("TST90230"), segment("ORC", {1: "NW", 2: orc2})]
+    segs += [segment("OBR", {1: str(n), 2: obr2, 4: CT, 13: CASE})
+             for n, obr2 in enumerate(obr2s, start=1)]
+    outcome = checker.check_message(encode(segs))
+    assert outcome.raw is not None
+    got = []
+    for order, result in zip(outcome.orders, outcome.results, strict=True):
+        advisory = build_advisory(outcome.raw, order, result, control_id="A1",
+                                  application="ORDERCHECK", facility="RADCDS")
+        orc = next(s for s in advisory.split(b"\r") if s.startswith(b"ORC|"))
+        got.append(orc.split(b"|")[2].decode())
+    assert got == placers
 
 # -- the MLLP listener's screen --------------------------------------------------------------------
 @pytest.mark.parametrize(("kind", "version", "processing", "code"), [

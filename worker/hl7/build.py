@@ -139,8 +139,8 @@ def build_advisory(raw: RawMessage, order: Order, result: CheckResult, *, contro
                      fmt=fmt, stamp=stamp)]
     segments += [convert_segment(s, src) for s in (raw.first("PID"), raw.first("PV1")) if s]
     if fmt == "oru":
-        placer = _number_field(raw, orc, obr, 2)
-        filler = _number_field(raw, orc, obr, 3)
+        placer = _number_field(raw, orc, obr, 2, order.placer_number)
+        filler = _number_field(raw, orc, obr, 3, order.filler_number)
         orc_fields = {1: "RE", 2: placer, 3: filler, 9: stamp}
         if orc is not None:
             orc_fields[12] = convert_field(orc.get(12), src)
@@ -248,13 +248,17 @@ def _order_segments(raw: RawMessage,
 
 
 def _number_field(raw: RawMessage, orc: RawSegment | None, obr: RawSegment | None,
-                  n: int) -> str:
-    """ORC-n, else OBR-n (n = 2 placer, 3 filler), converted: the field whose first component
-    is the number the order was read with (Order.placer_number / filler_number)."""
+                  n: int, number: str) -> str:
+    """ORC-n or OBR-n (n = 2 placer, 3 filler), converted: the field whose first component is
+    *number*, the number the order was read with (Order.placer_number / filler_number; the OBR's
+    own for a second OBR under one ORC), with that component as read (padding trimmed)."""
+    if not number:
+        return ""
     for seg in (orc, obr):
-        if seg is not None and raw.component(seg.get(n), 1):
-            return convert_field(seg.get(n), raw.delimiters)
-    return ""
+        if seg is not None and raw.component(seg.get(n), 1) == number:
+            rest = convert_field(seg.get(n), raw.delimiters).partition(OURS.component)[2]
+            return _encode(number) + (OURS.component + rest if rest else "")
+    return _encode(number)
 
 
 def _procedure_field(raw: RawMessage, obr: RawSegment | None, order: Order) -> str:
