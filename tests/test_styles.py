@@ -222,6 +222,7 @@ def test_orc_sent_after_its_obr(checker: Checker) -> None:
     "RPID888^Study^urn:oid:2.16.840.1.113883.6.256",
     "73701^Study^^^^^^^^^^^^2.16.840.1.113883.6.12",  # CWE-14: the coding system OID (2.7+)
     "LOC1^Study^L^73701^Study^^^^^^^^^^^^2.16.840.1.113883.6.12",  # CWE-17: the alternate's
+    "IMG123^^EAP^^^^^^CT THIGH LEFT WITH CONTRAST",  # CWE-9: original text only
 ])
 def test_coding_systems_sent_as_oid_or_uri(checker: Checker, procedure: str) -> None:
     r = only(checker, encode(order("S27", "TST90311", procedure=procedure, version="2.8")))

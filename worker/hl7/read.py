@@ -85,6 +85,8 @@ def _coded(msg: RawMessage, raw: str) -> list[Coded]:
             code, text, system = (part(comps, start), part(comps, start + 1, whole=True),
                                   part(comps, start + 2))
             system = _system(system or part(comps, oid))  # CWE-14/17: the system's OID (2.7+)
+            if start == 0 and not text:
+                text = part(comps, 8, whole=True)  # CWE-9 original text (2.5+)
             if code or text:
                 out.append(Coded(code=code, text=text, system=system))
     return out
