@@ -7,7 +7,7 @@ refuses connections; then every accepted order must have exactly one delivered a
 
 What it starts (all on 127.0.0.1, free ports, a temporary directory):
 - its own redis-server with --appendonly yes --appendfsync always (never the shared 6379);
-- a fake ordering system (bench/harness.py) that ACKs each advisory AA with MSA-2 = its MSH-10;
+- a fake ordering system (worker.testing) that ACKs each advisory AA with MSA-2 = its MSH-10;
 - `ordercheck serve` in Redis mode with --workers Celery pool processes, delivery backoff 0.2 s
   (at most 2 s) and effectively unlimited delivery retries.
 
@@ -49,20 +49,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import (
-    FakeOrderingSystem,
-    Order,
-    RedisServer,
-    Sender,
-    Serve,
-    alive,
-    make_order,
-    rss_kb,
-    wait_until,
-)
+from harness import Order, RedisServer, Sender, make_order
 
 from worker.records import advisory_id
 from worker.store import RedisStore
+from worker.testing import FakeOrderingSystem, Serve, alive, rss_kb, wait_until
 
 QUEUE = "ordercheck"  # the Celery queue (worker/celery_app.py)
 

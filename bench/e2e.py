@@ -63,7 +63,14 @@ from worker.ingest import Ingestor  # noqa: E402
 from worker.pipeline import IN_SCOPE  # noqa: E402
 from worker.settings import Settings  # noqa: E402
 from worker.store import MemoryDedup  # noqa: E402
-from worker.testing import FakeOrderingSystem, Serve, free_port, wait_until  # noqa: E402
+from worker.testing import (  # noqa: E402
+    FakeOrderingSystem,
+    Serve,
+    children,
+    free_port,
+    rss_kb,
+    wait_until,
+)
 
 SEEDS = ROOT / "seeds"
 _LINE_ENDS = re.compile(r"(\r\n|\r|\n)")
@@ -147,23 +154,6 @@ def load_templates() -> list[Template]:
 
 
 # -- process memory --------------------------------------------------------------------------
-def status_kib(pid: int, key: str) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    except (OSError, ValueError):
-        pass
-    return 0
-
-
-def children(pid: int) -> list[int]:
-    try:
-        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
-
-
 @dataclass
 class Memory:
     listener: int  # KiB
@@ -171,10 +161,10 @@ class Memory:
     workers: list[int]
 
     @staticmethod
-    def read(serve: Serve, key: str) -> Memory:
-        main = children(serve.proc.pid)
-        return Memory(status_kib(serve.proc.pid, key), sum(status_kib(p, key) for p in main),
-                      [status_kib(p, key) for p in serve.worker_children()])
+    def read(serve: Serve, peak: bool = False) -> Memory:
+        """RSS now, or with *peak* the high-water marks (VmHWM)."""
+        return Memory(rss_kb(serve.pid, peak), sum(rss_kb(p, peak) for p in children(serve.pid)),
+                      [rss_kb(p, peak) for p in serve.pool_pids()])
 
 
 def cpu_seconds(pid: int) -> float:
@@ -194,10 +184,9 @@ def machine_busy() -> float:
 
 
 def cpu_snapshot(serve: Serve, redis_pid: int) -> dict[str, float]:
-    main = children(serve.proc.pid)
-    return {"machine": machine_busy(), "listener": cpu_seconds(serve.proc.pid),
-            "celery main": sum(cpu_seconds(p) for p in main),
-            "workers": sum(cpu_seconds(p) for p in serve.worker_children()),
+    return {"machine": machine_busy(), "listener": cpu_seconds(serve.pid),
+            "celery main": sum(cpu_seconds(p) for p in children(serve.pid)),
+            "workers": sum(cpu_seconds(p) for p in serve.pool_pids()),
             "redis-server": cpu_seconds(redis_pid),
             "bench (senders + fake RIS)": cpu_seconds(os.getpid())}
 
@@ -410,11 +399,6 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def drain(stream: Any, tail: collections.deque[str]) -> None:
-    for line in iter(stream.readline, b""):
-        tail.append(line.decode("utf-8", "replace").rstrip())
-
-
 @dataclass
 class Run:
     sent: Sent
@@ -441,11 +425,9 @@ def end_to_end(args: argparse.Namespace, templates: list[Template], url: str) ->
                    "ORDERCHECK_METRICS_PORT": str(metrics_port),
                    "ORDERCHECK_LOG_LEVEL": args.log_level,
                    "ORDERCHECK_MAX_CONNECTIONS": str(max(100, args.connections + 10))})
-    tail: collections.deque[str] = collections.deque(maxlen=40)
-    assert serve.proc.stderr is not None
-    threading.Thread(target=drain, args=(serve.proc.stderr, tail), daemon=True).start()
     reports: list[tuple[int, Memory]] = []
     try:
+        serve.start()
         warm = plan(templates, 40, args.patients, args.seed + 1, "W")
         asyncio.run(send_all(serve.port, warm, 2, 0, adv, 0))
         wait_until(lambda: all(pl in adv.first for want in warm.expected for pl in want), 60,
@@ -458,7 +440,7 @@ def end_to_end(args: argparse.Namespace, templates: list[Template], url: str) ->
 
         def progress(done: int) -> None:
             if every and done % every == 0:
-                reports.append((done, Memory.read(serve, "VmRSS")))
+                reports.append((done, Memory.read(serve)))
                 m = reports[-1][1]
                 print(f"  {done:>9,} messages: RSS listener {mib(m.listener)} MiB, celery main "
                       f"{mib(m.celery_main)} MiB, workers "
@@ -486,14 +468,14 @@ def end_to_end(args: argparse.Namespace, templates: list[Template], url: str) ->
         last_adv = max(got) if got else time.perf_counter()
         cpu1 = cpu_snapshot(serve, redis_pid)
         batch = mean_batch(metrics_port)
-        peak = Memory.read(serve, "VmHWM")
+        peak = Memory.read(serve, peak=True)
         if every:
-            reports.append((args.orders, Memory.read(serve, "VmRSS")))
+            reports.append((args.orders, Memory.read(serve)))
         cpu = {k: cpu1[k] - cpu0[k] for k in cpu0}
         cpu["other processes"] = cpu.pop("machine") - sum(cpu.values())
         return Run(sent, adv, p, last_adv - sent.first_send, peak, reports, cpu, load, batch)
     except BaseException:
-        print("\n".join(tail), file=sys.stderr)
+        print("\n".join(serve.log_text().splitlines()[-40:]), file=sys.stderr)
         raise
     finally:
         serve.stop()

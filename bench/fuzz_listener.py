@@ -3,7 +3,7 @@
     .venv/bin/python bench/fuzz_listener.py [--inputs 100000] [--connections 8] [--seed 1]
         [--mode redis|embedded] [--timeout 10] [--max-growth-mib 64]
 
-Starts `ordercheck serve` (bench/harness.py) with no advisory destination: by default in Redis
+Starts `ordercheck serve` (worker.testing.Serve) with no advisory destination: by default in Redis
 mode on a redis-server of its own (no persistence), one Celery worker process, so the listener's
 RSS is the listener's alone; --mode embedded runs everything in one process, whose in-memory
 advisory store keeps every accepted message (huge fields included) and so grows by design.
@@ -42,11 +42,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import HOST, RedisServer, Serve, make_order
+from harness import RedisServer, make_order
 
 from worker.hl7.ack import ack_fields
 from worker.hl7.mllp import FrameDecoder, FrameError, frame
 from worker.hl7.parse import split_messages
+from worker.testing import HOST, Serve
 
 ROOT = Path(__file__).resolve().parent.parent
 DELIMITERS = b"|^~\\&\r"
@@ -332,7 +333,7 @@ def run_fuzz(inputs: int = 100_000, connections: int = 8, seed: int = 1,
             if not report.final_ack:
                 report.crashes = 1
         report.rss_kb["end"] = serve.rss_kb()
-        report.rss_kb["peak"] = _peak_kb(serve.pid)
+        report.rss_kb["peak"] = serve.rss_kb(peak=True)
     finally:
         if serve is not None:
             serve.stop()
@@ -340,16 +341,6 @@ def run_fuzz(inputs: int = 100_000, connections: int = 8, seed: int = 1,
             redis.stop()
         shutil.rmtree(workdir, ignore_errors=True)
     return report
-
-
-def _peak_kb(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -56,10 +56,9 @@ def test_serve_starts_a_dead_celery_worker_again(tmp_path: Path) -> None:
     """Celery's main process can die (it does on some broker losses); serve starts it again."""
     import signal
 
-    from harness import FakeOrderingSystem, RedisServer, Serve, children, make_order, wait_until
+    from harness import RedisServer, make_order
 
-    from worker.hl7.ack import ack_fields
-    from worker.hl7.mllp import MLLPClient
+    from worker.testing import FakeOrderingSystem, Serve, children, wait_until
 
     _require_redis_server()
     redis = RedisServer(tmp_path / "redis", aof=False).start()
@@ -74,8 +73,7 @@ def test_serve_starts_a_dead_celery_worker_again(tmp_path: Path) -> None:
         wait_until(lambda: [p for p in children(serve.pid) if p != celery] != []
                    and bool(serve.pool_pids()), 30, "a new celery worker")
         order = make_order(1, run="SUP")
-        with MLLPClient("127.0.0.1", serve.port, connect_timeout=10) as client:
-            assert ack_fields(client.send(order.message, timeout=10))[0] == "AA"
+        assert serve.send(order.message)[0] == "AA"
         wait_until(lambda: order.placer in ris.by_placer(), 30, "the advisory")
         assert "starting it again" in serve.log_text()
     finally:
@@ -88,9 +86,10 @@ def test_an_accepted_message_the_broker_lost_is_queued_again(tmp_path: Path) -> 
     """The kombu window (BRPOP, then the unacked record): a message taken off the queue by a
     worker that dies with Redis is gone from the broker; the listener's journal queues it
     again after twice the visibility timeout."""
-    from harness import FakeOrderingSystem, RedisServer, Serve, make_order, wait_until
+    from harness import RedisServer, make_order
 
     from worker.journal import Journal
+    from worker.testing import FakeOrderingSystem, Serve, wait_until
 
     _require_redis_server()
     redis = RedisServer(tmp_path / "redis", aof=False).start()

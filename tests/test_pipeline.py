@@ -132,12 +132,13 @@ def test_embedded_mode_end_to_end() -> None:
     serve = Serve({"ORDERCHECK_ADVISORY_HOST": "127.0.0.1",
                    "ORDERCHECK_ADVISORY_PORT": str(ris.port)})
     try:
+        serve.start()
         msg = order_message(control_id="EMB1", placer="PEMB", reason="^Left thigh mass 6 cm")
         code, control, first = serve.send(msg)
         assert (code, control) == ("AA", "EMB1")
         assert serve.send(msg)[2] == first  # a resend gets the same ACK
         wait_until(lambda: ris.for_placer("PEMB"), 20, "the advisory")
-        assert b"not-appropriate" in ris.for_placer("PEMB")[0]
+        assert b"not-appropriate" in ris.for_placer("PEMB")[0].body
         enhanced = order_message(control_id="EMB2", placer="PEMB2", reason="^thigh mass",
                                  extra_msh={15: "AL", 16: "NE"})
         assert serve.send(enhanced)[0] == "CA"

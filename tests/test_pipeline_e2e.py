@@ -12,7 +12,7 @@ import redis
 from conftest import real_redis
 from hl7build import order_message
 
-from worker.testing import FakeOrderingSystem, Serve, wait_until
+from worker.testing import Advisory, FakeOrderingSystem, Serve, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -33,13 +33,13 @@ def serve(ris: FakeOrderingSystem) -> Iterator[Serve]:
         service = Serve({"ORDERCHECK_REDIS_URL": url, "ORDERCHECK_ADVISORY_HOST": "127.0.0.1",
                          "ORDERCHECK_ADVISORY_PORT": str(ris.port), "ORDERCHECK_WORKERS": "1"})
         try:
-            yield service
+            yield service.start()
         finally:
             service.stop()
 
 
-def _rating(advisory: bytes) -> str:
-    for seg in advisory.split(b"\r"):
+def _rating(advisory: Advisory) -> str:
+    for seg in advisory.body.split(b"\r"):
         if seg.startswith(b"OBX|") and b"76515-6" in seg:
             return seg.split(b"|")[5].split(b"^")[0].decode()
     return ""
@@ -54,7 +54,7 @@ def test_ct_first_is_acked_fast_flagged_and_delivered(serve: Serve, ris: FakeOrd
     wait_until(lambda: ris.for_placer("PCT1"), 30, "the advisory")
     advisory = ris.for_placer("PCT1")[0]
     assert _rating(advisory) == "not-appropriate"
-    assert b"73720^" in advisory and b"CT_BEFORE_MRI" in advisory
+    assert b"73720^" in advisory.body and b"CT_BEFORE_MRI" in advisory.body
 
 
 def test_biopsy_after_mri_result_is_not_flagged(serve: Serve, ris: FakeOrderingSystem) -> None:
@@ -108,7 +108,7 @@ def test_ordering_system_down_then_up(serve: Serve, ris: FakeOrderingSystem) -> 
     finally:
         ris.start()
     wait_until(lambda: ris.for_placer("PDOWN"), 30, "delivery after the system is back")
-    assert len({_control(a) for a in ris.for_placer("PDOWN")}) == 1
+    assert len({a.control_id for a in ris.for_placer("PDOWN")}) == 1
 
 
 def test_worker_killed_mid_task_still_delivers_once(serve: Serve, ris: FakeOrderingSystem
@@ -119,7 +119,7 @@ def test_worker_killed_mid_task_still_delivers_once(serve: Serve, ris: FakeOrder
                             patient_id="E2E6^^^HOSP^MR", reason="^Left thigh mass 9 cm")
         assert serve.send(msg)[0] == "AA"
         wait_until(lambda: ris.for_placer("PKILL"), 30, "the advisory being sent")
-        children = serve.worker_children()
+        children = serve.pool_pids()
         assert children, "no Celery pool process found"
         for pid in children:
             os.kill(pid, signal.SIGKILL)
@@ -131,8 +131,4 @@ def test_worker_killed_mid_task_still_delivers_once(serve: Serve, ris: FakeOrder
                            for k in r.scan_iter("oc:adv:*") if r.type(k) == b"hash"), 60,
                "the advisory marked delivered after the kill")
     # The same advisory (same MSH-10) may arrive again after a kill; never a second one.
-    assert len({_control(a) for a in ris.for_placer("PKILL")}) == 1
-
-
-def _control(advisory: bytes) -> bytes:
-    return advisory.split(b"\r", 1)[0].split(b"|")[9]
+    assert len({a.control_id for a in ris.for_placer("PKILL")}) == 1

@@ -29,7 +29,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 
-from harness import FakeOrderingSystem, RedisServer, free_port, wait_until
+from harness import RedisServer
 from hl7build import order_message
 
 from worker.cli import main as cli_main
@@ -40,6 +40,7 @@ from worker.publish import Publisher
 from worker.records import AdvisoryRecord, advisory_id
 from worker.settings import Route, Settings
 from worker.store import RedisStore, RejectedEntry
+from worker.testing import FakeOrderingSystem, free_port, wait_until
 
 T = TypeVar("T")
 WAIT = 10.0  # seconds: the bound of any single wait here

@@ -1,167 +1,350 @@
-"""Test seams shipped with the package (tests, bench and chaos runs use them): a fake ordering
-system (an MLLP server that ACKs advisories) and `ordercheck serve` in a subprocess.
-Everything listens on 127.0.0.1 only and every wait is bounded."""
+"""Test seams shipped with the package: tests, bench runs (bench/e2e.py, bench/chaos.py,
+bench/fuzz_listener.py) and `ordercheck demo` use them. Everything listens on and talks to
+127.0.0.1 only; every wait is bounded. Linux only where /proc is read.
+
+    free_port() -> int                     wait_until(predicate, timeout, what, interval=0.05)
+    children(pid) -> [pid]                 alive(pid) -> bool (not gone, not a zombie)
+    rss_kb(pid, peak=False) -> int         (VmRSS, or VmHWM with peak; 0 when gone)
+
+    FakeOrderingSystem(port=None, *, ssl=None, keep=True, on_frame=None).start()
+        An MLLP server in a thread that ACKs every advisory (MSA-1 = .answer, "AA"; MSA-2 = its
+        MSH-10), after .delay seconds (0). .stop() closes it (connections are then refused),
+        .start() again opens it on the same port. Kept: .advisories() -> [Advisory(control_id,
+        placer, body, at)], .for_placer(placer) -> [Advisory], .by_placer() -> {placer: [...]};
+        .count() -> frames received. keep=False: counted only (long runs); on_frame(body) is
+        called on the server's thread as each frame arrives.
+
+    Serve(env, workdir=None, port=None).start()
+        .port .pid .proc .pool_pids() .rss_kb(pid=None) .log_text() .alive() .client() .send()
+        .stop()
+        `ordercheck serve` in a subprocess (its own session); ORDERCHECK_* variables come from
+        *env* only (quick-delivery defaults below unless env sets them). With a workdir: the
+        log goes to workdir/serve.log and Prometheus multiprocess files to workdir/metrics;
+        without one: stderr is read by a thread into a tail of its last lines (a pipe nobody
+        reads would fill up and stall the server).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import os
 import signal
 import socket
+import ssl as _ssl
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from worker.hl7.ack import ack_fields
 from worker.hl7.mllp import MLLPClient, MLLPServer
 from worker.hl7.parse import peek_msh
 
 ROOT = Path(__file__).resolve().parent.parent  # the checkout, for `python -m worker.cli`
+HOST = "127.0.0.1"
+
+# Serve's environment unless the caller's sets them: deliveries retried quickly and often.
+SERVE_DEFAULTS = {
+    "ORDERCHECK_DELIVERY_BACKOFF": "0.2",
+    "ORDERCHECK_DELIVERY_RETRIES": "30",
+    "ORDERCHECK_ADVISORY_ACK_TIMEOUT": "5",
+}
 
 
 def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((HOST, 0))
         return int(s.getsockname()[1])
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str,
+               interval: float = 0.05) -> None:
+    """Poll *predicate* every *interval* seconds until it is true; AssertionError after
+    *timeout* seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
             return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+
+
+# ----------------------------------------------------------------------------------- /proc
+def children(pid: int) -> list[int]:
+    """Child pids of *pid* (the children of every one of its threads)."""
+    out: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tasks:
+        try:
+            out += [int(p) for p in Path(f"/proc/{pid}/task/{tid}/children").read_text().split()]
+        except OSError:
+            continue
+    return out
+
+
+def alive(pid: int) -> bool:
+    """True when *pid* runs (not gone, not a zombie waiting for its parent)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+
+
+def rss_kb(pid: int, peak: bool = False) -> int:
+    """Resident set size of *pid* in KiB (VmRSS), or with *peak* its high-water mark (VmHWM);
+    0 when it is gone."""
+    key = "VmHWM:" if peak else "VmRSS:"
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(key):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+# ------------------------------------------------------------------------ ordering system
+@dataclass(frozen=True, slots=True)
+class Advisory:
+    control_id: str  # MSH-10 of the advisory
+    placer: str  # first component of ORC-2 (the order's placer number)
+    body: bytes
+    at: float  # time.monotonic() when received
+
+
+def _placer(message: bytes) -> str:
+    for seg in message.split(b"\r"):
+        if seg.startswith(b"ORC|"):
+            fields = seg.split(b"|")
+            return fields[2].split(b"^")[0].decode("latin-1") if len(fields) > 2 else ""
+    return ""
 
 
 class FakeOrderingSystem:
-    """An MLLP server that ACKs advisories (AA, MSA-2 = their MSH-10) and keeps them.
+    """An MLLP server (in a thread) that ACKs advisories, MSA-2 = their MSH-10, and keeps them.
 
-    keep=False: a counter-only mode for long runs (bench): frames are counted in ``count``, not
-    kept. on_frame: called with each frame as it arrives, on the server's thread (for timing).
+    stop() then start() makes a refusal window: connections are refused in between.
+    keep=False: a counter-only mode for long runs; frames are counted (count()), not kept.
+    on_frame: called with each frame as it arrives, on the server's thread (for timing).
+    delay: seconds to wait before answering (the frame is kept first); answer: MSA-1.
     """
 
-    def __init__(self, port: int | None = None, keep: bool = True,
-                 on_frame: Callable[[bytes], None] | None = None) -> None:
+    def __init__(self, port: int | None = None, *, ssl: _ssl.SSLContext | None = None,
+                 keep: bool = True, on_frame: Callable[[bytes], None] | None = None) -> None:
         self.port = port or free_port()
-        self.received: list[bytes] = []
+        self.ssl = ssl
         self.keep = keep
         self.on_frame = on_frame
-        self.count = 0
-        self.delay = 0.0  # seconds to wait before answering
+        self.delay = 0.0
         self.answer = "AA"
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._server: MLLPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._received: list[Advisory] = []
+        self._count = 0
         self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
 
-    async def _handle(self, frame: bytes) -> bytes:
+    async def _handle(self, message: bytes) -> bytes:
+        control = peek_msh(message).control_id
         with self._lock:
-            self.count += 1
+            self._count += 1
             if self.keep:
-                self.received.append(frame)
+                self._received.append(Advisory(control, _placer(message), message,
+                                               time.monotonic()))
         if self.on_frame is not None:
-            self.on_frame(frame)
+            self.on_frame(message)
         if self.delay:
             await asyncio.sleep(self.delay)
-        control = peek_msh(frame).control_id
-        return (f"MSH|^~\\&|RIS|HOSP|ORDERCHECK|ORDERCHECK|20261125||ACK^R01^ACK|R{control}|P|"
-                f"2.5.1\rMSA|{self.answer}|{control}\r").encode()
+        return (f"MSH|^~\\&|RIS|HOSP|ORDERCHECK|ORDERCHECK|20261125000000||ACK^R01^ACK|"
+                f"R{control}|P|2.5.1\rMSA|{self.answer}|{control}\r").encode()
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None
 
     def start(self) -> FakeOrderingSystem:
+        if self._thread is not None:
+            return self
         ready = threading.Event()
+        failed: list[BaseException] = []
 
         def run() -> None:
             loop = asyncio.new_event_loop()
+            server = MLLPServer(self._handle, host=HOST, port=self.port, idle_timeout=60,
+                                max_connections=1000, ssl=self.ssl)
+            try:
+                loop.run_until_complete(server.start())
+            except BaseException as exc:
+                failed.append(exc)
+                ready.set()
+                loop.close()
+                return
             self._loop = loop
-            server = MLLPServer(self._handle, host="127.0.0.1", port=self.port,
-                                idle_timeout=30)
-            self._server = server
-            loop.run_until_complete(server.start())
             ready.set()
             loop.run_forever()
             loop.run_until_complete(server.close(1.0))
             loop.close()
 
-        self._thread = threading.Thread(target=run, daemon=True)
+        self._thread = threading.Thread(target=run, name="fake-ordering-system", daemon=True)
         self._thread.start()
-        assert ready.wait(5), "fake ordering system did not start"
+        if not ready.wait(10) or failed:
+            self._thread = None
+            raise RuntimeError(f"fake ordering system did not start: {failed}")
         return self
 
     def stop(self) -> None:
+        """Close the listener and every connection; new connections are refused."""
         if self._loop is not None and self._thread is not None:
             self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(5)
-            self._loop = None
+            self._thread.join(10)
+        self._loop = None
+        self._thread = None
 
-    def advisories(self) -> list[bytes]:
+    def advisories(self) -> list[Advisory]:
         with self._lock:
-            return [f for f in self.received if b"ORU^R01" in f or b"76515-6" in f]
+            return list(self._received)
 
-    def for_placer(self, placer: str) -> list[bytes]:
-        return [a for a in self.advisories() if f"ORC|RE|{placer}|".encode() in a]
+    def count(self) -> int:
+        """Frames received so far (kept or not)."""
+        with self._lock:
+            return self._count
+
+    def by_placer(self) -> dict[str, list[Advisory]]:
+        out: dict[str, list[Advisory]] = {}
+        for a in self.advisories():
+            out.setdefault(a.placer, []).append(a)
+        return out
+
+    def for_placer(self, placer: str) -> list[Advisory]:
+        return [a for a in self.advisories() if a.placer == placer]
 
 
+# ------------------------------------------------------------------------------ the server
 class Serve:
-    """`ordercheck serve` in a subprocess with the given environment."""
+    """`ordercheck serve` in a subprocess; ORDERCHECK_* variables come from *env* only."""
 
-    def __init__(self, env: dict[str, str]) -> None:
-        self.port = free_port()
-        full = {k: v for k, v in os.environ.items() if not k.startswith("ORDERCHECK_")}
-        full.update(env)
-        full["ORDERCHECK_LISTEN_PORT"] = str(self.port)
-        full.setdefault("ORDERCHECK_DELIVERY_BACKOFF", "0.2")
-        full.setdefault("ORDERCHECK_DELIVERY_RETRIES", "30")
-        full.setdefault("ORDERCHECK_ADVISORY_ACK_TIMEOUT", "5")
-        self.proc = subprocess.Popen([sys.executable, "-m", "worker.cli", "serve"], env=full,
-                                     cwd=ROOT, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE, start_new_session=True)
-        wait_until(self._listening, 30, "ordercheck serve to listen")
+    TAIL_LINES = 400  # lines of stderr kept without a workdir
+
+    def __init__(self, env: Mapping[str, str], workdir: Path | None = None,
+                 port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.workdir = Path(workdir) if workdir is not None else None
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("ORDERCHECK_")}
+        self.env.update(SERVE_DEFAULTS)
+        self.env.update(env)
+        self.env["ORDERCHECK_LISTEN_HOST"] = HOST
+        self.env["ORDERCHECK_LISTEN_PORT"] = str(self.port)
+        if self.workdir is not None:
+            self.env.setdefault("PROMETHEUS_MULTIPROC_DIR", str(self.workdir / "metrics"))
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._tail: collections.deque[str] = collections.deque(maxlen=self.TAIL_LINES)
+        self._reader: threading.Thread | None = None
+
+    @property
+    def log_path(self) -> Path | None:
+        return self.workdir / "serve.log" if self.workdir is not None else None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None, "not started"
+        return self.proc.pid
+
+    def start(self, timeout: float = 60.0) -> Serve:
+        """Start it; return once it listens and, in Redis mode, its Celery pool is up."""
+        cmd = [sys.executable, "-m", "worker.cli", "serve"]
+        if self.log_path is not None:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            Path(self.env["PROMETHEUS_MULTIPROC_DIR"]).mkdir(parents=True, exist_ok=True)
+            with self.log_path.open("ab") as log:
+                self.proc = subprocess.Popen(cmd, env=self.env, cwd=ROOT,
+                                             stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                             start_new_session=True)
+        else:
+            self.proc = subprocess.Popen(cmd, env=self.env, cwd=ROOT, stdin=subprocess.DEVNULL,
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                         start_new_session=True)
+            assert self.proc.stderr is not None
+            self._reader = threading.Thread(target=self._read, args=(self.proc.stderr,),
+                                            name="serve-stderr", daemon=True)
+            self._reader.start()
+        wait_until(self._listening, timeout, "ordercheck serve to listen")
+        if self.env.get("ORDERCHECK_REDIS_URL"):
+            want = int(self.env.get("ORDERCHECK_WORKERS") or os.cpu_count() or 1)
+            wait_until(lambda: len(self.pool_pids()) >= want, timeout,
+                       f"{want} Celery pool processes")
+            time.sleep(1.0)  # the pool's start-up: a pool process killed now takes celery down
+        return self
+
+    def _read(self, stream: IO[bytes]) -> None:
+        for line in iter(stream.readline, b""):
+            self._tail.append(line.decode("utf-8", "replace").rstrip("\n"))
 
     def _listening(self) -> bool:
+        assert self.proc is not None
         if self.proc.poll() is not None:
-            err = self.proc.stderr.read().decode() if self.proc.stderr else ""
-            raise AssertionError(f"ordercheck serve exited: {err[-2000:]}")
+            if self._reader is not None:
+                self._reader.join(5)
+            raise RuntimeError(f"ordercheck serve exited: {self.log_text()[-2000:]}")
         try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+            with socket.create_connection((HOST, self.port), timeout=0.5):
                 return True
         except OSError:
             return False
 
+    def log_text(self) -> str:
+        """The log (with a workdir) or the last TAIL_LINES lines of stderr (without)."""
+        if self.log_path is None:
+            return "\n".join(list(self._tail))
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def pool_pids(self) -> list[int]:
+        """Pids of the running Celery pool processes (children of the celery worker child)."""
+        return sorted(p for celery in children(self.pid) for p in children(celery)
+                      if alive(p))
+
+    def rss_kb(self, pid: int | None = None, peak: bool = False) -> int:
+        return rss_kb(pid or self.pid, peak)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
     def client(self) -> MLLPClient:
-        return MLLPClient("127.0.0.1", self.port, connect_timeout=5)
+        return MLLPClient(HOST, self.port, connect_timeout=5)
 
     def send(self, message: bytes, timeout: float = 10) -> tuple[str, str, bytes]:
+        """One message on a new connection: (MSA-1, MSA-2, the ACK)."""
         with self.client() as c:
             reply = c.send(message, timeout=timeout)
         code, control = ack_fields(reply)
         return code, control, reply
 
-    def worker_children(self) -> list[int]:
-        """Pids of the Celery pool processes (grandchildren of serve)."""
-        out: list[int] = []
-        for celery in _children(self.proc.pid):
-            out.extend(_children(celery))
-        return out
-
-    def stop(self) -> None:
+    def stop(self, timeout: float = 40.0) -> int | None:
+        """SIGTERM (graceful), SIGKILL of the whole session after *timeout* seconds."""
+        if self.proc is None:
+            return None
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
-        if self.proc.stderr:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)  # the celery worker and pool, if left
+        if self.proc.poll() is None:
+            self.proc.wait(5)
+        if self._reader is not None:
+            self._reader.join(5)
+        if self.proc.stderr is not None:
             self.proc.stderr.close()
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    except OSError:
-        return []
-    return [int(p) for p in text.split()]
+        return self.proc.returncode

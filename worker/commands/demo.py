@@ -62,10 +62,7 @@ def run(args: argparse.Namespace) -> int:
             await asyncio.sleep(0.05)
         await asyncio.sleep(0.3)
         await service.stop()
-        by_placer = {}
-        for adv in ris.advisories():
-            orc = next((s for s in adv.split(b"\r") if s.startswith(b"ORC|")), b"")
-            by_placer[orc.split(b"|")[2].split(b"^")[0].decode()] = adv
+        by_placer = {adv.placer: adv.body for adv in ris.advisories()}  # the last one
         print(f"\n{len(sent)} messages sent, {len(by_placer)} advisories received by the "
               f"ordering system:\n")
         for placer, adv in by_placer.items():
