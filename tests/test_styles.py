@@ -9,9 +9,12 @@ from __future__ import annotations
 import codecs
 
 import pytest
+from conftest import SEEDS
 from hl7build import segment
 
 from worker.check import Checker
+from worker.guideline import Knowledge
+from worker.history import InMemoryHistory
 from worker.hl7.build import build_advisory
 from worker.ingest import Ingestor
 from worker.models import CheckResult
@@ -364,3 +367,51 @@ def test_listener_accepts_what_check_reads(kind: str, version: str, processing: 
     assert len(queued) == (code == b"AA")
 
 
+
+
+# -- the seed corpus in other clothes ------------------------------------------------------------
+def _segments_of(data: bytes) -> list[bytes]:
+    return data.replace(b"\r\n", b"\r").replace(b"\n", b"\r").split(b"\r")
+
+
+def _lower_ids(data: bytes) -> bytes:
+    out = []
+    for seg in _segments_of(data):
+        head = seg[:3]
+        out.append(head.lower() + seg[3:] if head.isalpha() and head.isupper() and seg[3:4] == b"|"
+                   else seg)
+    return b"\r".join(out)
+
+
+_CLOTHES = {
+    "crlf": lambda d: b"\r\n".join(_segments_of(d)),
+    "lf-and-blank-lines": lambda d: b"\n\n".join(_segments_of(d)) + b"\n\n\n",
+    "bom-and-ctrl-z": lambda d: codecs.BOM_UTF8 + d + b"\x1a",
+    "mllp-frame": lambda d: b"\x0b" + d + b"\x1c\r",
+    "indented": lambda d: b"\r".join(b"  " + s if s else s for s in _segments_of(d)),
+    "lower-case-ids": _lower_ids,
+    "utf-16": lambda d: d.decode("ascii").encode("utf-16") if d.isascii() else d,
+}
+
+
+def _verdicts(checker: Checker, files: list[bytes]) -> list[tuple[str, str, str, list[str]]]:
+    return [(r.message_control_id, r.placer_order_number, r.verdict, codes(r))
+            for data in files for r in results(checker, data)]
+
+
+@pytest.mark.parametrize("clothes", sorted(_CLOTHES))
+def test_seeds_read_the_same_in_other_clothes(knowledge: Knowledge, clothes: str) -> None:
+    files = [p.read_bytes() for p in sorted(SEEDS.glob("*.hl7"))]
+    dress = _CLOTHES[clothes]
+    plain = _verdicts(Checker(knowledge, InMemoryHistory()), files)
+    dressed = [d if b"\x00" in d else dress(d) for d in files]  # a UTF-16 seed keeps its own
+    assert _verdicts(Checker(knowledge, InMemoryHistory()), dressed) == plain
+
+
+def test_utf16_in_an_mllp_frame(checker: Checker) -> None:
+    text = "\r".join(order("S31", "TST90231")) + "\r"
+    for data in (b"\x0b" + text.encode("utf-16") + b"\x1c\r",
+                 b"\x0b" + text.encode("utf-16-le") + b"\x1c\r"):
+        r = only(checker, data)
+        assert (r.placer_order_number, r.verdict) == ("S31P", "not-appropriate")
+        assert checker.check_message(data).results[0].verdict == "not-appropriate"

@@ -220,8 +220,10 @@ class MessageSplitter:
     def feed(self, chunk: bytes) -> list[tuple[int, bytes]]:
         if self._utf16 is None and chunk:
             self._utf16 = _utf16_decoder(chunk) or False
+            if self._utf16:
+                chunk = chunk.lstrip(b"\x0b")  # an MLLP start block before the UTF-16 text
         if self._utf16:
-            chunk = self._utf16.decode(chunk).encode("utf-8")
+            chunk = _decode_utf16(self._utf16, chunk)
         buf = self._buf + chunk.translate(_FRAMING)
         out: list[tuple[int, bytes]] = []
         prev = 0
@@ -244,7 +246,7 @@ class MessageSplitter:
     def close(self) -> list[tuple[int, bytes]]:
         out: list[tuple[int, bytes]] = []
         if self._utf16:
-            rest = self._utf16.decode(b"", True).encode("utf-8")
+            rest = _decode_utf16(self._utf16, b"", True)
             if rest:
                 out = self.feed(rest)
         self._emit(self._buf, out)
@@ -310,6 +312,14 @@ def _utf16_decoder(head: bytes) -> codecs.IncrementalDecoder | None:
     return None
 
 
+def _decode_utf16(decoder: codecs.IncrementalDecoder, data: bytes, final: bool = False) -> bytes:
+    """UTF-16 bytes as UTF-8; what cannot be decoded becomes U+FFFD. Never raises."""
+    try:
+        return decoder.decode(data, final).encode("utf-8")
+    except UnicodeError:
+        return data.decode("latin-1").encode("utf-8")
+
+
 def clean_start(data: bytes) -> bytes:
     """*data* from its MSH on: MLLP bytes, a byte order mark, UTF-16 and leading junk removed.
 
@@ -319,7 +329,7 @@ def clean_start(data: bytes) -> bytes:
     """
     decoder = _utf16_decoder(data)
     if decoder is not None:
-        data = decoder.decode(data, True).encode("utf-8")
+        data = _decode_utf16(decoder, data.lstrip(b"\x0b"), True)
     data = data.translate(_FRAMING).strip(_JUNK + b"\r\n")
     if data.startswith(_BOM):
         data = data[len(_BOM):].lstrip(_JUNK + b"\r\n")
