@@ -57,6 +57,15 @@ def test_ct_first_is_acked_fast_flagged_and_delivered(serve: Serve, ris: FakeOrd
     assert b"73720^" in advisory.body and b"CT_BEFORE_MRI" in advisory.body
 
 
+def test_workers_run_below_the_listener_priority(serve: Serve) -> None:
+    """ORDERCHECK_WORKER_NICE (5): the listener's ACKs go first on a shared host."""
+    listener = os.getpriority(os.PRIO_PROCESS, serve.pid)
+    workers = serve.pool_pids()
+    assert workers
+    for pid in workers:
+        assert os.getpriority(os.PRIO_PROCESS, pid) == listener + 5
+
+
 def test_biopsy_after_mri_result_is_not_flagged(serve: Serve, ris: FakeOrderingSystem) -> None:
     result = order_message(control_id="E2E-ORU1", msg_type="ORU^R01", placer="PMRI",
                            patient_id="E2E2^^^HOSP^MR",

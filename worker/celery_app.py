@@ -6,6 +6,8 @@ ORDERCHECK_REDIS_URL. Settings are read once, here, from the environment.
 
 from __future__ import annotations
 
+import os
+
 from celery import Celery, signals
 
 from worker.settings import Settings
@@ -46,6 +48,13 @@ def make_app(settings: Settings) -> Celery:
 
 settings = Settings()
 app = make_app(settings)
+
+
+@signals.worker_init.connect
+def _lower_priority(**_: object) -> None:
+    """Celery's main process, and the pool processes it forks, yield the CPU to the listener."""
+    if settings.worker_nice:
+        os.nice(settings.worker_nice)
 
 
 @signals.setup_logging.connect

@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     # Celery keeps a timer entry per task for this long, so the main process's memory grows
     # with task rate x limit: keep it short.
     task_time_limit: int = Field(default=60, ge=10)
+    # Nice increment of the Celery worker processes: on a host shared with a listener, the
+    # listener's ACKs go first and the checks absorb a burst a few milliseconds later.
+    worker_nice: int = Field(default=5, ge=0, le=19)
 
     # MLLP listener.
     listen_host: str = "127.0.0.1"
