@@ -13,9 +13,12 @@ from conftest import SEEDS
 from hl7build import segment
 
 from worker.check import Checker
+from worker.errors import HL7ParseError
 from worker.guideline import Knowledge
 from worker.history import InMemoryHistory
-from worker.hl7.build import build_advisory
+from worker.hl7.build import build_advisory, convert_field
+from worker.hl7.escape import Delimiters
+from worker.hl7.parse import parse_message, split_messages
 from worker.ingest import Ingestor
 from worker.models import CheckResult
 from worker.settings import Settings
@@ -392,6 +395,31 @@ _CLOTHES = {
     "lower-case-ids": _lower_ids,
     "utf-16": lambda d: d.decode("ascii").encode("utf-16") if d.isascii() else d,
 }
+
+
+def _redelimit(data: bytes, target: Delimiters) -> bytes:
+    """Every message of *data* rewritten with other delimiters (escapes re-encoded)."""
+    out = []
+    for _, message in split_messages(data):
+        try:
+            raw = parse_message(message)
+        except HL7ParseError:
+            out.append(message)
+            continue
+        src, enc = raw.delimiters, "".join(
+            (target.component, target.repetition, target.escape, target.subcomponent))
+        segs = []
+        for seg in raw.segments:
+            first = 3 if seg.id == "MSH" else 1
+            fields = [convert_field(f, src, target) for f in seg.fields[first:]]
+            head = ["MSH", enc] if seg.id == "MSH" else [seg.id]
+            segs.append(target.field.join([*head, *fields]))
+        out.append(("\r".join(segs) + "\r").encode("utf-8"))
+    return b"".join(out)
+
+
+_CLOTHES["vista-delimiters"] = lambda d: _redelimit(d, Delimiters("^", "~", "|", "\\", "&"))
+_CLOTHES["odd-delimiters"] = lambda d: _redelimit(d, Delimiters("#", "$", "%", "!", "@"))
 
 
 def _verdicts(checker: Checker, files: list[bytes]) -> list[tuple[str, str, str, list[str]]]:
