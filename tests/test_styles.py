@@ -418,6 +418,22 @@ def _redelimit(data: bytes, target: Delimiters) -> bytes:
     return b"".join(out)
 
 
+def _padded(data: bytes) -> bytes:
+    """Every field of every message with a space before and after it (MSH-1 and MSH-2 kept)."""
+    if b"MSH|" not in data:
+        return data  # another field separator (VistA, seed 62): left as it is
+    out = []
+    for seg in _segments_of(data):
+        if not seg.startswith(b"MSH|") and not seg[:3].isalpha() or b"|" not in seg:
+            out.append(seg)
+            continue
+        parts = seg.split(b"|")
+        keep = 2 if seg.startswith(b"MSH|") else 1
+        out.append(b"|".join(parts[:keep] + [b" " + p + b" " if p else p for p in parts[keep:]]))
+    return b"\r".join(out)
+
+
+_CLOTHES["padded-fields"] = _padded
 _CLOTHES["vista-delimiters"] = lambda d: _redelimit(d, Delimiters("^", "~", "|", "\\", "&"))
 _CLOTHES["odd-delimiters"] = lambda d: _redelimit(d, Delimiters("#", "$", "%", "!", "@"))
 
