@@ -424,7 +424,7 @@ def _padded(data: bytes) -> bytes:
         return data  # another field separator (VistA, seed 62): left as it is
     out = []
     for seg in _segments_of(data):
-        if not seg.startswith(b"MSH|") and not seg[:3].isalpha() or b"|" not in seg:
+        if not seg[:3].isalpha() or b"|" not in seg:
             out.append(seg)
             continue
         parts = seg.split(b"|")
