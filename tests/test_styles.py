@@ -7,6 +7,7 @@ message must give the verdict its content calls for, whatever its framing, encod
 from __future__ import annotations
 
 import codecs
+from collections.abc import Callable
 
 import pytest
 from conftest import SEEDS
@@ -433,7 +434,28 @@ def _padded(data: bytes) -> bytes:
     return b"\r".join(out)
 
 
+def _msh_fields(data: bytes, change: dict[int, Callable[[bytes], bytes]]) -> bytes:
+    """Every MSH (field separator |) with MSH-n rewritten by change[n]."""
+    out = []
+    for seg in _segments_of(data):
+        if seg.startswith(b"MSH|"):
+            parts = seg.split(b"|")  # parts[n - 1] is MSH-n for n >= 2
+            for n, fn in change.items():
+                if len(parts) > n - 1:
+                    parts[n - 1] = fn(parts[n - 1])
+            seg = b"|".join(parts)
+        out.append(seg)
+    return b"\r".join(out)
+
+
+def _structure_only(msh9: bytes) -> bytes:
+    parts = msh9.split(b"^")
+    return b"_".join(parts[:2]) if len(parts) > 1 and parts[0] != b"ACK" else msh9
+
+
 _CLOTHES["padded-fields"] = _padded
+_CLOTHES["msh9-structure-only-no-version"] = lambda d: _msh_fields(
+    d, {9: _structure_only, 12: lambda v: b""})
 _CLOTHES["vista-delimiters"] = lambda d: _redelimit(d, Delimiters("^", "~", "|", "\\", "&"))
 _CLOTHES["odd-delimiters"] = lambda d: _redelimit(d, Delimiters("#", "$", "%", "!", "@"))
 
