@@ -7,6 +7,7 @@ message must give the verdict its content calls for, whatever its framing, encod
 from __future__ import annotations
 
 import codecs
+import io
 from collections.abc import Callable
 
 import pytest
@@ -19,7 +20,7 @@ from worker.guideline import Knowledge
 from worker.history import InMemoryHistory
 from worker.hl7.build import build_advisory, convert_field
 from worker.hl7.escape import Delimiters
-from worker.hl7.parse import parse_message, split_messages
+from worker.hl7.parse import iter_messages, parse_message, split_messages
 from worker.ingest import Ingestor
 from worker.models import CheckResult
 from worker.settings import Settings
@@ -472,6 +473,16 @@ def test_seeds_read_the_same_in_other_clothes(knowledge: Knowledge, clothes: str
     plain = _verdicts(Checker(knowledge, InMemoryHistory()), files)
     dressed = [d if b"\x00" in d else dress(d) for d in files]  # a UTF-16 seed keeps its own
     assert _verdicts(Checker(knowledge, InMemoryHistory()), dressed) == plain
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 5, 7, 64])
+def test_utf16_stream_in_small_chunks(size: int) -> None:
+    text = "\r".join(order("S32A", "TST90232") + order("S32B", "TST90233")) + "\r"
+    for data in (text.encode("utf-16"), text.encode("utf-16-le"), text.encode("utf-8")):
+        whole = list(split_messages(data))
+        assert [m[:8] for _, m in whole] == [b"MSH|^~\\&"] * 2
+        assert list(iter_messages(io.BytesIO(data), size)) == whole
+    assert list(iter_messages(io.BytesIO(b"MSH|"), size)) == [(1, b"MSH|")]  # shorter than 6
 
 
 def test_utf16_in_an_mllp_frame(checker: Checker) -> None:

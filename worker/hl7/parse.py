@@ -216,14 +216,23 @@ class MessageSplitter:
         # A UTF-16 stream (a Windows export) is turned into UTF-8 as it arrives: None until the
         # first bytes are seen, then the decoder or False.
         self._utf16: codecs.IncrementalDecoder | Literal[False] | None = None
+        self._head = b""  # the first bytes, kept until there are enough to tell
 
     def feed(self, chunk: bytes) -> list[tuple[int, bytes]]:
-        if self._utf16 is None and chunk:
+        if self._utf16 is None:
+            self._head += chunk
+            if len(self._head.lstrip(b"\x0b")) < 6:
+                return []  # too few bytes yet to tell UTF-16 (close() takes them)
+            chunk, self._head = self._head, b""
             self._utf16 = _utf16_decoder(chunk) or False
             if self._utf16:
                 chunk = chunk.lstrip(b"\x0b")  # an MLLP start block before the UTF-16 text
         if self._utf16:
             chunk = _decode_utf16(self._utf16, chunk)
+        return self._split(chunk)
+
+    def _split(self, chunk: bytes) -> list[tuple[int, bytes]]:
+        """feed() for bytes already decoded from UTF-16 where needed."""
         buf = self._buf + chunk.translate(_FRAMING)
         out: list[tuple[int, bytes]] = []
         prev = 0
@@ -245,10 +254,11 @@ class MessageSplitter:
 
     def close(self) -> list[tuple[int, bytes]]:
         out: list[tuple[int, bytes]] = []
+        if self._utf16 is None:  # the whole input was shorter than the UTF-16 test needs
+            self._utf16, head, self._head = False, self._head, b""
+            out = self.feed(head)
         if self._utf16:
-            rest = _decode_utf16(self._utf16, b"", True)
-            if rest:
-                out = self.feed(rest)
+            out += self._split(_decode_utf16(self._utf16, b"", True))
         self._emit(self._buf, out)
         self._buf, self._scan = b"", 0
         return out
