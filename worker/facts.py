@@ -23,7 +23,7 @@ from worker.models import (
     Region,
     TextSource,
 )
-from worker.text import affirmed, affirmed_hits, clause_bounds, largest_size_cm
+from worker.text import affirmed, affirmed_hits, clause_bounds, folded, largest_size_cm
 
 _CLASS_ORDER: tuple[ProcedureClass, ...] = (
     "biopsy", "excision", "pet", "other", "mra", "cta", "mri", "ct", "us", "radiograph",
@@ -47,6 +47,7 @@ def procedure_text(order: Order) -> str:
 
 
 def classify_text(text: str, kn: Knowledge) -> ProcedureClass | None:
+    text = folded(text)
     for cls in _CLASS_ORDER:
         pattern = kn.procedure_class.get(cls)
         if pattern is not None and pattern.search(text):
@@ -56,6 +57,7 @@ def classify_text(text: str, kn: Knowledge) -> ProcedureClass | None:
 
 def contrast_from_text(text: str, kn: Knowledge) -> Contrast:
     """Contrast of a procedure text: "MRI THIGH WO/W", "CT FEMUR LT W/CONTRAST", ..."""
+    text = folded(text)
     if kn.contrast["without_and_with"].search(text):
         return "without_and_with"
     without = list(kn.contrast["without"].finditer(text))
@@ -73,6 +75,7 @@ def contrast_from_text(text: str, kn: Knowledge) -> Contrast:
 
 
 def region_from_text(text: str, kn: Knowledge) -> Region | None:
+    text = folded(text)
     for region in _REGION_ORDER:
         pattern = kn.region.get(region)
         if pattern is not None and pattern.search(text):
@@ -84,6 +87,7 @@ def laterality_from_text(text: str, kn: Knowledge, allow_letters: bool) -> Later
     """The side a text names. One-letter sides ("L", "R") count in a procedure text
     (*allow_letters*), elsewhere only right before a site word ("L thigh", "R. leg")."""
     found = set()
+    text = folded(text)
     letter_site = kn.laterality["letter_site"]
     for side in ("bilateral", "left", "right"):
         for m in kn.laterality[side].finditer(text):
@@ -136,8 +140,9 @@ class _Collector:
             if src.negated:
                 continue
             for hit in affirmed_hits(pattern, src.text, kn, study=study, planned=planned):
-                left, right = clause_bounds(src.text, hit.start, hit.end, kn)
-                clause = src.text[left:right]
+                low = folded(src.text)
+                left, right = clause_bounds(low, hit.start, hit.end, kn)
+                clause = low[left:right]
                 if other is not None and laterality_from_text(clause, kn, False) == other:
                     continue
                 if elsewhere is not None and elsewhere.search(clause):
@@ -179,7 +184,8 @@ def extract(order: Order, message: ParsedMessage, kn: Knowledge,
     facts.procedure_text = proc_text
     meaning, coded = _code_meaning(order, kn)
     text_class = classify_text(proc_text, kn) if proc_text else None
-    guided = bool(proc_text) and kn.procedure_class["guidance"].search(proc_text) is not None
+    guided = bool(proc_text) and kn.procedure_class["guidance"].search(
+        folded(proc_text)) is not None
     cls: ProcedureClass | None = None
     if meaning is not None and coded is not None:
         facts.procedure_code = f"{coded.system or '?'} {coded.code}".strip()
@@ -200,7 +206,7 @@ def extract(order: Order, message: ParsedMessage, kn: Knowledge,
         # Image guidance (a guidance code, or "CT guided ..." text) is a procedure: a biopsy
         # when a biopsy word stands in the order, else not an imaging study.
         texts = [proc_text, *(t.text for t in order.texts)]
-        if any(kn.procedure_class["biopsy"].search(t) for t in texts):
+        if any(kn.procedure_class["biopsy"].search(folded(t)) for t in texts):
             cls = "biopsy"
             col.note("procedure_class", "image-guided biopsy", "OBR-4 and indication text")
         else:
@@ -245,10 +251,10 @@ def extract(order: Order, message: ParsedMessage, kn: Knowledge,
     strong = col.first_affirmed("mass", kn.terms["mass_strong"], with_proc, kn)
     # A weak word (swelling, lesion) is no mass next to a trauma, another cause of swelling,
     # or a mass word negated ("thigh swelling, no discrete mass on US").
-    weak = not strong and not facts.trauma and not col.first_affirmed(
-        "other_cause", kn.terms["other_cause"], with_proc, kn) and not any(
-        kn.terms["mass_strong"].search(src.text) for src in with_proc) and col.first_affirmed(
-        "mass", kn.terms["mass_weak"], with_proc, kn)
+    weak = (not strong and not facts.trauma
+            and not col.first_affirmed("other_cause", kn.terms["other_cause"], with_proc, kn)
+            and not any(kn.terms["mass_strong"].search(folded(src.text)) for src in with_proc)
+            and col.first_affirmed("mass", kn.terms["mass_weak"], with_proc, kn))
     coded_mass = [c for c, d in diagnoses if d.meaning == "mass"]
     if coded_mass:
         col.note("mass", coded_mass[0].code, "ICD-10-CM code")
@@ -257,14 +263,15 @@ def extract(order: Order, message: ParsedMessage, kn: Knowledge,
         any(d.meaning == "mass_if_text" for _, d in diagnoses) and text_mass)
     facts.bone_lesion = col.first_affirmed("bone_lesion", kn.terms["bone_lesion"], with_proc,
                                            kn) and not any(
-        kn.terms["soft_tissue"].search(s.text) for s in with_proc)
+        kn.terms["soft_tissue"].search(folded(s.text)) for s in with_proc)
     # "PET/CT skull base to mid-thigh" names the field of view, not the site of the mass.
     site_texts = indication if facts.region == "whole_body" else with_proc
-    thigh_in_text = next((s for s in site_texts if kn.terms["thigh_site"].search(s.text)), None)
-    if thigh_in_text is not None:
-        col.note("thigh_site", kn.terms["thigh_site"].search(thigh_in_text.text).group(0),  # type: ignore[union-attr]
-                 thigh_in_text.source)
-    facts.thigh_site = (thigh_in_text is not None or facts.region == "thigh"
+    thigh_hit = next(((s, m) for s in site_texts
+                      if (m := kn.terms["thigh_site"].search(folded(s.text)))), None)
+    if thigh_hit is not None:
+        src, m = thigh_hit
+        col.note("thigh_site", src.text[m.start():m.end()], src.source)
+    facts.thigh_site = (thigh_hit is not None or facts.region == "thigh"
                         or any(d.site == "thigh" for _, d in diagnoses))
 
     # Size, depth, radiograph findings and red flags.
@@ -289,8 +296,8 @@ def extract(order: Order, message: ParsedMessage, kn: Knowledge,
     facts.prior_mri_documented = col.first_study(
         "prior_mri_documented", kn.terms["prior_mri"], indication, kn, planned=True,
         side=facts.laterality)
-    # Staging or a known diagnosis: noted as evidence, which PET_INITIAL reads.
-    col.first_affirmed("known_diagnosis", kn.terms["known_diagnosis"], indication, kn)
+    if facts.procedure_class == "pet":  # staging or a known diagnosis: evidence PET_INITIAL reads
+        col.first_affirmed("known_diagnosis", kn.terms["known_diagnosis"], indication, kn)
 
     # MRI contraindications.
     contra: list[str] = []
@@ -318,7 +325,7 @@ def extract(order: Order, message: ParsedMessage, kn: Knowledge,
     cautions: list[str] = []
     threshold = kn.vocab.caution.egfr_threshold
     for src in indication:
-        for m in kn.egfr.finditer(src.text):
+        for m in kn.egfr.finditer(folded(src.text)):
             groups = [g for g in m.groups() if g]
             value = next((g for g in groups if g[0].isdigit()), None)
             below = any(g.strip() == "<" for g in groups)
@@ -347,13 +354,15 @@ def extract(order: Order, message: ParsedMessage, kn: Knowledge,
     return facts
 
 
+_NOT_CONDITIONAL = re.compile(r"\b(?:non|not)[\s-]+(?:mri?[\s-]+)?(?:conditional|safe|compatible)")
+
+
 def _conditional_device(texts: list[TextSource], kn: Knowledge) -> bool:
     """A device said to be MR conditional (and not "non-conditional") is no contraindication."""
     for src in texts:
-        if kn.terms["device"].search(src.text) and affirmed(
-                kn.terms["device_conditional"], src.text, kn) and not re.search(
-                r"\b(?:non|not)[\s-]+(?:mri?[\s-]+)?(?:conditional|safe|compatible)",
-                src.text, re.IGNORECASE):
+        if kn.terms["device"].search(folded(src.text)) and affirmed(
+                kn.terms["device_conditional"], src.text, kn) and not _NOT_CONDITIONAL.search(
+                folded(src.text)):
             return True
     return False
 

@@ -211,16 +211,33 @@ class VocabularyFile(_Strict):
     caution: CautionDef
 
 
+_ESCAPE_OR_CHAR = re.compile(r"\\.|.", re.DOTALL)
+
+
+def _lower_pattern(pattern: str) -> str:
+    """*pattern* with its literal letters in lower case; escapes (\\B, \\S, \\W) are kept."""
+    return "".join(t if t.startswith("\\") else t.lower()
+                   for t in _ESCAPE_OR_CHAR.findall(pattern))
+
+
+def fold(text: str) -> str:
+    """*text* in lower case, of the same length (indices stay valid): the text every compiled
+    term is matched on. U+0130 (dotted capital I) is the one character whose lower case is two."""
+    return text.replace("\u0130", "i").lower()
+
+
 def compile_terms(patterns: list[str], where: str) -> re.Pattern[str]:
-    """One case-insensitive regex matching any of *patterns*; names *where* on a bad pattern."""
-    for i, p in enumerate(patterns):
+    """One regex matching any of *patterns* on folded text (see fold); names *where* on a bad
+    pattern. Case-sensitive matching on folded text is several times faster than IGNORECASE."""
+    lowered = [_lower_pattern(p) for p in patterns]
+    for i, p in enumerate(lowered):
         try:
             re.compile(p)
         except re.error as exc:
-            raise ValueError(f"{where}[{i}]: invalid pattern {p!r}: {exc}") from None
+            raise ValueError(f"{where}[{i}]: invalid pattern {patterns[i]!r}: {exc}") from None
     if not patterns:
         return re.compile(r"(?!x)x")
-    return re.compile("|".join(f"(?:{p})" for p in patterns), re.IGNORECASE)
+    return re.compile("|".join(f"(?:{p})" for p in lowered))
 
 
 class Knowledge:

@@ -4,14 +4,21 @@ A NegEx-style reader kept small: a term is negated when a negation word (vocabul
 [negation].before) stands within `window` words before it in the same clause, when it is
 prefixed "non-", or when a negating phrase (e.g. "not seen", ": none") follows it in its clause.
 Clauses end at sentence punctuation, commas, semicolons and terminators such as "but".
+
+Terms are matched on the text folded to lower case (guideline.fold, same length, so spans are
+valid in the original text); the words reported are taken from the original text.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
-from worker.guideline import Knowledge
+from worker.guideline import Knowledge, fold
+
+folded = lru_cache(maxsize=1024)(fold)
+"""fold(), remembered: one order's texts are matched by many terms."""
 
 _CLAUSE_END = re.compile(r"[.;!?\n,()]|\s-\s")
 _WORD = re.compile(r"[\w/+-]+")
@@ -28,7 +35,8 @@ class Hit:
 
 
 def clause_bounds(text: str, start: int, end: int, kn: Knowledge) -> tuple[int, int]:
-    """The clause around text[start:end]: sentence punctuation, commas and terminators end it."""
+    """The clause around text[start:end] (*text* folded): sentence punctuation, commas and
+    terminators end it."""
     left = 0
     for m in _CLAUSE_END.finditer(text, 0, start):
         left = m.end()
@@ -43,7 +51,7 @@ def clause_bounds(text: str, start: int, end: int, kn: Knowledge) -> tuple[int, 
 
 
 def is_negated(text: str, start: int, end: int, kn: Knowledge, study: bool = False) -> bool:
-    """Whether the term at text[start:end] is negated in its clause.
+    """Whether the term at text[start:end] (*text* folded) is negated in its clause.
 
     study: the term names a study (a radiograph, an MRI). A result word is then no negation
     ("XR negative", "unremarkable radiographs": the study was done), nor is a negation whose
@@ -52,9 +60,14 @@ def is_negated(text: str, start: int, end: int, kn: Knowledge, study: bool = Fal
     if text[max(0, start - 4):start].lower() in ("non-", "non "):
         return True
     left, right = clause_bounds(text, start, end, kn)
-    pseudo = [(m.start(), m.end()) for m in kn.negation_pseudo.finditer(text, left, right)]
+    pseudo: list[tuple[int, int]] | None = None
 
     def real(cue_start: int, cue_end: int) -> bool:
+        """Not part of a pseudo-negation ("not excluded"); looked up only when a cue is found."""
+        nonlocal pseudo
+        if pseudo is None:
+            pseudo = [(m.start(), m.end())
+                      for m in kn.negation_pseudo.finditer(text, left, right)]
         return not any(a <= cue_start and cue_end <= b for a, b in pseudo)
 
     before = text[left:start]
@@ -85,8 +98,9 @@ def is_negated(text: str, start: int, end: int, kn: Knowledge, study: bool = Fal
 
 
 def is_planned(text: str, start: int, end: int, kn: Knowledge) -> bool:
-    """Whether the study named at text[start:end] is only planned ("awaiting MRI", "MRI booked
-    for 12/03"): a planned-study word within three words of it, in its clause, or inside it."""
+    """Whether the study named at text[start:end] (*text* folded) is only planned ("awaiting
+    MRI", "MRI booked for 12/03"): a planned-study word within three words of it, in its
+    clause, or inside it."""
     left, right = clause_bounds(text, start, end, kn)
     words_before = list(_WORD.finditer(text, left, start))
     lo = words_before[-3].start() if len(words_before) >= 3 else left
@@ -97,15 +111,17 @@ def is_planned(text: str, start: int, end: int, kn: Knowledge) -> bool:
 
 def find_terms(pattern: re.Pattern[str], text: str, kn: Knowledge) -> list[Hit]:
     """Every match of *pattern* in *text*, each with its negation."""
-    return [Hit(m.group(0), is_negated(text, m.start(), m.end(), kn), m.start(), m.end())
-            for m in pattern.finditer(text) if m.group(0).strip()]
+    low = folded(text)
+    return [Hit(text[m.start():m.end()], is_negated(low, m.start(), m.end(), kn), m.start(),
+                m.end()) for m in pattern.finditer(low) if m.group(0).strip()]
 
 
 def affirmed(pattern: re.Pattern[str], text: str, kn: Knowledge) -> Hit | None:
     """The first match of *pattern* in *text* that is not negated, or None."""
-    for m in pattern.finditer(text):
-        if m.group(0).strip() and not is_negated(text, m.start(), m.end(), kn):
-            return Hit(m.group(0), False, m.start(), m.end())
+    low = folded(text)
+    for m in pattern.finditer(low):
+        if m.group(0).strip() and not is_negated(low, m.start(), m.end(), kn):
+            return Hit(text[m.start():m.end()], False, m.start(), m.end())
     return None
 
 
@@ -113,9 +129,11 @@ def affirmed_hits(pattern: re.Pattern[str], text: str, kn: Knowledge, study: boo
                   planned: bool = False) -> list[Hit]:
     """Every match of *pattern* in *text* that is not negated (read as a study when *study*;
     without the ones only planned when *planned*)."""
-    return [Hit(m.group(0), False, m.start(), m.end()) for m in pattern.finditer(text)
-            if m.group(0).strip() and not is_negated(text, m.start(), m.end(), kn, study)
-            and not (planned and is_planned(text, m.start(), m.end(), kn))]
+    low = folded(text)
+    return [Hit(text[m.start():m.end()], False, m.start(), m.end())
+            for m in pattern.finditer(low)
+            if m.group(0).strip() and not is_negated(low, m.start(), m.end(), kn, study)
+            and not (planned and is_planned(low, m.start(), m.end(), kn))]
 
 
 _NUM = r"(\d{1,3}(?:[.,]\d{1,2})?)"
