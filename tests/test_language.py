@@ -345,3 +345,28 @@ def test_ct_exception_wordings(checker: Checker, note: str, exception: bool) -> 
 def test_mri_dye_reaction_is_a_gadolinium_reaction(checker: Checker) -> None:
     r = check(checker, MRI_WWO, "L thigh mass 3cm, XR done", "Previous reaction to MRI dye (rash)")
     assert "CONTRAST_CAUTION" in advice(r)
+
+
+@pytest.mark.parametrize(("text", "radiograph"), [
+    ("XR not yet done", False), ("hasn't had an x-ray", False), ("XR normal", True),
+])
+def test_radiograph_negation_forms(checker: Checker, text: str, radiograph: bool) -> None:
+    r = check(checker, MRI_WWO, f"L thigh lump 3cm superficial, {text}")
+    assert ("RADIOGRAPH_FIRST" not in advice(r)) == radiograph
+
+
+def test_intact_cortex_and_deep_ache_are_no_red_flags(checker: Checker) -> None:
+    r = check(checker, MRI_WWO, "L thigh lump 3cm superficial, XR: soft tissue mass, cortex "
+              "intact. Deep aching in the thigh at night")
+    assert r.facts is not None and not r.facts.bony_involvement and not r.facts.deep
+
+
+def test_contracted_negation(checker: Checker) -> None:
+    r = check(checker, CT, "L thigh lump 3cm superficial, doesn't have a pacemaker, XR done")
+    assert flags(r) == {"CT_BEFORE_MRI"}
+
+
+def test_folding_keeps_spans_and_original_words(checker: Checker) -> None:
+    r = check(checker, CT, "İLKER-TEST: Left THIGH Lump, no calcification")
+    assert r.facts is not None and r.facts.mass and not r.facts.calcification
+    assert any(e.fact == "mass" and e.value == "Lump" for e in r.facts.evidence)
