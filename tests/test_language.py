@@ -370,3 +370,28 @@ def test_folding_keeps_spans_and_original_words(checker: Checker) -> None:
     r = check(checker, CT, "İLKER-TEST: Left THIGH Lump, no calcification")
     assert r.facts is not None and r.facts.mass and not r.facts.calcification
     assert any(e.fact == "mass" and e.value == "Lump" for e in r.facts.evidence)
+
+
+@pytest.mark.parametrize(("notes", "exception"), [
+    (("Pacemaker? no", "Metal? no", "Claustrophobic? yes"), False),
+    (("Pacemaker?: no",), False),
+    (("Father has a pacemaker",), False),
+    (("Pacemaker? yes",), True),
+])
+def test_questions_and_other_people(checker: Checker, notes: tuple[str, ...],
+                                    exception: bool) -> None:
+    r = check(checker, CT, "L thigh mass 6cm", *notes)
+    assert (r.verdict == "appropriate") == exception
+
+
+def test_family_history_is_not_the_patients_mass(checker: Checker) -> None:
+    r = check(checker, "^^^^CT THIGH LEFT W", "Thigh pain. Family history of sarcoma")
+    assert r.verdict == "no-criteria-apply"
+
+
+def test_mri_reviewed_at_mdt_is_documented(checker: Checker) -> None:
+    r = check(checker, BIOPSY, "L thigh mass 8cm", "MRI reviewed at sarcoma MDT, biopsy advised")
+    assert r.verdict == "appropriate"
+    r = check(checker, BIOPSY, "L thigh mass 8cm", "MRI not available, biopsy requested",
+              control_id="R2", patient_id="R2^^^H")
+    assert flags(r) == {"BIOPSY_BEFORE_MRI"}

@@ -85,7 +85,11 @@ def is_negated(text: str, start: int, end: int, kn: Knowledge, study: bool = Fal
                 continue
             return True
     after = text[end:right]
-    answer = kn.negation_answer.match(after)
+    if text.startswith("?", right):  # "Pacemaker? no": the answer follows the question mark
+        stop = _CLAUSE_END.search(text, right + 1)
+        answer = kn.negation_answer.match(text[end:stop.start() if stop else len(text)])
+    else:
+        answer = kn.negation_answer.match(after)
     if answer and not (study and kn.negation_result.search(answer.group(0))):
         return True
     after_words = list(_WORD.finditer(after))
