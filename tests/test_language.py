@@ -395,3 +395,16 @@ def test_mri_reviewed_at_mdt_is_documented(checker: Checker) -> None:
     r = check(checker, BIOPSY, "L thigh mass 8cm", "MRI not available, biopsy requested",
               control_id="R2", patient_id="R2^^^H")
     assert flags(r) == {"BIOPSY_BEFORE_MRI"}
+
+
+@pytest.mark.parametrize(("text", "deep"), [
+    ("Swollen L thigh, firm", False), ("L thigh myxofibrosarcoma recurrence ?", False),
+    ("L thigh angiolipoma ?", False), ("neurofibroma L thigh ?", False),
+    ("L thigh mass below the fascia, 3cm", True),
+    ("L thigh lump arising from the vastus lateralis, 3cm", True),
+    ("L thigh lump involving the adductor muscles, 3cm", True),
+])
+def test_more_mass_and_depth_words(checker: Checker, text: str, deep: bool) -> None:
+    r = check(checker, MRI_WWO, f"{text}, XR done")
+    assert r.verdict == "appropriate"
+    assert r.facts is not None and r.facts.deep == deep
