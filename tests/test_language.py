@@ -408,3 +408,10 @@ def test_more_mass_and_depth_words(checker: Checker, text: str, deep: bool) -> N
     r = check(checker, MRI_WWO, f"{text}, XR done")
     assert r.verdict == "appropriate"
     assert r.facts is not None and r.facts.deep == deep
+
+
+def test_icd10_code_written_in_the_text(checker: Checker) -> None:
+    r = check(checker, "^^^^CT FEMUR LEFT W CONTRAST", "Dx R22.42")
+    assert flags(r) == {"CT_BEFORE_MRI"}
+    r = check(checker, CT, "Left thigh mass", "PMH: Z95.0", control_id="I2", patient_id="I2^^^H")
+    assert "MRI_CONTRAINDICATED" in advice(r)

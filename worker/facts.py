@@ -33,6 +33,7 @@ _REGION_ORDER: tuple[Region, ...] = (
     "pelvis", "spine", "head", "upper_extremity")
 _LIMB_REGIONS = {"thigh", "lower_extremity", "knee", "hip", "ankle", "unknown"}
 _ONE_LETTER = re.compile(r"^\W*\w\W*$")
+_ICD10_IN_TEXT = re.compile(r"(?<![\w.])[A-TV-Z]\d{2}\.\d{1,4}[A-Z]?(?![\w.])")
 
 
 def procedure_text(order: Order) -> str:
@@ -228,6 +229,9 @@ def extract(order: Order, message: ParsedMessage, kn: Knowledge,
     indication = order_texts + list(message.context)
     with_proc = ([TextSource(source="OBR-4", text=proc_text)] if proc_text else []) + indication
     codes = [c for src in indication for c in src.codes]
+    # ICD-10-CM codes written in the text ("Dx R22.42 left thigh mass"): with their dot only.
+    codes += [Coded(code=m.group(0), system="I10") for src in indication if not src.negated
+              for m in _ICD10_IN_TEXT.finditer(src.text)]
     diagnoses = [(c, d) for c in codes for d in kn.lookup_diagnosis(c.code)
                  if c.system.upper() in ("", *kn.codes.systems.get("I10", []), "I10")
                  or kn.system_alias.get(c.system.upper()) == "I10"]
