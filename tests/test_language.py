@@ -415,3 +415,14 @@ def test_icd10_code_written_in_the_text(checker: Checker) -> None:
     assert flags(r) == {"CT_BEFORE_MRI"}
     r = check(checker, CT, "Left thigh mass", "PMH: Z95.0", control_id="I2", patient_id="I2^^^H")
     assert "MRI_CONTRAINDICATED" in advice(r)
+
+
+@pytest.mark.parametrize("note", ["Pacemaker check normal", "IM nail L femur in situ, intact"])
+def test_a_normal_or_intact_device_is_still_there(checker: Checker, note: str) -> None:
+    r = check(checker, CT, "L thigh mass 6cm", note)
+    assert "MRI_CONTRAINDICATED" in advice(r)
+
+
+def test_cortical_outline_preserved_is_no_bony_involvement(checker: Checker) -> None:
+    r = check(checker, MRI_WWO, "L thigh lump 3cm, XR: cortical outline preserved")
+    assert r.facts is not None and not r.facts.bony_involvement
