@@ -36,6 +36,9 @@ _ONE_LETTER = re.compile(r"^\W*\w\W*$")
 _ICD10_IN_TEXT = re.compile(r"(?<![\w.])[A-TV-Z]\d{2}\.\d{1,4}[A-Z]?(?![\w.])")
 
 
+# A size written as a lower bound: "> 5 cm", "more than 5 cm" (at the threshold, a red flag).
+_ABOVE_WORDS = (">", "more", "greater", "over", "larger", "bigger", "exceed")
+
 def procedure_text(order: Order) -> str:
     """The ordered procedure's text (OBR-4.2/.5, OBR-44); free text sent in the code component
     ("CT FEMUR LT W/CONTRAST" in OBR-4.1) counts as text."""
@@ -283,6 +286,7 @@ def extract(order: Order, message: ParsedMessage, kn: Knowledge,
         size = largest_size_cm(src.text)
         if size is not None and (facts.size_cm is None or size[0] > facts.size_cm):
             facts.size_cm = size[0]
+            facts.size_stated_above = size[1].lower().startswith(_ABOVE_WORDS)
             col.note("size_cm", size[1], src.source)
     for fact in ("deep", "superficial", "calcification", "bony_involvement", "growing",
                  "painful", "recurrence", "haemorrhage", "vascular", "mineralisation_request"):

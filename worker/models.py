@@ -23,6 +23,8 @@ Region = Literal[
 Laterality = Literal["left", "right", "bilateral", "unknown"]
 
 
+PAINFUL = "painful"  # a red flag for referral, not for adding contrast (MRI_ADD_CONTRAST)
+
 class _Model(BaseModel):
     model_config = ConfigDict(frozen=False, extra="forbid")
 
@@ -149,6 +151,7 @@ class OrderFacts(_Model):
     trauma: bool = False
     bone_lesion: bool = False
     size_cm: float | None = None
+    size_stated_above: bool = False  # the size was written as a lower bound ("> 5 cm")
     deep: bool = False
     superficial: bool = False
     calcification: bool = False
@@ -169,10 +172,12 @@ class OrderFacts(_Model):
     evidence: list[Evidence] = Field(default_factory=list)
 
     def red_flags(self, size_threshold_cm: float) -> list[str]:
-        """Red flags of a soft-tissue mass (guideline.md section 4)."""
+        """Red flags of a soft-tissue mass (guideline.md section 4, "any one")."""
         flags: list[str] = []
-        if self.size_cm is not None and self.size_cm > size_threshold_cm:
-            flags.append(f"larger than {size_threshold_cm:g} cm ({self.size_cm:g} cm)")
+        if self.size_cm is not None and (self.size_cm > size_threshold_cm or (
+                self.size_stated_above and self.size_cm >= size_threshold_cm)):
+            above = "over " if self.size_stated_above else ""
+            flags.append(f"larger than {size_threshold_cm:g} cm ({above}{self.size_cm:g} cm)")
         if self.deep:
             flags.append("deep to fascia")
         if self.calcification:
@@ -181,6 +186,8 @@ class OrderFacts(_Model):
             flags.append("bony involvement")
         if self.growing:
             flags.append("growing")
+        if self.painful:
+            flags.append(PAINFUL)
         if self.recurrence:
             flags.append("recurrence after excision")
         return flags

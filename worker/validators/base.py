@@ -55,25 +55,9 @@ class RuleContext:
                    and same_side(e.laterality, self.facts.laterality) for e in self.history)
 
 
-_ABOVE_WORDS = (">", "more", "greater", "over", "larger", "bigger", "exceed")
-
-
 def evidence_for(ctx: RuleContext, fact: str) -> str | None:
     """The words a fact was read from, or None when the order does not state it."""
     return next((e.value for e in ctx.facts.evidence if e.fact == fact), None)
-
-
-def red_flags(ctx: RuleContext) -> list[str]:
-    """Red flags of guideline.md section 4 ("any one"): the facts' own list, plus a mass stated
-    as above the threshold ("> 5 cm") and pain, which the red-flag list names too."""
-    flags = list(ctx.red_flags)
-    threshold = ctx.knowledge.guideline.guideline.red_flag_size_cm
-    size_words = evidence_for(ctx, "size_cm") or ""
-    if ctx.facts.size_cm == threshold and size_words.lower().startswith(_ABOVE_WORDS):
-        flags.insert(0, f"larger than {threshold:g} cm ({size_words})")
-    if ctx.facts.painful:
-        flags.append("painful")
-    return flags
 
 
 def describe_red_flags(ctx: RuleContext, flags: list[str] | None = None) -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from worker.validators.base import Finding, RuleContext, describe_red_flags, red_flags
+from worker.validators.base import Finding, RuleContext, describe_red_flags
 
 RULE_ID = "REFER_SARCOMA_CENTRE"
 
@@ -12,7 +12,6 @@ def evaluate(ctx: RuleContext) -> list[Finding]:
         return []
     if ctx.facts.procedure_class == "biopsy":
         return [Finding(RULE_ID, "advice", "biopsy planned")]
-    flags = red_flags(ctx)
-    if flags:
-        return [Finding(RULE_ID, "advice", f"red flags: {describe_red_flags(ctx, flags)}")]
+    if ctx.red_flags:
+        return [Finding(RULE_ID, "advice", f"red flags: {describe_red_flags(ctx)}")]
     return []
