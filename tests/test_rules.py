@@ -121,6 +121,7 @@ def test_sarcoma_team_on_site_turns_referral_off(knowledge: Knowledge) -> None:
     (CT, MASS, {"birth": "20140101"}),
     (CT, MASS, {"order_control": "SC"}),
     (CT, MASS, {"order_control": "CA"}),
+    (CT, MASS, {"order_control": "RP"}),  # the order being replaced
     (CT, MASS, {"order_status": "CM"}),
     (CT, "^no mass, no swelling; knee pain", {}),
     (CT, "^lytic lesion of the left femur", {}),
@@ -132,6 +133,11 @@ def test_out_of_scope_is_no_criteria_apply(checker: Checker, procedure: str, rea
     assert r.verdict == "no-criteria-apply"
     assert r.flags == [] and r.preferred_procedure is None
     assert r.reason.startswith("Not evaluated")
+
+
+def test_a_replacement_order_is_judged_like_a_new_one(checker: Checker) -> None:
+    r = check(checker, procedure=CT, reason=MASS, order_control="RO")
+    assert r.verdict == "not-appropriate" and codes(r)[0] == {"CT_BEFORE_MRI"}
 
 
 def test_history_across_messages_per_side(checker: Checker) -> None:

@@ -7,7 +7,10 @@ from __future__ import annotations
 
 from worker.models import Order, OrderFacts
 
-NEW_ORDER_CONTROLS = ("NW", "XO", "")  # ORC-1; empty: an OBR-only order in old feeds
+# ORC-1 (table 0119) of an order the guideline judges: NW new, XO change, RO the replacement
+# order of a replace pair (the RP/RU group beside it is the order being replaced, not judged);
+# empty: an OBR-only order in old feeds.
+NEW_ORDER_CONTROLS = ("NW", "XO", "RO", "")
 _IMAGING = ("radiograph", "us", "ct", "cta", "mri", "mra")
 _LIMB = ("thigh", "lower_extremity", "knee", "hip", "unknown")
 
