@@ -146,19 +146,21 @@ def test_journaled_enqueue_and_requeue_stale(monkeypatch: pytest.MonkeyPatch) ->
 
     clock = [1000.0]
     monkeypatch.setattr(jmod.time, "time", lambda: clock[0])
-    j = jmod.Journal(fakeredis.FakeRedis())
-    queued: list[list[tuple[bytes, float]]] = []
-    enqueue = jmod.journaled(j, queued.append)
+    client = fakeredis.FakeRedis()
+    j = jmod.Journal(client)
+    enqueue = jmod.journaled_direct(j, "ordercheck.validate_batch", "q", 60)
     enqueue([(b"A", 1.0)])
-    assert queued == [[(b"A", 1.0)]] and j.size() == 1
+    assert client.llen("q") == 1 and j.size() == 1  # queued and journaled together
 
-    def broken(messages: list[tuple[bytes, float]]) -> None:
-        raise ConnectionError("broker down")
+    class Down:
+        def pipeline(self, transaction: bool = True) -> Any:
+            raise ConnectionError("broker down")
 
     with pytest.raises(ConnectionError):
-        jmod.journaled(j, broken)([(b"B", 2.0)])
-    assert j.size() == 1  # a refused message (AR) is not kept: the sender resends it
+        jmod.journaled_direct(jmod.Journal(Down()), "t", "q", 60)([(b"B", 2.0)])
+    assert j.size() == 1 and client.llen("q") == 1  # refused (AR): neither kept nor queued
     clock[0] += 100
+    queued: list[list[tuple[bytes, float]]] = []
     assert jmod.requeue_stale(j, queued.append, grace=60, queue_length=lambda: 5) == 0
     assert jmod.requeue_stale(j, queued.append, grace=60, queue_length=lambda: 0) == 1
     assert queued[-1] == [(b"A", 1.0)]

@@ -4,8 +4,8 @@ Celery's Redis transport takes a message off the queue (BRPOP) and records it as
 with a second command; if Redis crashes between the two, the message is gone although the
 listener ACKed it (kombu issue #305; the chaos run, bench/chaos.py, hits it). So:
 
-- the listener writes each message here before queueing it (`journaled`), and answers AA only
-  once both are done;
+- the listener writes each message here in the transaction that queues it (`journaled_direct`),
+  and answers AA only once it is done;
 - the worker removes it once processed (`Journal.done`);
 - `ordercheck serve` queues again what is still here after `grace` seconds while the queue is
   empty (`requeue_stale`). Processing is idempotent, so a message queued twice gives one
@@ -42,13 +42,18 @@ class Journal:
         self.hash = f"{prefix}inflight"
         self.index = f"{prefix}inflight:at"
 
-    def add(self, messages: Messages) -> None:
-        """Record *messages* (one round trip, all or nothing); raises when Redis did not."""
+    def add(self, messages: Messages, push: tuple[str, str] | None = None) -> None:
+        """Record *messages* (one round trip, all or nothing); raises when Redis did not.
+
+        push: (list key, value) to LPUSH in the same transaction: the broker message that
+        queues them (worker/broker.py), so they are queued if and only if journaled."""
         now = time.time()
         pipe = self.r.pipeline(transaction=True)
         pipe.hset(self.hash, mapping={message_key(d): json.dumps([d.decode("latin-1"), at])
                                       for d, at in messages})
         pipe.zadd(self.index, {message_key(d): now for d, _ in messages})
+        if push is not None:
+            pipe.lpush(*push)
         pipe.execute()
 
     def done(self, messages: list[bytes]) -> None:
@@ -90,17 +95,15 @@ class Journal:
         return out
 
 
-def journaled(journal: Journal, enqueue_many: Callable[[Messages], None]
-              ) -> Callable[[Messages], None]:
-    """enqueue_many that records the messages in the journal first (raises if either fails)."""
+def journaled_direct(journal: Journal, task: str, queue: str, time_limit: int | None
+                     ) -> Callable[[Messages], None]:
+    """enqueue_many that journals the messages and queues them as one Celery task (*task* on
+    *queue*) in a single Redis transaction (see worker/broker.py); raises if it failed."""
+    from worker.broker import task_message
 
     def enqueue(messages: Messages) -> None:
-        journal.add(messages)
-        try:
-            enqueue_many(messages)
-        except Exception:
-            journal.done([d for d, _ in messages])  # refused: the sender resends them
-            raise
+        batch = [[d.decode("latin-1"), at] for d, at in messages]
+        journal.add(messages, push=(queue, task_message(task, [batch], queue, time_limit)))
 
     return enqueue
 

@@ -26,7 +26,7 @@ from worker.guideline import load_knowledge
 from worker.hl7.ack import AckError, AckTarget, build_ack
 from worker.hl7.mllp import FrameError, FrameErrorKind, MLLPServer
 from worker.ingest import EnqueueMany, Ingestor, Rejected
-from worker.journal import Journal, journaled, requeue_stale
+from worker.journal import Journal, journaled_direct, requeue_stale
 from worker.runtime import Stores, redis_client
 from worker.settings import Settings
 from worker.store import RejectedEntry, purge_expired
@@ -132,11 +132,13 @@ class Service:
         self.celery: subprocess.Popen[bytes] | None = None
         if settings.redis_url:
             from worker import tasks
+            from worker.celery_app import QUEUE
 
             self.stores = Stores(settings)
             # Each message goes to the journal before the queue: see worker/journal.py.
             self.journal = Journal(redis_client(settings.redis_url))
-            journaled_many = journaled(self.journal, tasks.enqueue_many)
+            journaled_many = journaled_direct(self.journal, tasks.validate_batch.name,
+                                              QUEUE, settings.task_time_limit)
             enqueue_many: EnqueueMany | None = journaled_many
 
             def enqueue(data: bytes, received_at: float) -> None:
