@@ -191,6 +191,27 @@ def test_batcher_groups_frames_that_arrive_together() -> None:
     assert sizes == [1, 9]  # the others arrived while it was handled: one batch
 
 
+@pytest.mark.parametrize(("behind", "expected"), [(False, [1, 1]), (True, [2])])
+def test_batcher_waits_to_batch_only_while_the_workers_are_behind(
+        behind: bool, expected: list[int]) -> None:
+    sizes: list[int] = []
+
+    def handle(frames: list[bytes]) -> tuple[list[bytes | None], Any]:
+        sizes.append(len(frames))
+        return [b"ack:" + f for f in frames], lambda: None
+
+    async def main() -> None:
+        batcher = Batcher(handle, ThreadPoolExecutor(1), behind=lambda: behind,
+                          behind_linger=0.2)
+        first = asyncio.ensure_future(batcher.submit(b"0"))
+        await asyncio.sleep(0.05)  # well inside the 0.2 s wait, well after an idle batch
+        second = asyncio.ensure_future(batcher.submit(b"1"))
+        assert await asyncio.gather(first, second) == [b"ack:0", b"ack:1"]
+
+    asyncio.run(main())
+    assert sizes == expected
+
+
 @pytest.mark.parametrize("size", [1, 3])
 def test_dedup_many_on_redis(size: int) -> None:
     dedup = RedisDedup(RedisStore(fakeredis.FakeRedis()))

@@ -42,11 +42,12 @@ class Journal:
         self.hash = f"{prefix}inflight"
         self.index = f"{prefix}inflight:at"
 
-    def add(self, messages: Messages, push: tuple[str, str] | None = None) -> None:
+    def add(self, messages: Messages, push: tuple[str, str] | None = None) -> int:
         """Record *messages* (one round trip, all or nothing); raises when Redis did not.
 
         push: (list key, value) to LPUSH in the same transaction: the broker message that
-        queues them (worker/broker.py), so they are queued if and only if journaled."""
+        queues them (worker/broker.py), so they are queued if and only if journaled.
+        Returns the length of that list after the push (0 without *push*)."""
         now = time.time()
         pipe = self.r.pipeline(transaction=True)
         pipe.hset(self.hash, mapping={message_key(d): json.dumps([d.decode("latin-1"), at])
@@ -54,7 +55,8 @@ class Journal:
         pipe.zadd(self.index, {message_key(d): now for d, _ in messages})
         if push is not None:
             pipe.lpush(*push)
-        pipe.execute()
+        replies = pipe.execute()
+        return int(replies[2]) if push is not None else 0
 
     def done(self, messages: list[bytes]) -> None:
         """Forget *messages* (processed); never raises: what stays is only queued again."""
@@ -95,15 +97,20 @@ class Journal:
         return out
 
 
-def journaled_direct(journal: Journal, task: str, queue: str, time_limit: int | None
+def journaled_direct(journal: Journal, task: str, queue: str, time_limit: int | None,
+                     on_queued: Callable[[int], None] | None = None
                      ) -> Callable[[Messages], None]:
     """enqueue_many that journals the messages and queues them as one Celery task (*task* on
-    *queue*) in a single Redis transaction (see worker/broker.py); raises if it failed."""
+    *queue*) in a single Redis transaction (see worker/broker.py); raises if it failed.
+    on_queued: called with the queue's length after each push (the workers' backlog)."""
     from worker.broker import task_message
 
     def enqueue(messages: Messages) -> None:
         batch = [[d.decode("latin-1"), at] for d, at in messages]
-        journal.add(messages, push=(queue, task_message(task, [batch], queue, time_limit)))
+        length = journal.add(messages,
+                             push=(queue, task_message(task, [batch], queue, time_limit)))
+        if on_queued is not None:
+            on_queued(length)
 
     return enqueue
 

@@ -67,15 +67,21 @@ class Batcher:
     for it and form the next batch (at most *max_batch*), so under a burst one resend lookup, one
     broker call and one resend-table write serve many messages. In a burst (the last batch had
     3 frames or more and 2 are waiting already) the next batch waits *linger* seconds more to
-    fill. Each frame's ACK is returned once its batch is queued; the batch's ACKs are written to
-    the resend table after they are returned, before the next batch is looked up.
+    fill. When *behind* says the workers are behind (the broker queue is growing), every batch
+    waits *behind_linger* seconds to fill: fewer, larger tasks cost the workers less per message,
+    so they catch up, at the price of that wait on each ACK. Each frame's ACK is returned once
+    its batch is queued; the batch's ACKs are written to the resend table after they are
+    returned, before the next batch is looked up.
     """
 
     def __init__(self, handle_batch: Callable[[list[bytes]], tuple[list[bytes | None],
                                                                    Callable[[], None]]],
-                 pool: ThreadPoolExecutor, max_batch: int = 100, linger: float = 0.002) -> None:
+                 pool: ThreadPoolExecutor, max_batch: int = 100, linger: float = 0.002,
+                 behind: Callable[[], bool] | None = None, behind_linger: float = 0.0) -> None:
         self.handle_batch = handle_batch
         self.linger = linger
+        self.behind = behind
+        self.behind_linger = behind_linger
         self.pool = pool
         self.max_batch = max_batch
         self._pending: list[tuple[bytes, asyncio.Future[bytes | None]]] = []
@@ -100,6 +106,9 @@ class Batcher:
             while self._pending:
                 if last >= 3 and 2 <= len(self._pending) < self.max_batch and self.linger:
                     await asyncio.sleep(self.linger)  # a burst: let the batch fill a little
+                elif (self.behind_linger and len(self._pending) < self.max_batch
+                      and self.behind is not None and self.behind()):
+                    await asyncio.sleep(self.behind_linger)  # workers behind: fewer tasks
                 batch = self._pending[:self.max_batch]
                 del self._pending[:self.max_batch]
                 last = len(batch)
@@ -129,6 +138,7 @@ class Service:
         self.settings = settings
         self.knowledge = load_knowledge(settings.code_map)  # a bad rule file fails here
         self.embedded: Any = None
+        self.queued = 0  # tasks waiting in the broker queue after our last push
         self.celery: subprocess.Popen[bytes] | None = None
         if settings.redis_url:
             from worker import tasks
@@ -138,7 +148,8 @@ class Service:
             # Each message goes to the journal before the queue: see worker/journal.py.
             self.journal = Journal(redis_client(settings.redis_url))
             journaled_many = journaled_direct(self.journal, tasks.validate_batch.name,
-                                              QUEUE, settings.task_time_limit)
+                                              QUEUE, settings.task_time_limit,
+                                              on_queued=self._on_queued)
             enqueue_many: EnqueueMany | None = journaled_many
 
             def enqueue(data: bytes, received_at: float) -> None:
@@ -155,7 +166,9 @@ class Service:
         # One thread: the batcher hands it one batch at a time (and one thread keeps one malloc
         # arena: the listener's memory stays flat over a long run).
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ordercheck-ingest")
-        self.batcher = Batcher(self.ingestor.handle_batch_early, self.pool)
+        self.batcher = Batcher(self.ingestor.handle_batch_early, self.pool,
+                               behind=lambda: self.queued > settings.batch_when_queued,
+                               behind_linger=settings.batch_linger_behind)
         self.server = MLLPServer(self._on_frame, on_error=self._on_frame_error,
                                  host=settings.listen_host, port=settings.listen_port,
                                  max_frame_bytes=settings.max_frame_bytes,
@@ -174,6 +187,9 @@ class Service:
                 "207", f"frame larger than {self.settings.max_frame_bytes} bytes"),
                 self.settings.application, self.settings.facility)
         return None  # junk between frames is ignored; the next frame is served
+
+    def _on_queued(self, length: int) -> None:
+        self.queued = length
 
     @property
     def port(self) -> int:

@@ -44,6 +44,11 @@ class Settings(BaseSettings):
     # Nice increment of the Celery worker processes: on a host shared with a listener, the
     # listener's ACKs go first and the checks absorb a burst a few milliseconds later.
     worker_nice: int = Field(default=5, ge=0, le=19)
+    # When more than batch_when_queued tasks wait in the broker queue (the workers are behind),
+    # the listener waits batch_linger_behind seconds before each batch to make it larger: fewer
+    # tasks cost the workers less per message (batch_linger_behind 0 turns it off).
+    batch_when_queued: int = Field(default=4, ge=0)
+    batch_linger_behind: float = Field(default=0.004, ge=0, le=0.1)
 
     # MLLP listener.
     listen_host: str = "127.0.0.1"
