@@ -25,6 +25,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from worker.broker import task_message
+
 log = logging.getLogger("ordercheck.journal")
 
 Messages = list[tuple[bytes, float]]  # (message bytes, received_at epoch seconds)
@@ -55,7 +57,7 @@ class Journal:
         pipe.zadd(self.index, {message_key(d): now for d, _ in messages})
         if push is not None:
             pipe.lpush(*push)
-        replies = pipe.execute()
+        replies = pipe.execute()  # HSET, ZADD[, LPUSH]
         return int(replies[2]) if push is not None else 0
 
     def done(self, messages: list[bytes]) -> None:
@@ -103,7 +105,6 @@ def journaled_direct(journal: Journal, task: str, queue: str, time_limit: int | 
     """enqueue_many that journals the messages and queues them as one Celery task (*task* on
     *queue*) in a single Redis transaction (see worker/broker.py); raises if it failed.
     on_queued: called with the queue's length after each push (the workers' backlog)."""
-    from worker.broker import task_message
 
     def enqueue(messages: Messages) -> None:
         batch = [[d.decode("latin-1"), at] for d, at in messages]

@@ -114,12 +114,9 @@ def _retry(task: Any, exc: Exception, countdown: float) -> Exception:
             time.sleep(countdown)
 
 
-def enqueue(data: bytes, received_at: float) -> None:
-    """Hand a message to the broker (raises when the broker did not accept it)."""
-    enqueue_many([(data, received_at)])
-
-
 def enqueue_many(messages: list[tuple[bytes, float]]) -> None:
-    """Hand messages to the broker as one task (raises when the broker did not accept it)."""
+    """Hand messages to the broker as one task (raises when the broker did not accept it): the
+    journal's requeue of messages no worker finished. The listener queues through
+    worker/journal.py journaled_direct instead."""
     validate_batch.apply_async(([(data.decode("latin-1"), at) for data, at in messages],),
                                retry=False)
