@@ -233,6 +233,38 @@ def test_acks_are_recorded_for_resends_after_they_are_returned() -> None:
     assert ingest.handle(msg) == ack and queue.calls == [[msg]]  # the resend: same ACK
 
 
+def test_acks_for_resends_go_in_the_queueing_transaction() -> None:
+    from worker.journal import Journal, journaled_direct
+
+    client = fakeredis.FakeRedis()
+    store = RedisStore(client)
+    dedup = RedisDedup(store)
+    enqueue = journaled_direct(Journal(client), "ordercheck.validate_batch", "q", 60,
+                               record_acks=lambda pipe, acks: store.queue_dedup_set_many(
+                                   pipe, acks, 3600))
+    ingest = Ingestor(Settings(redis_url=None), dedup, lambda d, a: None, lambda r: None,
+                      enqueue_with_acks=enqueue)
+    msgs = [order_message(control_id=f"T{n}", reason="^thigh mass") for n in range(3)]
+    replies, remember = ingest.handle_batch_early(msgs)
+    assert client.llen("q") == 1  # one task for the batch
+    # recorded with the queueing, before remember() (which has nothing left to do)
+    assert len(client.keys("oc:dedup:*")) == 3
+    assert sorted(ingest.handle_batch(msgs)) == sorted(replies)  # resends: the same ACKs
+    assert client.llen("q") == 1  # and not queued again
+    remember()
+
+    class Down:
+        def pipeline(self, transaction: bool = True) -> Any:
+            raise ConnectionError("broker down")
+
+    refused = Ingestor(Settings(redis_url=None), dedup, lambda d, a: None, lambda r: None,
+                       enqueue_with_acks=journaled_direct(Journal(Down()), "t", "q", 60))
+    other = order_message(control_id="T9", reason="^thigh mass")
+    [reply] = refused.handle_batch([other])
+    assert ack_fields(reply or b"")[0] == "AR"
+    assert len(client.keys("oc:dedup:*")) == 3  # nothing recorded for the refused one
+
+
 class Silent(Recorder):
     """An ordering system that takes the connection and never answers (each send times out)."""
 

@@ -56,6 +56,8 @@ class Rejected:
 Enqueue = Callable[[bytes, float], None]
 # Several messages at once (one broker call); all or nothing: raises when it did not queue them.
 EnqueueMany = Callable[[list[tuple[bytes, float]]], None]
+# Queues messages and records their ACKs for resends (key, ACK) in the same transaction.
+EnqueueWithAcks = Callable[[list[tuple[bytes, float]], list[tuple[str, bytes]]], None]
 KeepRejected = Callable[[Rejected], None]
 
 
@@ -81,11 +83,15 @@ class Ingestor:
     """
 
     def __init__(self, settings: Settings, dedup: DedupTable, enqueue: Enqueue,
-                 keep_rejected: KeepRejected, enqueue_many: EnqueueMany | None = None) -> None:
+                 keep_rejected: KeepRejected, enqueue_many: EnqueueMany | None = None,
+                 enqueue_with_acks: EnqueueWithAcks | None = None) -> None:
+        """enqueue_with_acks, when given, is used for batches instead of enqueue_many: the ACKs
+        are built first and recorded for resends in the queueing transaction (no write after)."""
         self.settings = settings
         self.dedup = dedup
         self.enqueue = enqueue
         self.enqueue_many = enqueue_many
+        self.enqueue_with_acks = enqueue_with_acks
         self.keep_rejected = keep_rejected
 
     def handle(self, frame: bytes) -> bytes | None:
@@ -140,15 +146,14 @@ class Ingestor:
             else:
                 first[a.key] = a
                 fresh.append(a)
-        failed = self._queue(frames, fresh, received_at)
-        acks: dict[str, bytes] = {}
+        acks = {a.key: self._accept_ack(a.target) for a in fresh}
+        failed = self._queue(frames, fresh, received_at, acks)
         for a in fresh:
             if a.index in failed:
+                del acks[a.key]
                 replies[a.index] = self._unavailable(a.target, failed[a.index], started)
                 continue
             code = ack_code(a.target, "accept")
-            acks[a.key] = build_ack(a.target, code, application=self.settings.application,
-                                    facility=self.settings.facility)
             log.info("queued", extra={"control_id": a.target.control_id})
             replies[a.index] = self._answer(a.target, acks[a.key], accepted=True,
                                             started=started, code=code)
@@ -162,7 +167,7 @@ class Ingestor:
             replies[a.index] = self._answer(a.target, ack, accepted=True, started=started)
 
         def remember() -> None:
-            if not acks:
+            if not acks or self.enqueue_with_acks is not None:  # recorded with the queueing
                 return
             try:
                 self.dedup.set_many(list(acks.items()), self.settings.dedup_ttl_seconds)
@@ -205,10 +210,21 @@ class Ingestor:
         key = dedup_key(header.sending_application, header.sending_facility, header.control_id)
         return _Accepted(index, target, key)
 
-    def _queue(self, frames: list[bytes], fresh: list[_Accepted], received_at: float
-               ) -> dict[int, Exception]:
+    def _accept_ack(self, target: AckTarget) -> bytes:
+        return build_ack(target, ack_code(target, "accept"), application=self.settings.application,
+                         facility=self.settings.facility)
+
+    def _queue(self, frames: list[bytes], fresh: list[_Accepted], received_at: float,
+               acks: dict[str, bytes]) -> dict[int, Exception]:
         """Queue the fresh messages; returns the frame indexes that could not be, and why."""
         if not fresh:
+            return {}
+        if self.enqueue_with_acks is not None:
+            try:
+                self.enqueue_with_acks([(frames[a.index], received_at) for a in fresh],
+                                       list(acks.items()))
+            except Exception as exc:
+                return {a.index: exc for a in fresh}
             return {}
         if self.enqueue_many is not None:
             try:

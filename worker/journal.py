@@ -44,11 +44,13 @@ class Journal:
         self.hash = f"{prefix}inflight"
         self.index = f"{prefix}inflight:at"
 
-    def add(self, messages: Messages, push: tuple[str, str] | None = None) -> int:
+    def add(self, messages: Messages, push: tuple[str, str] | None = None,
+            also: Callable[[Any], None] | None = None) -> int:
         """Record *messages* (one round trip, all or nothing); raises when Redis did not.
 
         push: (list key, value) to LPUSH in the same transaction: the broker message that
         queues them (worker/broker.py), so they are queued if and only if journaled.
+        also: adds more commands to the same transaction (the ACKs for resends).
         Returns the length of that list after the push (0 without *push*)."""
         now = time.time()
         pipe = self.r.pipeline(transaction=True)
@@ -57,7 +59,9 @@ class Journal:
         pipe.zadd(self.index, {message_key(d): now for d, _ in messages})
         if push is not None:
             pipe.lpush(*push)
-        replies = pipe.execute()  # HSET, ZADD[, LPUSH]
+        if also is not None:
+            also(pipe)
+        replies = pipe.execute()  # HSET, ZADD[, LPUSH][, ...]
         return int(replies[2]) if push is not None else 0
 
     def done(self, messages: list[bytes]) -> None:
@@ -100,16 +104,23 @@ class Journal:
 
 
 def journaled_direct(journal: Journal, task: str, queue: str, time_limit: int | None,
-                     on_queued: Callable[[int], None] | None = None
-                     ) -> Callable[[Messages], None]:
-    """enqueue_many that journals the messages and queues them as one Celery task (*task* on
+                     on_queued: Callable[[int], None] | None = None,
+                     record_acks: Callable[[Any, list[tuple[str, bytes]]], None] | None = None
+                     ) -> Callable[[Messages, list[tuple[str, bytes]]], None]:
+    """An enqueue that journals the messages and queues them as one Celery task (*task* on
     *queue*) in a single Redis transaction (see worker/broker.py); raises if it failed.
-    on_queued: called with the queue's length after each push (the workers' backlog)."""
+    on_queued: called with the queue's length after each push (the workers' backlog).
+    record_acks(pipe, acks): adds the writes of the ACKs for resends to that transaction."""
 
-    def enqueue(messages: Messages) -> None:
+    def enqueue(messages: Messages, acks: list[tuple[str, bytes]] | None = None) -> None:
         batch = [[d.decode("latin-1"), at] for d, at in messages]
+        also = None
+        if acks and record_acks is not None:
+            def also(pipe: Any) -> None:
+                record_acks(pipe, acks)
         length = journal.add(messages,
-                             push=(queue, task_message(task, [batch], queue, time_limit)))
+                             push=(queue, task_message(task, [batch], queue, time_limit)),
+                             also=also)
         if on_queued is not None:
             on_queued(length)
 

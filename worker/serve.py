@@ -25,11 +25,11 @@ from typing import Any
 from worker.guideline import load_knowledge
 from worker.hl7.ack import AckError, AckTarget, build_ack
 from worker.hl7.mllp import FrameError, FrameErrorKind, MLLPServer
-from worker.ingest import EnqueueMany, Ingestor, Rejected
+from worker.ingest import EnqueueWithAcks, Ingestor, Rejected
 from worker.journal import Journal, journaled_direct, requeue_stale
 from worker.runtime import Stores, redis_client
 from worker.settings import Settings
-from worker.store import RejectedEntry, purge_expired
+from worker.store import RedisStore, RejectedEntry, purge_expired
 
 log = logging.getLogger("ordercheck.serve")
 PURGE_INTERVAL = 24 * 3600.0  # seconds between two purges of expired advisories
@@ -147,22 +147,31 @@ class Service:
             self.stores = Stores(settings)
             # Each message goes to the journal before the queue: see worker/journal.py.
             self.journal = Journal(redis_client(settings.redis_url))
+            store = self.stores.store
+            assert isinstance(store, RedisStore)
+
+            def record_acks(pipe: Any, acks: list[tuple[str, bytes]]) -> None:
+                assert isinstance(store, RedisStore)
+                store.queue_dedup_set_many(pipe, acks, settings.dedup_ttl_seconds)
+
+            # The message, its journal entry and its ACK for resends: one transaction.
             journaled_many = journaled_direct(self.journal, tasks.validate_batch.name,
                                               QUEUE, settings.task_time_limit,
-                                              on_queued=self._on_queued)
-            enqueue_many: EnqueueMany | None = journaled_many
+                                              on_queued=self._on_queued,
+                                              record_acks=record_acks)
+            enqueue_with_acks: EnqueueWithAcks | None = journaled_many
 
             def enqueue(data: bytes, received_at: float) -> None:
-                journaled_many([(data, received_at)])
+                journaled_many([(data, received_at)], [])
         else:
             from worker.embedded import EmbeddedRuntime
 
             self.embedded = EmbeddedRuntime(settings, self.knowledge)
             self.stores = self.embedded.stores
             enqueue = self.embedded.enqueue
-            enqueue_many = None
+            enqueue_with_acks = None
         self.ingestor = Ingestor(settings, self.stores.dedup, enqueue, _keeper(self.stores),
-                                 enqueue_many)
+                                 enqueue_with_acks=enqueue_with_acks)
         # One thread: the batcher hands it one batch at a time (and one thread keeps one malloc
         # arena: the listener's memory stays flat over a long run).
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ordercheck-ingest")

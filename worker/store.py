@@ -471,9 +471,13 @@ class RedisStore:
             self.dedup_set(items[0][0], items[0][1], ttl)
             return
         pipe = self.r.pipeline(transaction=False)
+        self.queue_dedup_set_many(pipe, items, ttl)
+        pipe.execute()
+
+    def queue_dedup_set_many(self, pipe: Any, items: list[tuple[str, bytes]], ttl: int) -> None:
+        """dedup_set_many's commands, added to *pipe* (the caller's transaction)."""
         for key, ack in items:
             pipe.set(f"{self.p}dedup:{key}", ack, ex=ttl)
-        pipe.execute()
 
 
 class RedisDedup:
