@@ -17,7 +17,7 @@ from hl7build import order_message
 from worker.guideline import Knowledge
 from worker.hl7.ack import ack_fields
 from worker.hl7.parse import peek_msh
-from worker.ingest import Ingestor
+from worker.ingest import Ingestor, nothing_to_remember
 from worker.pipeline import Processor, _lock_name
 from worker.publish import DeliveryOutcome
 from worker.runtime import Stores
@@ -247,11 +247,10 @@ def test_acks_for_resends_go_in_the_queueing_transaction() -> None:
     msgs = [order_message(control_id=f"T{n}", reason="^thigh mass") for n in range(3)]
     replies, remember = ingest.handle_batch_early(msgs)
     assert client.llen("q") == 1  # one task for the batch
-    # recorded with the queueing, before remember() (which has nothing left to do)
+    assert remember is nothing_to_remember  # recorded with the queueing
     assert len(client.keys("oc:dedup:*")) == 3
     assert sorted(ingest.handle_batch(msgs)) == sorted(replies)  # resends: the same ACKs
     assert client.llen("q") == 1  # and not queued again
-    remember()
 
     class Down:
         def pipeline(self, transaction: bool = True) -> Any:

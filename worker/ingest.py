@@ -70,7 +70,8 @@ class _Accepted:
     key: str
 
 
-def _nothing() -> None:
+def nothing_to_remember() -> None:
+    """The `remember` of a batch that has no ACK left to record (the caller may skip it)."""
     return None
 
 
@@ -125,13 +126,13 @@ class Ingestor:
             else:
                 replies[i] = screened
         if not accepted:
-            return replies, _nothing
+            return replies, nothing_to_remember
         try:
             previous = self.dedup.get_many([a.key for a in accepted])
         except Exception as exc:  # broker down: the sender must resend
             for a in accepted:
                 replies[a.index] = self._unavailable(a.target, exc, started)
-            return replies, _nothing
+            return replies, nothing_to_remember
         first: dict[str, _Accepted] = {}  # key -> the message of this batch that is queued
         fresh: list[_Accepted] = []
         repeats: list[_Accepted] = []
@@ -166,9 +167,10 @@ class Ingestor:
             metrics.RESENDS.inc()
             replies[a.index] = self._answer(a.target, ack, accepted=True, started=started)
 
+        if not acks or self.enqueue_with_acks is not None:  # none, or recorded with the queueing
+            return replies, nothing_to_remember
+
         def remember() -> None:
-            if not acks or self.enqueue_with_acks is not None:  # recorded with the queueing
-                return
             try:
                 self.dedup.set_many(list(acks.items()), self.settings.dedup_ttl_seconds)
             except Exception:  # queued already: the worker is idempotent, a resend is harmless

@@ -25,7 +25,7 @@ from typing import Any
 from worker.guideline import load_knowledge
 from worker.hl7.ack import AckError, AckTarget, build_ack
 from worker.hl7.mllp import FrameError, FrameErrorKind, MLLPServer
-from worker.ingest import EnqueueWithAcks, Ingestor, Rejected
+from worker.ingest import EnqueueWithAcks, Ingestor, Rejected, nothing_to_remember
 from worker.journal import Journal, journaled_direct, requeue_stale
 from worker.runtime import Stores, redis_client
 from worker.settings import Settings
@@ -123,6 +123,8 @@ class Batcher:
                 for (_, future), reply in zip(batch, replies, strict=True):
                     if not future.done():  # its connection may have gone meanwhile
                         future.set_result(reply)
+                if remember is nothing_to_remember:
+                    continue
                 try:
                     await loop.run_in_executor(self.pool, remember)  # before the next lookup
                 except Exception as exc:  # a bug: the ACKs are out, resends get queued again
