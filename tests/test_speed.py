@@ -136,20 +136,28 @@ class Queue:
         self.calls: list[list[bytes]] = []
         self.acks_recorded: list[int] = []  # resend-table size at each broker call
 
-    def many(self, messages: list[tuple[bytes, float]]) -> None:
+    def many(self, messages: list[tuple[bytes, float]], acks: list[tuple[str, bytes]]) -> None:
+        """enqueue_with_acks: queue, and record the ACKs in the same (here: all or nothing) step."""
         if self.fail:
             raise ConnectionError("broker down")
         self.acks_recorded.append(len(self.dedup._acks))
         self.calls.append([m for m, _ in messages])
+        self.dedup.set_many(acks, 60)
 
     def one(self, data: bytes, at: float) -> None:
-        raise AssertionError("enqueue_many is used")
+        """enqueue, one message at a time (the embedded default)."""
+        if self.fail:
+            raise ConnectionError("broker down")
+        self.calls.append([data])
+
+    def never(self, data: bytes, at: float) -> None:
+        raise AssertionError("enqueue_with_acks is used")
 
 
 def test_listener_batch_queues_once_and_answers_resends_with_the_first_ack() -> None:
     dedup = MemoryDedup()
     queue = Queue(dedup)
-    ingest = Ingestor(Settings(redis_url=None), dedup, queue.one, lambda r: None, queue.many)
+    ingest = Ingestor(Settings(redis_url=None), dedup, queue.never, lambda r: None, queue.many)
     first = order_message(control_id="R1", reason="^thigh mass")
     [ack1] = ingest.handle_batch([first])
     other = order_message(control_id="R2", reason="^thigh mass")
@@ -163,7 +171,7 @@ def test_listener_batch_queues_once_and_answers_resends_with_the_first_ack() -> 
 
 def test_listener_batch_refused_when_the_broker_is_down() -> None:
     dedup = MemoryDedup()
-    ingest = Ingestor(Settings(redis_url=None), dedup, Queue(dedup).one, lambda r: None,
+    ingest = Ingestor(Settings(redis_url=None), dedup, Queue(dedup).never, lambda r: None,
                       Queue(dedup, fail=True).many)
     msg = order_message(control_id="D1", reason="^thigh mass")
     replies = ingest.handle_batch([msg, msg])
@@ -224,7 +232,7 @@ def test_dedup_many_on_redis(size: int) -> None:
 def test_acks_are_recorded_for_resends_after_they_are_returned() -> None:
     dedup = MemoryDedup()
     queue = Queue(dedup)
-    ingest = Ingestor(Settings(redis_url=None), dedup, queue.one, lambda r: None, queue.many)
+    ingest = Ingestor(Settings(redis_url=None), dedup, queue.one, lambda r: None)
     msg = order_message(control_id="E1", reason="^thigh mass")
     [ack], remember = ingest.handle_batch_early([msg])
     assert queue.calls == [[msg]] and ack_fields(ack or b"") == ("AA", "E1")

@@ -54,9 +54,8 @@ class Rejected:
 
 
 Enqueue = Callable[[bytes, float], None]
-# Several messages at once (one broker call); all or nothing: raises when it did not queue them.
-EnqueueMany = Callable[[list[tuple[bytes, float]]], None]
-# Queues messages and records their ACKs for resends (key, ACK) in the same transaction.
+# Several messages at once (one broker call), recording their ACKs for resends (key, ACK) in the
+# same transaction; all or nothing: raises when it did not queue them.
 EnqueueWithAcks = Callable[[list[tuple[bytes, float]], list[tuple[str, bytes]]], None]
 KeepRejected = Callable[[Rejected], None]
 
@@ -79,19 +78,20 @@ class Ingestor:
     """Turns frames into ACKs, queueing the messages that are acceptable.
 
     handle_batch() takes the frames that arrived together (on any connections) and makes one
-    resend lookup, one broker call and one resend-table write for all of them: under a burst
-    the listener's cost per message is a fraction of one round trip. handle() is a batch of one.
+    resend lookup and one broker call (which records the ACKs for resends) for all of them:
+    under a burst the listener's cost per message is a fraction of one round trip. handle() is
+    a batch of one.
     """
 
     def __init__(self, settings: Settings, dedup: DedupTable, enqueue: Enqueue,
-                 keep_rejected: KeepRejected, enqueue_many: EnqueueMany | None = None,
+                 keep_rejected: KeepRejected,
                  enqueue_with_acks: EnqueueWithAcks | None = None) -> None:
-        """enqueue_with_acks, when given, is used for batches instead of enqueue_many: the ACKs
-        are built first and recorded for resends in the queueing transaction (no write after)."""
+        """enqueue_with_acks, when given, queues each batch in one call instead of *enqueue* per
+        message: the ACKs are built first and recorded for resends in the queueing transaction
+        (no write after). Without it, the ACKs are recorded after they are returned."""
         self.settings = settings
         self.dedup = dedup
         self.enqueue = enqueue
-        self.enqueue_many = enqueue_many
         self.enqueue_with_acks = enqueue_with_acks
         self.keep_rejected = keep_rejected
 
@@ -147,14 +147,16 @@ class Ingestor:
             else:
                 first[a.key] = a
                 fresh.append(a)
-        acks = {a.key: self._accept_ack(a.target) for a in fresh}
+        codes = {a.key: ack_code(a.target, "accept") for a in fresh}
+        acks = {a.key: build_ack(a.target, codes[a.key], application=self.settings.application,
+                                 facility=self.settings.facility) for a in fresh}
         failed = self._queue(frames, fresh, received_at, acks)
         for a in fresh:
             if a.index in failed:
                 del acks[a.key]
                 replies[a.index] = self._unavailable(a.target, failed[a.index], started)
                 continue
-            code = ack_code(a.target, "accept")
+            code = codes[a.key]
             log.info("queued", extra={"control_id": a.target.control_id})
             replies[a.index] = self._answer(a.target, acks[a.key], accepted=True,
                                             started=started, code=code)
@@ -212,10 +214,6 @@ class Ingestor:
         key = dedup_key(header.sending_application, header.sending_facility, header.control_id)
         return _Accepted(index, target, key)
 
-    def _accept_ack(self, target: AckTarget) -> bytes:
-        return build_ack(target, ack_code(target, "accept"), application=self.settings.application,
-                         facility=self.settings.facility)
-
     def _queue(self, frames: list[bytes], fresh: list[_Accepted], received_at: float,
                acks: dict[str, bytes]) -> dict[int, Exception]:
         """Queue the fresh messages; returns the frame indexes that could not be, and why."""
@@ -225,12 +223,6 @@ class Ingestor:
             try:
                 self.enqueue_with_acks([(frames[a.index], received_at) for a in fresh],
                                        list(acks.items()))
-            except Exception as exc:
-                return {a.index: exc for a in fresh}
-            return {}
-        if self.enqueue_many is not None:
-            try:
-                self.enqueue_many([(frames[a.index], received_at) for a in fresh])
             except Exception as exc:
                 return {a.index: exc for a in fresh}
             return {}

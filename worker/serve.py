@@ -149,11 +149,10 @@ class Service:
             self.stores = Stores(settings)
             # Each message goes to the journal before the queue: see worker/journal.py.
             self.journal = Journal(redis_client(settings.redis_url))
-            store = self.stores.store
-            assert isinstance(store, RedisStore)
+            assert isinstance(self.stores.store, RedisStore)
+            store: RedisStore = self.stores.store
 
             def record_acks(pipe: Any, acks: list[tuple[str, bytes]]) -> None:
-                assert isinstance(store, RedisStore)
                 store.queue_dedup_set_many(pipe, acks, settings.dedup_ttl_seconds)
 
             # The message, its journal entry and its ACK for resends: one transaction.
