@@ -484,6 +484,15 @@ def end_to_end(args: argparse.Namespace, templates: list[Template], url: str) ->
             r.flushdb()
 
 
+def cpu_table(title: str, wall: float, cpu: dict[str, float], count: int, unit: str) -> None:
+    """CPU seconds by process group during *title*, and per *unit* (of which there were count)."""
+    print()
+    print(f"CPU during {title} ({wall:.1f} s wall, {sum(cpu.values()):.1f} CPU s busy of "
+          f"{wall * (os.cpu_count() or 1):.1f}; per {unit}{' sent' if unit == 'message' else ''}):")
+    for k, v in cpu.items():
+        print(f"  {k:<28} {v:7.1f} s  {v / count * 1e6:7.0f} us/{unit}")
+
+
 def report(args: argparse.Namespace, run: Run, echoes: list[Echo], templates: list[Template]
            ) -> None:
     s, a, p = run.sent, run.adv, run.plan
@@ -530,18 +539,8 @@ def report(args: argparse.Namespace, run: Run, echoes: list[Echo], templates: li
     for k, v in rows:
         print(f"| {k:<{width}} | {v} |")
     for n, e in enumerate(echoes):
-        total = sum(e.cpu.values())
-        print()
-        print(f"CPU during echo run {n + 1} ({e.tasks / e.rate:.1f} s wall, {total:.1f} CPU s busy "
-              f"of {e.tasks / e.rate * (os.cpu_count() or 1):.1f}; per task):")
-        for k, v in e.cpu.items():
-            print(f"  {k:<28} {v:7.1f} s  {v / e.tasks * 1e6:7.0f} us/task")
-    total = sum(run.cpu.values())
-    print()
-    print(f"CPU during the run ({run.elapsed:.1f} s wall, {total:.1f} CPU s busy of "
-          f"{run.elapsed * (os.cpu_count() or 1):.1f}; per message sent):")
-    for k, v in run.cpu.items():
-        print(f"  {k:<28} {v:7.1f} s  {v / len(p.frames) * 1e6:7.0f} us/message")
+        cpu_table(f"echo run {n + 1}", e.tasks / e.rate, e.cpu, e.tasks, "task")
+    cpu_table("the run", run.elapsed, run.cpu, len(p.frames), "message")
     if run.reports:
         first = run.reports[0][1]
         print()
