@@ -220,6 +220,33 @@ def test_batcher_waits_to_batch_only_while_the_workers_are_behind(
     assert sizes == expected
 
 
+@pytest.mark.parametrize(("peers", "linger", "at_least", "at_most"),
+                         [(2, 5.0, 0.0, 2.0), (3, 0.3, 0.29, 5.0)])
+def test_batcher_stops_waiting_once_every_connection_has_a_frame_waiting(
+        peers: int, linger: float, at_least: float, at_most: float) -> None:
+    """Each connection sends its next frame only after its ACK: with as many frames waiting as
+    connections open, no other frame can come, so the wait for a fuller batch ends."""
+    sizes: list[int] = []
+
+    def handle(frames: list[bytes]) -> tuple[list[bytes | None], Any]:
+        sizes.append(len(frames))
+        return [b"ack:" + f for f in frames], lambda: None
+
+    async def main() -> float:
+        batcher = Batcher(handle, ThreadPoolExecutor(1), behind=lambda: True,
+                          behind_linger=linger, peers=lambda: peers)
+        started = time.monotonic()
+        first = asyncio.ensure_future(batcher.submit(b"0"))
+        await asyncio.sleep(0.05)
+        second = asyncio.ensure_future(batcher.submit(b"1"))
+        assert await asyncio.gather(first, second) == [b"ack:0", b"ack:1"]
+        return time.monotonic() - started
+
+    elapsed = asyncio.run(main())
+    assert sizes == [2]
+    assert at_least <= elapsed < at_most
+
+
 @pytest.mark.parametrize("size", [1, 3])
 def test_dedup_many_on_redis(size: int) -> None:
     dedup = RedisDedup(RedisStore(fakeredis.FakeRedis()))

@@ -23,7 +23,7 @@ def make_app(settings: Settings) -> Celery:
         task_ignore_result=True,
         task_acks_late=True,  # a killed worker's message runs again
         task_reject_on_worker_lost=True,
-        worker_prefetch_multiplier=1,  # late acks: hold at most one message per process
+        worker_prefetch_multiplier=settings.worker_prefetch,
         task_default_queue=QUEUE,
         task_serializer="json",
         accept_content=["json"],

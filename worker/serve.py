@@ -69,22 +69,28 @@ class Batcher:
     3 frames or more and 2 are waiting already) the next batch waits *linger* seconds more to
     fill. When *behind* says the workers are behind (the broker queue is growing), every batch
     waits *behind_linger* seconds to fill: fewer, larger tasks cost the workers less per message,
-    so they catch up, at the price of that wait on each ACK. Each frame's ACK is returned once
-    its batch is queued; the batch's ACKs are written to the resend table after they are
-    returned, before the next batch is looked up.
+    so they catch up, at the price of that wait on each ACK. *peers* gives the number of open
+    connections: a connection sends its next frame only after its ACK (the server reads one
+    frame at a time), so once every connection has a frame waiting no other can come, and a
+    wait ends then. Each frame's ACK is returned once its batch is queued; the batch's ACKs are
+    written to the resend table after they are returned, before the next batch is looked up.
     """
 
     def __init__(self, handle_batch: Callable[[list[bytes]], tuple[list[bytes | None],
                                                                    Callable[[], None]]],
                  pool: ThreadPoolExecutor, max_batch: int = 100, linger: float = 0.002,
-                 behind: Callable[[], bool] | None = None, behind_linger: float = 0.0) -> None:
+                 behind: Callable[[], bool] | None = None, behind_linger: float = 0.0,
+                 peers: Callable[[], int] | None = None) -> None:
         self.handle_batch = handle_batch
         self.linger = linger
         self.behind = behind
         self.behind_linger = behind_linger
+        self.peers = peers
         self.pool = pool
         self.max_batch = max_batch
         self._pending: list[tuple[bytes, asyncio.Future[bytes | None]]] = []
+        self._full: asyncio.Future[None] | None = None  # set once the batch cannot grow
+        self._full_at = 0
         self._inflight = 0
         self._tasks: set[asyncio.Task[None]] = set()  # held: the loop keeps weak references
 
@@ -92,6 +98,9 @@ class Batcher:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[bytes | None] = loop.create_future()
         self._pending.append((frame, future))
+        if (self._full is not None and not self._full.done()
+                and len(self._pending) >= self._full_at):
+            self._full.set_result(None)
         if not self._inflight:
             self._inflight += 1
             task = loop.create_task(self._drain())
@@ -99,16 +108,30 @@ class Batcher:
             task.add_done_callback(self._tasks.discard)
         return await future
 
+    async def _fill(self, seconds: float) -> None:
+        """Wait *seconds* for more frames, or less: until every connection has one waiting."""
+        if self.peers is None:
+            await asyncio.sleep(seconds)
+            return
+        self._full_at = min(self.max_batch, max(1, self.peers()))
+        if len(self._pending) >= self._full_at:
+            return
+        self._full = asyncio.get_running_loop().create_future()
+        try:
+            await asyncio.wait((self._full,), timeout=seconds)
+        finally:
+            self._full = None
+
     async def _drain(self) -> None:
         loop = asyncio.get_running_loop()
         last = 0
         try:
             while self._pending:
                 if last >= 3 and 2 <= len(self._pending) < self.max_batch and self.linger:
-                    await asyncio.sleep(self.linger)  # a burst: let the batch fill a little
+                    await self._fill(self.linger)  # a burst: let the batch fill a little
                 elif (self.behind_linger and len(self._pending) < self.max_batch
                       and self.behind is not None and self.behind()):
-                    await asyncio.sleep(self.behind_linger)  # workers behind: fewer tasks
+                    await self._fill(self.behind_linger)  # workers behind: fewer tasks
                 batch = self._pending[:self.max_batch]
                 del self._pending[:self.max_batch]
                 last = len(batch)
@@ -178,7 +201,8 @@ class Service:
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ordercheck-ingest")
         self.batcher = Batcher(self.ingestor.handle_batch_early, self.pool,
                                behind=lambda: self.queued > settings.batch_when_queued,
-                               behind_linger=settings.batch_linger_behind)
+                               behind_linger=settings.batch_linger_behind,
+                               peers=lambda: self.server.connection_count)
         self.server = MLLPServer(self._on_frame, on_error=self._on_frame_error,
                                  host=settings.listen_host, port=settings.listen_port,
                                  max_frame_bytes=settings.max_frame_bytes,
