@@ -338,3 +338,23 @@ def test_a_destination_that_failed_is_not_tried_again_in_the_same_batch(
     other = next(i for i in ids if by_id[i] == 1)
     processor.deliver(other, 1)
     assert len(publisher.sent) == 1
+
+
+@pytest.mark.parametrize("patterns", [
+    [r"\bmass(?:es)?\b", r"sarcomas?\b", r"\blumps?\b", r"\bfoo|bar", r"\(l\)", r"\bl\b"],
+    [r"\bleft\b", r"\blt\.", r"\b(?:l|lt)\s*(?=thigh)", r"\(l\)", r"\blft\b"],
+    [r"[|(]x", r"\by\b", r"[\]|]z"],
+])
+def test_term_lists_compile_to_the_same_matches_with_a_shared_word_boundary(
+        patterns: list[str]) -> None:
+    """compile_terms shares one \\b among consecutive anchored patterns of a mixed list (a
+    scan ten times faster); what it matches, and where, stays that of the plain alternation."""
+    from worker.guideline import compile_terms
+
+    plain = re.compile("|".join(f"(?:{p})" for p in patterns))
+    fast = compile_terms(patterns, "test")
+    assert fast.pattern != plain.pattern
+    texts = ["liposarcoma of the (l) thigh, lumps", "l thigh mass", "left lt. lft", "foo bar",
+             "xfoo barx", "a|x (x y ]z |z", "masses, no lump", "ltthigh (L) l"]
+    for text in texts:
+        assert [m.span() for m in fast.finditer(text)] == [m.span() for m in plain.finditer(text)]

@@ -237,7 +237,59 @@ def compile_terms(patterns: list[str], where: str) -> re.Pattern[str]:
             raise ValueError(f"{where}[{i}]: invalid pattern {patterns[i]!r}: {exc}") from None
     if not patterns:
         return re.compile(r"(?!x)x")
-    return re.compile("|".join(f"(?:{p})" for p in lowered))
+    return re.compile(_alternation(lowered))
+
+
+def _alternation(patterns: list[str]) -> str:
+    """*patterns* as one alternation, in their order. Where the list mixes patterns that start
+    with a word boundary and patterns that do not, each run of the first kind shares one
+    boundary: \\b(?:a|b) is exactly \\ba|\\bb (ordered choice, zero width), but the regex
+    engine then skips mid-word positions once per run instead of once per pattern (a list
+    with one unanchored pattern scanned about ten times slower)."""
+    def anchored(p: str) -> bool:
+        return p.startswith("\\b") and _top_level_bar(p) is None
+
+    if all(anchored(p) for p in patterns) or not any(anchored(p) for p in patterns):
+        return "|".join(f"(?:{p})" for p in patterns)
+    parts: list[str] = []
+    run: list[str] = []
+    for p in [*patterns, ""]:
+        if p and anchored(p):
+            run.append(p[2:])
+            continue
+        if run:
+            parts.append("\\b(?:" + "|".join(f"(?:{q})" for q in run) + ")")
+            run = []
+        if p:
+            parts.append(f"(?:{p})")
+    return "|".join(parts)
+
+
+def _top_level_bar(pattern: str) -> int | None:
+    """The position of the first | outside any group or class in *pattern*, or None."""
+    depth = 0
+    in_class = False
+    i = 0
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "\\":
+            i += 2
+            continue
+        if in_class:
+            in_class = c != "]"
+        elif c == "[":
+            in_class = True
+            if pattern.startswith("]", i + 1) or pattern.startswith("^]", i + 1):
+                i += 2 if pattern[i + 1] == "]" else 3
+                continue
+        elif c == "(":
+            depth += 1
+        elif c == ")":
+            depth -= 1
+        elif c == "|" and depth == 0:
+            return i
+        i += 1
+    return None
 
 
 class Knowledge:
