@@ -102,6 +102,58 @@ def test_process_batch_gives_what_process_gives_one_by_one(knowledge: Knowledge)
     assert len(sent_batched.sent) == 4 and client.xlen("oc:advisories") == 4
 
 
+def test_process_batch_clears_the_journal_of_what_it_processed_in_its_last_write(
+        knowledge: Knowledge, monkeypatch: pytest.MonkeyPatch) -> None:
+    from worker.journal import Journal
+
+    processor, _, client = _processor(knowledge)
+    journal = Journal(client)
+    items = [(m, 1_700_000_000.0) for m in _batch()]
+    journal.add(items)
+    result_message = items[4][0]  # B5, a result: goes through process(), alone
+    process = processor.process
+
+    def failing(data: bytes, received_at: float, down: set[str] | None = None) -> list[str]:
+        if data == result_message:
+            raise ConnectionError("Redis went away")
+        return process(data, received_at, down=down)
+
+    monkeypatch.setattr(processor, "process", failing)
+    ids, failed = processor.process_batch(
+        items, lambda pipe, done: journal.queue_done(pipe, [items[i][0] for i in done]))
+    assert list(failed) == [4] and len(ids) == 4
+    assert journal.take_stale(-1) == [items[4]]  # only the failed message is left
+    for rec_id in ids:
+        record = processor.stores.store.get(rec_id)
+        assert record is not None and record.delivery == "delivered"
+
+
+def test_a_batch_of_orders_takes_three_round_trips(knowledge: Knowledge,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Locks and histories, then records, then delivery states with the journal's clean-up."""
+    from worker.journal import Journal
+
+    processor, publisher, client = _processor(knowledge)
+    journal = Journal(client)
+    items = [(m, 1_700_000_000.0) for i, m in enumerate(_batch()) if i in (0, 1, 3, 7)]
+    journal.add(items)
+    pipeline_class = type(client.pipeline(transaction=False))
+    execute = pipeline_class.execute
+    writes: list[list[str]] = []
+
+    def counted(pipe: Any, *args: Any, **kwargs: Any) -> Any:
+        writes.append([str(c[0][0]) for c in pipe.command_stack])
+        return execute(pipe, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline_class, "execute", counted)
+    ids, failed = processor.process_batch(
+        items, lambda pipe, done: journal.queue_done(pipe, [items[i][0] for i in done]))
+    assert failed == {} and len(ids) == 3 and len(publisher.sent) == 3
+    assert len(writes) == 3
+    assert writes[-1].count("HSET") == 3 and writes[-1][-2:] == ["HDEL", "ZREM"]
+    assert journal.size() == 0
+
+
 def test_a_patient_locked_by_another_worker_is_waited_for(knowledge: Knowledge) -> None:
     processor, publisher, client = _processor(knowledge)
     msg = order_message(control_id="L1", placer="PL1", patient_id="LK1^^^H^MR",

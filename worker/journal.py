@@ -68,15 +68,20 @@ class Journal:
         """Forget *messages* (processed); never raises: what stays is only queued again."""
         if not messages:
             return
-        keys = [message_key(d) for d in messages]
         try:
             pipe = self.r.pipeline(transaction=True)
-            pipe.hdel(self.hash, *keys)
-            pipe.zrem(self.index, *keys)
+            self.queue_done(pipe, messages)
             pipe.execute()
         except Exception as exc:
             log.warning("could not clear processed messages from the journal: %s",
                         type(exc).__name__)
+
+    def queue_done(self, pipe: Any, messages: list[bytes]) -> None:
+        """done()'s writes, added to *pipe* (the caller executes it)."""
+        if messages:
+            keys = [message_key(d) for d in messages]
+            pipe.hdel(self.hash, *keys)
+            pipe.zrem(self.index, *keys)
 
     def size(self) -> int:
         return int(self.r.zcard(self.index))

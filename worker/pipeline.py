@@ -187,7 +187,8 @@ class Processor:
         return ids
 
     # -- several messages ----------------------------------------------------------------------
-    def process_batch(self, items: list[tuple[bytes, float]]
+    def process_batch(self, items: list[tuple[bytes, float]],
+                      on_done: Callable[[Any, list[int]], None] | None = None
                       ) -> tuple[list[str], dict[int, Exception]]:
         """Check several messages (a listener batch) with the same outcome as process() on each,
         in three round trips to Redis for all of them instead of three each: the patient locks
@@ -195,6 +196,10 @@ class Processor:
         together, then the delivery states together. Messages that write history (results,
         completed orders), that share a patient with another message of the batch or whose
         patient is locked by another worker go through process(), one by one.
+
+        on_done(pipe, positions): adds to *pipe* the writes that mark the messages at
+        *positions* processed (the listener's journal); they go in the batch's last round trip,
+        with the delivery states.
 
         Returns the advisory ids and, by position in *items*, the messages that failed.
         """
@@ -219,10 +224,17 @@ class Processor:
             together.append(job)
         ids: list[str] = []
         down: set[str] = set()  # destinations that failed in this batch: not tried again in it
+        marks: list[tuple[str, dict[str, Any]]] = []  # delivery states to write
         if together:
             try:
-                ids, later = self._process_together(together, down)
+                ids, later = self._process_together(together, down, marks)
                 alone = sorted(alone + later)
+            except Exception as exc:
+                failed.update((job.index, exc) for job in together)
+        if alone and marks:  # process() reads delivery states: these are written first
+            marks, written = [], marks
+            try:
+                self._write(written, None)
             except Exception as exc:
                 failed.update((job.index, exc) for job in together)
         for i in alone:
@@ -230,6 +242,13 @@ class Processor:
                 ids += self.process(*items[i], down=down)
             except Exception as exc:
                 failed[i] = exc
+        done = [i for i in range(len(items)) if i not in failed]
+        try:
+            self._write(marks, (lambda pipe: on_done(pipe, done)) if on_done and done else None)
+        except Exception as exc:  # what was delivered is not marked: those messages run again
+            log.warning("recording the batch's delivery states failed: %s", type(exc).__name__)
+            if marks:
+                failed.update((job.index, exc) for job in together)
         return ids, failed
 
     def _batchable(self, job: _Job) -> bool:
@@ -241,10 +260,25 @@ class Processor:
                 and job.parsed.header.message_type in ORDER_TYPES
                 and not any(o.order_status == "CM" for o in job.parsed.orders))
 
-    def _process_together(self, jobs: list[_Job], down: set[str]
+    def _write(self, marks: list[tuple[str, dict[str, Any]]],
+               also: Callable[[Any], None] | None) -> None:
+        """Write delivery states (*marks*) and *also*'s writes in one round trip."""
+        if not marks and also is None:
+            return
+        assert self.redis is not None and isinstance(self.stores.store, RedisStore)
+        pipe = self.redis.pipeline(transaction=False)
+        self.stores.store.queue_update_many(pipe, marks)
+        if also is not None:
+            also(pipe)
+        pipe.execute()
+
+    def _process_together(self, jobs: list[_Job], down: set[str],
+                          marks: list[tuple[str, dict[str, Any]]]
                           ) -> tuple[list[str], list[int]]:
         """process() for messages that only read history, one per patient; returns the ids and
-        the positions of the messages left for process() (their patient was locked)."""
+        the positions of the messages left for process() (their patient was locked). The
+        delivery states are appended to *marks*, for the caller to write (also when this
+        raises)."""
         client = self.redis
         store = self.stores.store
         history = self.stores.history
@@ -285,17 +319,12 @@ class Processor:
                 except Exception as exc:  # expired: it frees itself after LOCK_SECONDS
                     log.warning("patient lock release failed: %s", type(exc).__name__)
         ids: list[str] = []
-        marks: list[tuple[str, dict[str, Any]]] = []
         position = 0
-        try:
-            for job in jobs:
-                count = len(job.records)
-                ids += self._finish(job, [bool(a) for a in added[position:position + count]],
-                                    marks, down)
-                position += count
-        finally:  # what was delivered is recorded, even when a later delivery failed
-            if marks:
-                store.update_many(marks)
+        for job in jobs:
+            count = len(job.records)
+            ids += self._finish(job, [bool(a) for a in added[position:position + count]],
+                                marks, down)
+            position += count
         return ids, later
 
     def _add(self, records: list[AdvisoryRecord], keys: list[str], lock: _PatientLock

@@ -332,6 +332,11 @@ class RedisStore:
 
     def update_many(self, items: list[tuple[str, dict[str, Any]]]) -> None:
         pipe = self.r.pipeline(transaction=False)
+        self.queue_update_many(pipe, items)
+        pipe.execute()
+
+    def queue_update_many(self, pipe: Any, items: list[tuple[str, dict[str, Any]]]) -> None:
+        """update_many's writes, added to *pipe* (the caller executes it)."""
         for advisory_id, fields in items:
             unknown = set(fields) - set(_MUTABLE)
             if unknown:
@@ -343,7 +348,6 @@ class RedisStore:
                 pipe.sadd(f"{self.p}adv:undelivered", advisory_id)
             elif "delivery" in fields:
                 pipe.srem(f"{self.p}adv:undelivered", advisory_id)
-        pipe.execute()
 
     def dispose(self, advisory_id: str, disposition: Disposition) -> AdvisoryRecord:
         key = self._key(advisory_id)
