@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -352,41 +353,56 @@ def test_acks_for_resends_go_in_the_queueing_transaction() -> None:
 
 
 class Silent(Recorder):
-    """An ordering system that takes the connection and never answers (each send times out)."""
+    """An ordering system that takes the connection and never answers (each send times out).
+    The first *together* sends wait for each other: they are in flight at the same time."""
+
+    def __init__(self, together: int = 1) -> None:
+        super().__init__()
+        self.meet = threading.Barrier(together, timeout=10) if together > 1 else None
+        self.lock = threading.Lock()
 
     def send(self, route: Route, message: bytes, control_id: str) -> DeliveryOutcome:
-        self.sent.append(message)
+        with self.lock:
+            self.sent.append(message)
+            first = len(self.sent) <= (self.meet.parties if self.meet else 0)
+        if first and self.meet is not None:
+            self.meet.wait()
         return DeliveryOutcome(False, "TimeoutError: no ACK", "127.0.0.1:9")
 
 
+@pytest.mark.parametrize("concurrency", [1, 4])
 def test_a_destination_that_failed_is_not_tried_again_in_the_same_batch(
-        knowledge: Knowledge) -> None:
+        knowledge: Knowledge, concurrency: int) -> None:
+    """A silent ordering system costs a batch one ACK timeout: one send, or with concurrent
+    deliveries the first few at once (they wait for each other here), then none."""
     client = fakeredis.FakeRedis()
-    stores = Stores(Settings(redis_url=None))
+    settings = Settings(redis_url=None, delivery_concurrency=concurrency)
+    stores = Stores(settings)
     store = RedisStore(client)
     stores.store, stores.history, stores.dedup = store, RedisHistory(client), RedisDedup(store)
-    publisher = Silent()
+    publisher = Silent(together=concurrency)
     retries: list[tuple[str, int, float]] = []
-    processor = Processor(Settings(redis_url=None), knowledge, stores, publisher,  # type: ignore[arg-type]
+    processor = Processor(settings, knowledge, stores, publisher,  # type: ignore[arg-type]
                           lambda i, a, d: retries.append((i, a, d)), client)
     batch = [order_message(control_id=f"D{n}", placer=f"PD{n}", patient_id=f"D{n}^^^H^MR",
-                           reason="^Left thigh mass 6 cm deep") for n in range(5)]
+                           reason="^Left thigh mass 6 cm deep") for n in range(6)]
     ids, failed = processor.process_batch([(m, time.time()) for m in batch])
-    assert not failed and len(ids) == 5
-    assert len(publisher.sent) == 1  # one ACK timeout for the whole batch, not five
-    tried = peek_msh(publisher.sent[0]).control_id
+    assert not failed and len(ids) == 6
+    assert len(publisher.sent) == concurrency  # in flight at once; the rest are not tried
+    tried = {peek_msh(m).control_id for m in publisher.sent}
     by_id = {i: a for i, a, _ in retries}
-    assert len(by_id) == 5  # every advisory has a retry scheduled
+    assert len(by_id) == 6  # every advisory has a retry scheduled
     for rec_id in ids:
         record = store.get(rec_id)
         assert record is not None and record.delivery == "pending"
-        if record.raw_out.split("|")[9] == tried:  # MSH-10 of the one that was sent
+        if record.raw_out.split("|")[9] in tried:  # MSH-10 of one that was sent
             assert record.delivery_attempts == 1 and by_id[rec_id] == 2
         else:  # not tried: the retry is its first attempt
             assert record.delivery_attempts == 0 and by_id[rec_id] == 1
             assert "not tried" in record.delivery_error
     # a retry task (no batch) does try again
     publisher.sent.clear()
+    publisher.meet = None
     other = next(i for i in ids if by_id[i] == 1)
     processor.deliver(other, 1)
     assert len(publisher.sent) == 1
@@ -410,3 +426,37 @@ def test_term_lists_compile_to_the_same_matches_with_a_shared_word_boundary(
              "xfoo barx", "a|x (x y ]z |z", "masses, no lump", "ltthigh (L) l"]
     for text in texts:
         assert [m.span() for m in fast.finditer(text)] == [m.span() for m in plain.finditer(text)]
+
+
+def test_publisher_opens_a_connection_per_send_at_once_and_reuses_them() -> None:
+    """Sends at the same time each get a connection; later sends reuse them; after the
+    ordering system restarts, one failed send drops every stale connection."""
+    from worker.publish import Publisher
+    from worker.testing import FakeOrderingSystem
+
+    ris = FakeOrderingSystem(keep=False).start()
+    try:
+        publisher = Publisher(Settings(redis_url=None, advisory_ack_timeout=5.0))
+        route = Route(host="127.0.0.1", port=ris.port)
+
+        def message(n: int) -> bytes:
+            return f"MSH|^~\\&|OC|H|RIS|H|20260101||ORU^R01|C{n}|P|2.5.1\rPID|||1\r".encode()
+
+        ris.delay = 0.2  # the two sends overlap
+        with ThreadPoolExecutor(2) as pool:
+            outcomes = list(pool.map(lambda n: publisher.send(route, message(n), f"C{n}"),
+                                     [1, 2]))
+        assert all(o.ok for o in outcomes)
+        assert ris.connection_count == 2
+        ris.delay = 0.0
+        assert all(publisher.send(route, message(n), f"C{n}").ok for n in range(3, 8))
+        assert ris.connection_count == 2  # reused, none opened
+        ris.stop()
+        ris.start()
+        first, second = (publisher.send(route, message(n), f"C{n}") for n in (8, 9))
+        assert not first.ok  # a stale connection
+        assert second.ok  # the other stale one was closed with it: a new connection
+        assert ris.connection_count == 1
+        publisher.close()
+    finally:
+        ris.stop()

@@ -19,6 +19,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -112,6 +113,7 @@ class Processor:
         self.publisher = publisher
         self.schedule_retry = schedule_retry
         self.redis = redis_client
+        self._senders: ThreadPoolExecutor | None = None  # see _finish_all
 
     # -- one message ---------------------------------------------------------------------------
     def process(self, data: bytes, received_at: float, down: set[str] | None = None
@@ -318,14 +320,37 @@ class Processor:
                     client.eval(_UNLOCK, 1, name, token)
                 except Exception as exc:  # expired: it frees itself after LOCK_SECONDS
                     log.warning("patient lock release failed: %s", type(exc).__name__)
-        ids: list[str] = []
-        position = 0
+        starts = [0]
         for job in jobs:
-            count = len(job.records)
-            ids += self._finish(job, [bool(a) for a in added[position:position + count]],
-                                marks, down)
-            position += count
-        return ids, later
+            starts.append(starts[-1] + len(job.records))
+        return self._finish_all([(job, [bool(a) for a in added[a:b]])
+                                 for job, a, b in zip(jobs, starts, starts[1:], strict=False)],
+                                marks, down), later
+
+    def _finish_all(self, jobs: list[tuple[_Job, list[bool]]],
+                    marks: list[tuple[str, dict[str, Any]]], down: set[str]) -> list[str]:
+        """_finish() for messages of different patients, up to delivery_concurrency at once:
+        each waits for the ordering system's ACK on its own connection, so a batch's
+        deliveries take about one ACK's time, not one per advisory. Every message is
+        finished before the first error, if any, is raised."""
+        width = min(self.settings.delivery_concurrency, len(jobs))
+        if width <= 1:
+            return [i for job, added in jobs for i in self._finish(job, added, marks, down)]
+        if self._senders is None:
+            self._senders = ThreadPoolExecutor(max_workers=self.settings.delivery_concurrency,
+                                               thread_name_prefix="ordercheck-deliver")
+        futures = [self._senders.submit(self._finish, job, added, marks, down)
+                   for job, added in jobs]
+        ids: list[str] = []
+        error: BaseException | None = None
+        for future in futures:
+            try:
+                ids += future.result()
+            except Exception as exc:
+                error = error or exc
+        if error is not None:
+            raise error
+        return ids
 
     def _add(self, records: list[AdvisoryRecord], keys: list[str], lock: _PatientLock
              ) -> list[bool]:

@@ -1,8 +1,10 @@
 """Delivers an advisory to the ordering system over MLLP and checks its ACK.
 
 The reply must be AA or CA with MSA-2 equal to our MSH-10; anything else is a failed attempt.
-Connections are kept per destination and reopened after any error. Retries and backoff belong
-to the caller (a Celery retry task, or the embedded scheduler).
+Connections are kept per destination and reused; one that failed is closed. Each send takes an
+idle connection (or opens one), so callers sending at once from several threads each have their
+own: as many connections as sends at once, no more. Retries and backoff belong to the caller (a
+Celery retry task, or the embedded scheduler).
 """
 
 from __future__ import annotations
@@ -28,11 +30,11 @@ class DeliveryOutcome:
 
 
 class Publisher:
-    """Sends advisories; one open connection per destination, reused between advisories."""
+    """Sends advisories over connections kept open per destination; thread-safe."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._clients: dict[tuple[str, int], MLLPClient] = {}
+        self._idle: dict[tuple[str, int], list[MLLPClient]] = {}
         self._lock = threading.Lock()
         self._ssl = self._context(settings)
 
@@ -55,18 +57,23 @@ class Publisher:
         dest = f"{route.host}:{route.port}"
         key = (route.host, route.port)
         with self._lock:
-            client = self._clients.get(key)
-            if client is None:
-                client = MLLPClient(route.host, route.port, ssl=self._ssl,
-                                    connect_timeout=self.settings.advisory_ack_timeout,
-                                    server_hostname=route.host if self._ssl else None)
-                self._clients[key] = client
-            try:
-                reply = client.send(message, timeout=self.settings.advisory_ack_timeout)
-            except (MLLPError, OSError) as exc:
-                client.close()
-                self._clients.pop(key, None)
-                return DeliveryOutcome(False, f"{type(exc).__name__}: {exc}"[:200], dest)
+            idle = self._idle.get(key)
+            client = idle.pop() if idle else None
+        if client is None:
+            client = MLLPClient(route.host, route.port, ssl=self._ssl,
+                                connect_timeout=self.settings.advisory_ack_timeout,
+                                server_hostname=route.host if self._ssl else None)
+        try:
+            reply = client.send(message, timeout=self.settings.advisory_ack_timeout)
+        except (MLLPError, OSError) as exc:
+            client.close()
+            with self._lock:  # the others went through the same failure (a restart) or soon will
+                stale = self._idle.pop(key, [])
+            for other in stale:
+                other.close()
+            return DeliveryOutcome(False, f"{type(exc).__name__}: {exc}"[:200], dest)
+        with self._lock:
+            self._idle.setdefault(key, []).append(client)
         code, echoed = ack_fields(reply)
         if code not in ACCEPTED:
             return DeliveryOutcome(False, f"ACK {code or 'missing'} from the ordering system",
@@ -77,6 +84,7 @@ class Publisher:
 
     def close(self) -> None:
         with self._lock:
-            for client in self._clients.values():
-                client.close()
-            self._clients.clear()
+            for clients in self._idle.values():
+                for client in clients:
+                    client.close()
+            self._idle.clear()

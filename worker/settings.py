@@ -83,6 +83,10 @@ class Settings(BaseSettings):
     advisory_format: Literal["oru", "order-echo"] = "oru"
     advisory_for_no_criteria: bool = False
     advisory_ack_timeout: float = Field(default=10.0, gt=0)  # seconds to wait for the ACK
+    # Advisories of one batch (different patients) a worker process delivers at once, each on
+    # a connection of its own: the batch waits about one ACK, not one per advisory. 1: one at
+    # a time, on one connection per worker process (an ordering system that takes few).
+    delivery_concurrency: int = Field(default=4, ge=1, le=32)
     delivery_retries: int = Field(default=8, ge=0)
     delivery_backoff: float = Field(default=2.0, gt=0)  # seconds; doubles each retry
     delivery_backoff_max: float = Field(default=300.0, gt=0)

@@ -153,6 +153,7 @@ class FakeOrderingSystem:
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
+        self._server: MLLPServer | None = None
 
     async def _handle(self, message: bytes) -> bytes:
         control = peek_msh(message).control_id
@@ -190,6 +191,7 @@ class FakeOrderingSystem:
                 loop.close()
                 return
             self._loop = loop
+            self._server = server
             ready.set()
             loop.run_forever()
             loop.run_until_complete(server.close(1.0))
@@ -202,6 +204,11 @@ class FakeOrderingSystem:
             raise RuntimeError(f"fake ordering system did not start: {failed}")
         return self
 
+    @property
+    def connection_count(self) -> int:
+        """Connections open to it right now."""
+        return self._server.connection_count if self._server is not None else 0
+
     def stop(self) -> None:
         """Close the listener and every connection; new connections are refused."""
         if self._loop is not None and self._thread is not None:
@@ -209,6 +216,7 @@ class FakeOrderingSystem:
             self._thread.join(10)
         self._loop = None
         self._thread = None
+        self._server = None
 
     def advisories(self) -> list[Advisory]:
         with self._lock:
