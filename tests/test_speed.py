@@ -5,6 +5,7 @@ process() one by one, idempotent, one stream entry each) and the atomic advisory
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import threading
 import time
@@ -153,6 +154,22 @@ def test_a_batch_of_orders_takes_three_round_trips(knowledge: Knowledge,
     assert len(writes) == 3
     assert writes[-1].count("HSET") == 3 and writes[-1][-2:] == ["HDEL", "ZREM"]
     assert journal.size() == 0
+
+
+def test_one_log_line_per_checked_message_counts_its_deliveries(
+        knowledge: Knowledge, caplog: pytest.LogCaptureFixture) -> None:
+    import json
+
+    from worker.logs import JSONFormatter
+
+    processor, publisher, _ = _processor(knowledge)
+    with caplog.at_level(logging.INFO, logger="ordercheck"):
+        processor.process_batch([(m, 1_700_000_000.0) for m in _batch()[:2]])
+    lines = [json.loads(JSONFormatter().format(r)) for r in caplog.records
+             if r.name == "ordercheck.pipeline"]
+    assert sorted((line["msg"], line["control_id"], line["advisories"], line["delivered"])
+                  for line in lines) == [("checked", "B1", 1, 1), ("checked", "B2", 1, 1)]
+    assert len(publisher.sent) == 2
 
 
 def test_a_patient_locked_by_another_worker_is_waited_for(knowledge: Knowledge) -> None:
