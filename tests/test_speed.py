@@ -269,24 +269,33 @@ def test_batcher_groups_frames_that_arrive_together() -> None:
     assert sizes == [1, 9]  # the others arrived while it was handled: one batch
 
 
-@pytest.mark.parametrize(("behind", "expected"), [(False, [1, 1]), (True, [2])])
-def test_batcher_waits_to_batch_only_while_the_workers_are_behind(
-        behind: bool, expected: list[int]) -> None:
+def _two_frames_apart(**options: Any) -> tuple[list[int], float]:
+    """Submit a frame, then another 50 ms later, to a Batcher made with *options*; returns the
+    sizes of the batches handled and the seconds until both were answered."""
     sizes: list[int] = []
 
     def handle(frames: list[bytes]) -> tuple[list[bytes | None], Any]:
         sizes.append(len(frames))
         return [b"ack:" + f for f in frames], lambda: None
 
-    async def main() -> None:
-        batcher = Batcher(handle, ThreadPoolExecutor(1), behind=lambda: behind,
-                          behind_linger=0.2)
+    async def main() -> float:
+        batcher = Batcher(handle, ThreadPoolExecutor(1), **options)
+        started = time.monotonic()
         first = asyncio.ensure_future(batcher.submit(b"0"))
-        await asyncio.sleep(0.05)  # well inside the 0.2 s wait, well after an idle batch
+        await asyncio.sleep(0.05)
         second = asyncio.ensure_future(batcher.submit(b"1"))
         assert await asyncio.gather(first, second) == [b"ack:0", b"ack:1"]
+        return time.monotonic() - started
 
-    asyncio.run(main())
+    elapsed = asyncio.run(main())
+    return sizes, elapsed
+
+
+@pytest.mark.parametrize(("behind", "expected"), [(False, [1, 1]), (True, [2])])
+def test_batcher_waits_to_batch_only_while_the_workers_are_behind(
+        behind: bool, expected: list[int]) -> None:
+    # the second frame comes well inside the 0.2 s wait, well after an idle batch
+    sizes, _ = _two_frames_apart(behind=lambda: behind, behind_linger=0.2)
     assert sizes == expected
 
 
@@ -296,23 +305,8 @@ def test_batcher_stops_waiting_once_every_connection_has_a_frame_waiting(
         peers: int, linger: float, at_least: float, at_most: float) -> None:
     """Each connection sends its next frame only after its ACK: with as many frames waiting as
     connections open, no other frame can come, so the wait for a fuller batch ends."""
-    sizes: list[int] = []
-
-    def handle(frames: list[bytes]) -> tuple[list[bytes | None], Any]:
-        sizes.append(len(frames))
-        return [b"ack:" + f for f in frames], lambda: None
-
-    async def main() -> float:
-        batcher = Batcher(handle, ThreadPoolExecutor(1), behind=lambda: True,
-                          behind_linger=linger, peers=lambda: peers)
-        started = time.monotonic()
-        first = asyncio.ensure_future(batcher.submit(b"0"))
-        await asyncio.sleep(0.05)
-        second = asyncio.ensure_future(batcher.submit(b"1"))
-        assert await asyncio.gather(first, second) == [b"ack:0", b"ack:1"]
-        return time.monotonic() - started
-
-    elapsed = asyncio.run(main())
+    sizes, elapsed = _two_frames_apart(behind=lambda: True, behind_linger=linger,
+                                       peers=lambda: peers)
     assert sizes == [2]
     assert at_least <= elapsed < at_most
 
