@@ -333,8 +333,7 @@ class Processor:
         each waits for the ordering system's ACK on its own connection, so a batch's
         deliveries take about one ACK's time, not one per advisory. Every message is
         finished before the first error, if any, is raised."""
-        width = min(self.settings.delivery_concurrency, len(jobs))
-        if width <= 1:
+        if self.settings.delivery_concurrency <= 1 or len(jobs) <= 1:
             return [i for job, added in jobs for i in self._finish(job, added, marks, down)]
         if self._senders is None:
             self._senders = ThreadPoolExecutor(max_workers=self.settings.delivery_concurrency,

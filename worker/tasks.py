@@ -60,9 +60,9 @@ def validate(self: object, message: str, received_at: float) -> list[str]:
 @app.task(name="ordercheck.validate_batch", bind=True, max_retries=None, acks_late=True)
 def validate_batch(self: object, messages: list[tuple[str, float]]) -> int:
     """Processor.process_batch; the messages processed leave the journal in the batch's last
-    write. The messages that failed run again later in a task of their
-    own (a message that always fails holds up no other); when that task cannot be queued
-    either, the whole batch runs again (idempotent: what was done is not done twice).
+    write. The messages that failed run again later in a task of their own (a message that
+    always fails holds up no other); when that task cannot be queued either, the whole batch
+    runs again (idempotent: what was done is not done twice).
     Returns the number of advisories (a count: the pool sends results to its parent)."""
     items = [(message.encode("latin-1"), received_at) for message, received_at in messages]
     on_done = None
