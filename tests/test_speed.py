@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import threading
 import time
@@ -471,3 +472,21 @@ def test_publisher_opens_a_connection_per_send_at_once_and_reuses_them() -> None
         publisher.close()
     finally:
         ris.stop()
+
+
+def test_freed_heap_memory_goes_back_to_the_system() -> None:
+    """Blocks freed below a live one stay in glibc's heap (RSS does not fall) until
+    release_free_memory() returns their pages: the listener's slow RSS creep."""
+    from worker.serve import release_free_memory
+    from worker.testing import rss_kb
+
+    if not release_free_memory():
+        pytest.skip("no malloc_trim in this C library")
+    blocks = [bytes(2048) + i.to_bytes(4, "little") for i in range(40_000)]  # ~80 MiB, malloc'd
+    pinned = bytes(2048) + b"pin"  # allocated after them: the heap cannot shrink from the top
+    del blocks
+    before = rss_kb(os.getpid())
+    assert release_free_memory()
+    after = rss_kb(os.getpid())
+    assert before - after > 40 * 1024, (before, after)
+    assert pinned.endswith(b"pin")
