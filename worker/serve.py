@@ -337,7 +337,7 @@ def _malloc_trim() -> Callable[[], int] | None:
     """glibc's malloc_trim(0), or None where the C library has none (musl, macOS)."""
     try:
         trim = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):
+    except (OSError, AttributeError, TypeError):  # TypeError: no CDLL(None) on Windows
         return None
     trim.argtypes = [ctypes.c_size_t]
     trim.restype = ctypes.c_int
