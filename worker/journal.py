@@ -53,10 +53,11 @@ class Journal:
         also: adds more commands to the same transaction (the ACKs for resends).
         Returns the length of that list after the push (0 without *push*)."""
         now = time.time()
+        keys = [message_key(d) for d, _ in messages]
         pipe = self.r.pipeline(transaction=True)
-        pipe.hset(self.hash, mapping={message_key(d): json.dumps([d.decode("latin-1"), at])
-                                      for d, at in messages})
-        pipe.zadd(self.index, {message_key(d): now for d, _ in messages})
+        pipe.hset(self.hash, mapping={key: json.dumps([d.decode("latin-1"), at])
+                                      for key, (d, at) in zip(keys, messages, strict=True)})
+        pipe.zadd(self.index, dict.fromkeys(keys, now))
         if push is not None:
             pipe.lpush(*push)
         if also is not None:
