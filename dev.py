@@ -56,6 +56,7 @@ def main(argv: list[str]) -> None:
     elif command == "test":
         ensure("test")
         run(BIN / "ruff", "check", "worker", "tests", "bench", "dev.py")
+        run(BIN / "ruff", "format", "--check", "worker", "tests", "bench", "dev.py")
         run(BIN / "mypy")
         run(PY, "-m", "pytest", *rest)
     elif command == "serve":

@@ -108,8 +108,9 @@ class ChaosReport:
 
     @property
     def ok(self) -> bool:
-        return not (self.lost or self.duplicated or self.undelivered or self.not_accepted
-                    or self.unexpected)
+        return not (
+            self.lost or self.duplicated or self.undelivered or self.not_accepted or self.unexpected
+        )
 
     def lines(self) -> list[str]:
         return [
@@ -130,8 +131,7 @@ class ChaosReport:
             f"{self.redelivered_orders} order(s)",
             f"unexpected advisories  {self.unexpected}; received but not marked delivered "
             f"{self.store_not_delivered}",
-            *(f"  {kind}: {', '.join(keys[:10])}" for kind, keys in self.examples.items()
-              if keys),
+            *(f"  {kind}: {', '.join(keys[:10])}" for kind, keys in self.examples.items() if keys),
             "RESULT: " + ("OK" if self.ok else "FAILED"),
         ]
 
@@ -154,8 +154,14 @@ def _plan(cfg: ChaosConfig) -> tuple[list[Order], list[tuple[str, bytes]]]:
 class Faults:
     """Injects the faults from a thread, each when enough orders have been accepted."""
 
-    def __init__(self, cfg: ChaosConfig, serve: Serve, redis: RedisServer,
-                 ordering: FakeOrderingSystem, log: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        cfg: ChaosConfig,
+        serve: Serve,
+        redis: RedisServer,
+        ordering: FakeOrderingSystem,
+        log: Callable[[str], None],
+    ) -> None:
         self.cfg = cfg
         self.serve = serve
         self.redis = redis
@@ -185,8 +191,9 @@ class Faults:
     def _run(self) -> None:
         last = 0.0
         for at, kind in self.events:
-            while (self.accepted < at or time.monotonic() < last + self.cfg.fault_gap) \
-                    and not self.done.is_set():
+            while (
+                self.accepted < at or time.monotonic() < last + self.cfg.fault_gap
+            ) and not self.done.is_set():
                 time.sleep(0.01)
             getattr(self, f"_{kind}")(at)
             last = time.monotonic() + (self.cfg.refuse_seconds if kind == "refuse" else 0.0)
@@ -219,8 +226,7 @@ class Faults:
     def _refuse(self, at: int) -> None:
         self.ordering.stop()
         self.refusals += 1
-        self.log(f"[{at}] ordering system refusing connections for "
-                 f"{self.cfg.refuse_seconds:.1f} s")
+        self.log(f"[{at}] ordering system refusing connections for {self.cfg.refuse_seconds:.1f} s")
 
         def reopen() -> None:
             self.ordering.start()
@@ -280,12 +286,21 @@ def run_chaos(cfg: ChaosConfig, log: Callable[[str], None] | None = None) -> Cha
         if cfg.visibility_timeout is not None:
             env["ORDERCHECK_BROKER_VISIBILITY_TIMEOUT"] = str(cfg.visibility_timeout)
         serve = Serve(env, workdir / "serve").start()
-        say(f"chaos: {cfg.orders} orders, serve pid {serve.pid}, redis port {redis.port}, "
-            f"ordering system port {ordering.port}, workdir {workdir}")
+        say(
+            f"chaos: {cfg.orders} orders, serve pid {serve.pid}, redis port {redis.port}, "
+            f"ordering system port {ordering.port}, workdir {workdir}"
+        )
         rss_before = rss_kb(serve.pid)
         faults = Faults(cfg, serve, redis, ordering, say)
-        sender = Sender(serve.port, cfg.connections, timeout=cfg.ack_timeout, retry_delay=0.2,
-                        max_attempts=cfg.max_attempts, rate=cfg.rate, on_ack=faults.on_ack)
+        sender = Sender(
+            serve.port,
+            cfg.connections,
+            timeout=cfg.ack_timeout,
+            retry_delay=0.2,
+            max_attempts=cfg.max_attempts,
+            rate=cfg.rate,
+            on_ack=faults.on_ack,
+        )
         started = time.monotonic()
         faults.start()
         results = sender.run(items)
@@ -301,8 +316,12 @@ def run_chaos(cfg: ChaosConfig, log: Callable[[str], None] | None = None) -> Cha
         report.examples["not accepted"] = [o.key for o in orders if o.key not in accepted_keys]
         by_key = {o.key: o for o in orders}
         report.resend_acks_same = sum(
-            1 for k, r in results.items() if k.endswith("#resend")
-            and r.ack and r.ack == results[by_key[k.removesuffix("#resend")].key].ack)
+            1
+            for k, r in results.items()
+            if k.endswith("#resend")
+            and r.ack
+            and r.ack == results[by_key[k.removesuffix("#resend")].key].ack
+        )
         say(f"chaos: sending done in {report.send_seconds:.1f} s; draining")
 
         # Drain: every accepted order has an advisory, the queue is empty, nothing new arrives.
@@ -323,14 +342,15 @@ def run_chaos(cfg: ChaosConfig, log: Callable[[str], None] | None = None) -> Cha
                 break
             if now >= next_note:
                 gone = sorted(wanted - got.keys())[:3]
-                say(f"chaos: draining: {missing} orders without an advisory {gone}, "
-                    f"queue {depth}, unacked {_unacked(redis)}")
+                say(
+                    f"chaos: draining: {missing} orders without an advisory {gone}, "
+                    f"queue {depth}, unacked {_unacked(redis)}"
+                )
                 next_note = now + 10
             time.sleep(0.2)
         report.drain_seconds = time.monotonic() - drain_start
         report.listener_rss_kb = (rss_before, rss_kb(serve.pid))
-        _tally(report, orders, accepted, ordering, RedisStore(redis.client()),
-               _broker_held(redis))
+        _tally(report, orders, accepted, ordering, RedisStore(redis.client()), _broker_held(redis))
     finally:
         if serve is not None:
             serve.stop()
@@ -359,8 +379,14 @@ def _broker_held(redis: RedisServer) -> bytes:
     return b"\n".join(bodies)
 
 
-def _tally(report: ChaosReport, orders: list[Order], accepted: list[Order],
-           ordering: FakeOrderingSystem, store: RedisStore, held: bytes) -> None:
+def _tally(
+    report: ChaosReport,
+    orders: list[Order],
+    accepted: list[Order],
+    ordering: FakeOrderingSystem,
+    store: RedisStore,
+    held: bytes,
+) -> None:
     got = ordering.by_placer()
     report.advisories_received = sum(len(v) for v in got.values())
     sent = {o.placer for o in orders}
@@ -398,27 +424,49 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kill-every", type=int, default=d.kill_every)
     p.add_argument("--workers", type=int, default=d.workers)
     p.add_argument("--connections", type=int, default=d.connections)
-    p.add_argument("--rate", type=float, default=d.rate,
-                   help="orders per second (default 0: as fast as the listener ACKs)")
+    p.add_argument(
+        "--rate",
+        type=float,
+        default=d.rate,
+        help="orders per second (default 0: as fast as the listener ACKs)",
+    )
     p.add_argument("--resend-rate", type=float, default=d.resend_rate)
     p.add_argument("--refuse-seconds", type=float, default=d.refuse_seconds)
     p.add_argument("--redis-downtime", type=float, default=d.redis_downtime)
     p.add_argument("--drain-timeout", type=float, default=d.drain_timeout)
-    p.add_argument("--fault-gap", type=float, default=d.fault_gap,
-                   help="seconds at least between two faults (default: placed by order count "
-                   "only, so a kill may fall inside the Redis outage)")
+    p.add_argument(
+        "--fault-gap",
+        type=float,
+        default=d.fault_gap,
+        help="seconds at least between two faults (default: placed by order count "
+        "only, so a kill may fall inside the Redis outage)",
+    )
     p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--visibility-timeout", type=int, default=None,
-                   help="ORDERCHECK_BROKER_VISIBILITY_TIMEOUT for the run (default: the "
-                   "product's 300 s): how long a message held by a worker that lost Redis "
-                   "waits before it runs again")
+    p.add_argument(
+        "--visibility-timeout",
+        type=int,
+        default=None,
+        help="ORDERCHECK_BROKER_VISIBILITY_TIMEOUT for the run (default: the "
+        "product's 300 s): how long a message held by a worker that lost Redis "
+        "waits before it runs again",
+    )
     p.add_argument("--keep", action="store_true", help="keep the working directory")
     a = p.parse_args(argv)
-    cfg = ChaosConfig(orders=a.orders, kill_every=a.kill_every, workers=a.workers,
-                      connections=a.connections, rate=a.rate, resend_rate=a.resend_rate,
-                      refuse_seconds=a.refuse_seconds, redis_downtime=a.redis_downtime,
-                      drain_timeout=a.drain_timeout, fault_gap=a.fault_gap, seed=a.seed,
-                      visibility_timeout=a.visibility_timeout, keep=a.keep)
+    cfg = ChaosConfig(
+        orders=a.orders,
+        kill_every=a.kill_every,
+        workers=a.workers,
+        connections=a.connections,
+        rate=a.rate,
+        resend_rate=a.resend_rate,
+        refuse_seconds=a.refuse_seconds,
+        redis_downtime=a.redis_downtime,
+        drain_timeout=a.drain_timeout,
+        fault_gap=a.fault_gap,
+        seed=a.seed,
+        visibility_timeout=a.visibility_timeout,
+        keep=a.keep,
+    )
     report = run_chaos(cfg)
     print("\n".join(report.lines()), flush=True)
     return 0 if report.ok else 1

@@ -56,17 +56,26 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
 
-    messages = [m for p in sorted((ROOT / "seeds").glob("*.hl7"))
-                for _, m in split_messages(p.read_bytes())]
+    messages = [
+        m for p in sorted((ROOT / "seeds").glob("*.hl7")) for _, m in split_messages(p.read_bytes())
+    ]
     seeds = len(messages)
     order_kinds = [k for k in replaycorpus.MIX if k in ("flagged", "appropriate", "out-of-scope")]
-    messages += [replaycorpus.message(i, order_kinds[i % len(order_kinds)])
-                 for i in range(args.generated)]
+    messages += [
+        replaycorpus.message(i, order_kinds[i % len(order_kinds)]) for i in range(args.generated)
+    ]
     knowledge = default_knowledge()
     meta = knowledge.guideline.guideline
 
-    samples: dict[str, list[float]] = {k: [] for k in (
-        "parse + check (ours)", "build_advisory", "hl7apy parse_message", "python-hl7 parse")}
+    samples: dict[str, list[float]] = {
+        k: []
+        for k in (
+            "parse + check (ours)",
+            "build_advisory",
+            "hl7apy parse_message",
+            "python-hl7 parse",
+        )
+    }
     failures = {k: 0 for k in samples}
     for _ in range(args.rounds):
         checker = Checker(knowledge, InMemoryHistory())  # one history per round, as the CLI
@@ -79,10 +88,16 @@ def main() -> None:
                 if outcome.raw is None or result.verdict == "rejected":
                     continue
                 t0 = time.process_time_ns()
-                build_advisory(outcome.raw, order, result,
-                               control_id=advisory_control_id("0123456789abcdef0123"),
-                               application="ORDERCHECK", facility="RAD", guideline_id=meta.id,
-                               disclaimer=meta.disclaimer)
+                build_advisory(
+                    outcome.raw,
+                    order,
+                    result,
+                    control_id=advisory_control_id("0123456789abcdef0123"),
+                    application="ORDERCHECK",
+                    facility="RAD",
+                    guideline_id=meta.id,
+                    disclaimer=meta.disclaimer,
+                )
                 samples["build_advisory"].append((time.process_time_ns() - t0) / 1000)
             text = cr_text(data)
             for name, parse in (("hl7apy parse_message", _hl7apy), ("python-hl7 parse", hl7.parse)):
@@ -93,14 +108,20 @@ def main() -> None:
                     failures[name] += 1
                 samples[name].append((time.process_time_ns() - t0) / 1000 / orders)
 
-    print(f"{seeds} seed messages + {args.generated} generated orders, {args.rounds} rounds; "
-          f"CPU time (time.process_time_ns) per order, microseconds")
+    print(
+        f"{seeds} seed messages + {args.generated} generated orders, {args.rounds} rounds; "
+        f"CPU time (time.process_time_ns) per order, microseconds"
+    )
     print(f"{'operation':<24} {'samples':>8} {'median us':>10} {'p99 us':>9} {'raised':>7}")
     for name, values in samples.items():
-        print(f"{name:<24} {len(values):>8} {statistics.median(values):>10.1f} "
-              f"{percentile(values, 0.99):>9.1f} {failures[name]:>7}")
-    print("hl7apy: tolerant validation, find_groups=False; 'raised' counts messages it could not "
-          "parse (unreadable seeds included), python-hl7 likewise.")
+        print(
+            f"{name:<24} {len(values):>8} {statistics.median(values):>10.1f} "
+            f"{percentile(values, 0.99):>9.1f} {failures[name]:>7}"
+        )
+    print(
+        "hl7apy: tolerant validation, find_groups=False; 'raised' counts messages it could not "
+        "parse (unreadable seeds included), python-hl7 likewise."
+    )
 
 
 if __name__ == "__main__":

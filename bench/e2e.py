@@ -141,12 +141,19 @@ def load_templates() -> list[Template]:
             in_scope: list[int] = []
             if code in ("AA", "CA"):
                 outcome = Checker(knowledge, InMemoryHistory()).check_message(
-                    probe.encode("latin-1"))
-                found = [re.fullmatch(r"PRBx(\d+)", result.placer_order_number)
-                         for result in outcome.results if result.verdict in IN_SCOPE]
+                    probe.encode("latin-1")
+                )
+                found = [
+                    re.fullmatch(r"PRBx(\d+)", result.placer_order_number)
+                    for result in outcome.results
+                    if result.verdict in IN_SCOPE
+                ]
                 if not all(found):  # e.g. bytes before MSH: rewrite() cannot renumber it
-                    print(f"  (left out of the mix: {path.name}, whose placer numbers the "
-                          f"bench cannot rewrite)", file=sys.stderr)
+                    print(
+                        f"  (left out of the mix: {path.name}, whose placer numbers the "
+                        f"bench cannot rewrite)",
+                        file=sys.stderr,
+                    )
                     continue
                 in_scope = [int(f.group(1)) for f in found if f]
             out.append(Template(f"{path.name}#{n}", text, code, in_scope))
@@ -163,8 +170,11 @@ class Memory:
     @staticmethod
     def read(serve: Serve, peak: bool = False) -> Memory:
         """RSS now, or with *peak* the high-water marks (VmHWM)."""
-        return Memory(rss_kb(serve.pid, peak), sum(rss_kb(p, peak) for p in children(serve.pid)),
-                      [rss_kb(p, peak) for p in serve.pool_pids()])
+        return Memory(
+            rss_kb(serve.pid, peak),
+            sum(rss_kb(p, peak) for p in children(serve.pid)),
+            [rss_kb(p, peak) for p in serve.pool_pids()],
+        )
 
 
 def cpu_seconds(pid: int) -> float:
@@ -184,11 +194,14 @@ def machine_busy() -> float:
 
 
 def cpu_snapshot(serve: Serve, redis_pid: int) -> dict[str, float]:
-    return {"machine": machine_busy(), "listener": cpu_seconds(serve.pid),
-            "celery main": sum(cpu_seconds(p) for p in children(serve.pid)),
-            "workers": sum(cpu_seconds(p) for p in serve.pool_pids()),
-            "redis-server": cpu_seconds(redis_pid),
-            "bench (senders + fake RIS)": cpu_seconds(os.getpid())}
+    return {
+        "machine": machine_busy(),
+        "listener": cpu_seconds(serve.pid),
+        "celery main": sum(cpu_seconds(p) for p in children(serve.pid)),
+        "workers": sum(cpu_seconds(p) for p in serve.pool_pids()),
+        "redis-server": cpu_seconds(redis_pid),
+        "bench (senders + fake RIS)": cpu_seconds(os.getpid()),
+    }
 
 
 def mean_batch(port: int) -> float:
@@ -198,8 +211,9 @@ def mean_batch(port: int) -> float:
             text = reply.read().decode()
     except OSError:
         return float("nan")
-    values = dict(re.findall(r"^ordercheck_ingest_batch_messages_(sum|count) (\S+)$", text,
-                             re.MULTILINE))
+    values = dict(
+        re.findall(r"^ordercheck_ingest_batch_messages_(sum|count) (\S+)$", text, re.MULTILINE)
+    )
     count = float(values.get("count", 0))
     return float(values.get("sum", 0)) / count if count else float("nan")
 
@@ -225,11 +239,33 @@ def echo_ceiling(url: str, n: int, threads: int, workers: int, payloads: list[st
     r.flushdb()
     env = dict(os.environ, ORDERCHECK_REDIS_URL=url)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "bench.echo_app", "worker", "-c", str(workers),
-         "--pool", "prefork", "-Q", QUEUE, "--loglevel", "WARNING", "--without-gossip",
-         "--without-mingle", "--without-heartbeat", "-n", f"echo-{os.getpid()}@%h"],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True)
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "bench.echo_app",
+            "worker",
+            "-c",
+            str(workers),
+            "--pool",
+            "prefork",
+            "-Q",
+            QUEUE,
+            "--loglevel",
+            "WARNING",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+            "-n",
+            f"echo-{os.getpid()}@%h",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         for i in range(workers * 4):  # warm up: every pool process has run a task
             echo.apply_async((payloads[i % len(payloads)], time.time()), retry=False)
@@ -238,11 +274,13 @@ def echo_ceiling(url: str, n: int, threads: int, workers: int, payloads: list[st
         redis_pid = int(r.info("server")["process_id"])
 
         def snapshot() -> dict[str, float]:
-            return {"machine": machine_busy(),
-                    "celery main": cpu_seconds(proc.pid),
-                    "workers": sum(cpu_seconds(p) for p in children(proc.pid)),
-                    "redis-server": cpu_seconds(redis_pid),
-                    "bench (enqueuers)": cpu_seconds(os.getpid())}
+            return {
+                "machine": machine_busy(),
+                "celery main": cpu_seconds(proc.pid),
+                "workers": sum(cpu_seconds(p) for p in children(proc.pid)),
+                "redis-server": cpu_seconds(redis_pid),
+                "bench (enqueuers)": cpu_seconds(os.getpid()),
+            }
 
         cpu0 = snapshot()
         counter = iter(range(n))
@@ -296,8 +334,7 @@ def plan(templates: list[Template], n: int, patients: int, seed: int, tag: str) 
     for i in range(n):
         t = rng.choice(templates)
         placer = f"{tag}{i:07d}"
-        text, _ = rewrite(t.text, f"{tag}{i:07d}", placer,
-                              f"BP{rng.randrange(patients):06d}")
+        text, _ = rewrite(t.text, f"{tag}{i:07d}", placer, f"BP{rng.randrange(patients):06d}")
         frames.append(frame(text.encode("latin-1")))
         want = [f"{placer}x{slot}" for slot in t.in_scope]
         expected.append(want)
@@ -346,8 +383,15 @@ class Sent:
     expected_sent: int = 0
 
 
-async def send_all(port: int, p: Plan, connections: int, rate: float, adv: Advisories,
-                   max_backlog: int, on_progress: Any = None) -> Sent:
+async def send_all(
+    port: int,
+    p: Plan,
+    connections: int,
+    rate: float,
+    adv: Advisories,
+    max_backlog: int,
+    on_progress: Any = None,
+) -> Sent:
     sent = Sent()
     next_index = iter(range(len(p.frames)))
     t0 = time.perf_counter()
@@ -419,19 +463,27 @@ def end_to_end(args: argparse.Namespace, templates: list[Template], url: str) ->
     adv = Advisories()
     ris = FakeOrderingSystem(keep=False, on_frame=adv.on_frame).start()
     metrics_port = free_port()
-    serve = Serve({"ORDERCHECK_REDIS_URL": url, "ORDERCHECK_WORKERS": str(args.workers),
-                   "ORDERCHECK_ADVISORY_HOST": "127.0.0.1",
-                   "ORDERCHECK_ADVISORY_PORT": str(ris.port),
-                   "ORDERCHECK_METRICS_PORT": str(metrics_port),
-                   "ORDERCHECK_LOG_LEVEL": args.log_level,
-                   "ORDERCHECK_MAX_CONNECTIONS": str(max(100, args.connections + 10))})
+    serve = Serve(
+        {
+            "ORDERCHECK_REDIS_URL": url,
+            "ORDERCHECK_WORKERS": str(args.workers),
+            "ORDERCHECK_ADVISORY_HOST": "127.0.0.1",
+            "ORDERCHECK_ADVISORY_PORT": str(ris.port),
+            "ORDERCHECK_METRICS_PORT": str(metrics_port),
+            "ORDERCHECK_LOG_LEVEL": args.log_level,
+            "ORDERCHECK_MAX_CONNECTIONS": str(max(100, args.connections + 10)),
+        }
+    )
     reports: list[tuple[int, Memory]] = []
     try:
         serve.start()
         warm = plan(templates, 40, args.patients, args.seed + 1, "W")
         asyncio.run(send_all(serve.port, warm, 2, 0, adv, 0))
-        wait_until(lambda: all(pl in adv.first for want in warm.expected for pl in want), 60,
-                   "the warm-up advisories")
+        wait_until(
+            lambda: all(pl in adv.first for want in warm.expected for pl in want),
+            60,
+            "the warm-up advisories",
+        )
         adv.first.clear()
         adv.corrected = adv.duplicates = adv.other = 0
 
@@ -442,16 +494,19 @@ def end_to_end(args: argparse.Namespace, templates: list[Template], url: str) ->
             if every and done % every == 0:
                 reports.append((done, Memory.read(serve)))
                 m = reports[-1][1]
-                print(f"  {done:>9,} messages: RSS listener {mib(m.listener)} MiB, celery main "
-                      f"{mib(m.celery_main)} MiB, workers "
-                      f"{' / '.join(mib(w) for w in m.workers)} MiB", flush=True)
+                print(
+                    f"  {done:>9,} messages: RSS listener {mib(m.listener)} MiB, celery main "
+                    f"{mib(m.celery_main)} MiB, workers "
+                    f"{' / '.join(mib(w) for w in m.workers)} MiB",
+                    flush=True,
+                )
 
         redis_pid = int(r.info("server")["process_id"])
         cpu0 = cpu_snapshot(serve, redis_pid)
-        backlog = args.max_backlog if args.max_backlog is not None else (
-            5000 if args.memory else 0)
-        sent = asyncio.run(send_all(serve.port, p, args.connections, args.rate, adv, backlog,
-                                    progress))
+        backlog = args.max_backlog if args.max_backlog is not None else (5000 if args.memory else 0)
+        sent = asyncio.run(
+            send_all(serve.port, p, args.connections, args.rate, adv, backlog, progress)
+        )
         deadline_idle = args.stall
         last, last_change = -1, time.monotonic()
         while len(adv.first) < p.total_expected:
@@ -459,8 +514,11 @@ def end_to_end(args: argparse.Namespace, templates: list[Template], url: str) ->
             if count != last:
                 last, last_change = count, time.monotonic()
             elif time.monotonic() - last_change > deadline_idle:
-                print(f"stalled: {count} of {p.total_expected} advisories after "
-                      f"{deadline_idle} s without progress", file=sys.stderr)
+                print(
+                    f"stalled: {count} of {p.total_expected} advisories after "
+                    f"{deadline_idle} s without progress",
+                    file=sys.stderr,
+                )
                 break
             time.sleep(0.01)
         time.sleep(0.5)  # late duplicates or corrections
@@ -487,18 +545,20 @@ def end_to_end(args: argparse.Namespace, templates: list[Template], url: str) ->
 def cpu_table(title: str, wall: float, cpu: dict[str, float], count: int, unit: str) -> None:
     """CPU seconds by process group during *title*, and per *unit* (of which there were count)."""
     print()
-    print(f"CPU during {title} ({wall:.1f} s wall, {sum(cpu.values()):.1f} CPU s busy of "
-          f"{wall * (os.cpu_count() or 1):.1f}; per {unit}{' sent' if unit == 'message' else ''}):")
+    print(
+        f"CPU during {title} ({wall:.1f} s wall, {sum(cpu.values()):.1f} CPU s busy of "
+        f"{wall * (os.cpu_count() or 1):.1f}; per {unit}{' sent' if unit == 'message' else ''}):"
+    )
     for k, v in cpu.items():
         print(f"  {k:<28} {v:7.1f} s  {v / count * 1e6:7.0f} us/{unit}")
 
 
-def report(args: argparse.Namespace, run: Run, echoes: list[Echo], templates: list[Template]
-           ) -> None:
+def report(
+    args: argparse.Namespace, run: Run, echoes: list[Echo], templates: list[Template]
+) -> None:
     s, a, p = run.sent, run.adv, run.plan
     received = sum(1 for want in p.expected for pl in want if pl in a.first)
-    adv_lat = [a.first[pl] - s.send_time[pl] for want in p.expected for pl in want
-               if pl in a.first]
+    adv_lat = [a.first[pl] - s.send_time[pl] for want in p.expected for pl in want if pl in a.first]
     throughput = received / run.elapsed if run.elapsed > 0 else 0.0
     msg_rate = len(p.frames) / run.elapsed if run.elapsed > 0 else 0.0
     ack_rate = len(p.frames) / (s.last_ack - s.first_send) if s.last_ack > s.first_send else 0
@@ -506,8 +566,10 @@ def report(args: argparse.Namespace, run: Run, echoes: list[Echo], templates: li
     rows: list[tuple[str, str]] = [
         ("messages sent", f"{len(p.frames):,} ({codes})"),
         ("in-scope orders (advisories expected)", f"{p.total_expected:,}"),
-        ("advisories received / corrected / duplicate",
-         f"{received:,} / {a.corrected:,} / {a.duplicates:,}"),
+        (
+            "advisories received / corrected / duplicate",
+            f"{received:,} / {a.corrected:,} / {a.duplicates:,}",
+        ),
         ("end to end, in-scope orders/s", f"{throughput:,.0f}"),
         ("end to end, messages/s", f"{msg_rate:,.0f}"),
         ("listener, ACKs/s", f"{ack_rate:,.0f}"),
@@ -515,24 +577,34 @@ def report(args: argparse.Namespace, run: Run, echoes: list[Echo], templates: li
     ]
     if echoes:
         echo = sum(e.rate for e in echoes) / len(echoes)
-        rows += [("echo ceiling, tasks/s (before / after the run)",
-                  " / ".join(f"{e.rate:,.0f}" for e in echoes)),
-                 ("ratio in-scope orders/s / echo", f"{throughput / echo:.2f}"),
-                 ("ratio messages/s / echo", f"{msg_rate / echo:.2f}")]
+        rows += [
+            (
+                "echo ceiling, tasks/s (before / after the run)",
+                " / ".join(f"{e.rate:,.0f}" for e in echoes),
+            ),
+            ("ratio in-scope orders/s / echo", f"{throughput / echo:.2f}"),
+            ("ratio messages/s / echo", f"{msg_rate / echo:.2f}"),
+        ]
     rows += [
-        ("ACK latency p50 / p95 / p99, ms",
-         " / ".join(f"{pct(s.ack_latency, q) * 1000:.1f}" for q in (0.5, 0.95, 0.99))),
-        ("advisory latency p50 / p99, ms",
-         " / ".join(f"{pct(adv_lat, q) * 1000:.1f}" for q in (0.5, 0.99))),
+        (
+            "ACK latency p50 / p95 / p99, ms",
+            " / ".join(f"{pct(s.ack_latency, q) * 1000:.1f}" for q in (0.5, 0.95, 0.99)),
+        ),
+        (
+            "advisory latency p50 / p99, ms",
+            " / ".join(f"{pct(adv_lat, q) * 1000:.1f}" for q in (0.5, 0.99)),
+        ),
         ("peak RSS listener, MiB", mib(run.peak.listener)),
         ("peak RSS celery main, MiB", mib(run.peak.celery_main)),
         ("peak RSS workers, MiB", " / ".join(mib(w) for w in run.peak.workers)),
     ]
     print()
     print(f"load average before the run: {run.load[0]:.2f}")
-    print(f"ordercheck e2e: {args.orders:,} messages from {len(templates)} seed templates, "
-          f"{args.connections} connections, {args.workers} workers, rate "
-          f"{args.rate or 'unpaced'}{'/s' if args.rate else ''}, {os.cpu_count()} CPUs")
+    print(
+        f"ordercheck e2e: {args.orders:,} messages from {len(templates)} seed templates, "
+        f"{args.connections} connections, {args.workers} workers, rate "
+        f"{args.rate or 'unpaced'}{'/s' if args.rate else ''}, {os.cpu_count()} CPUs"
+    )
     width = max(len(k) for k, _ in rows)
     print(f"| {'metric':<{width}} | value |")
     print(f"|{'-' * (width + 2)}|-------|")
@@ -547,45 +619,74 @@ def report(args: argparse.Namespace, run: Run, echoes: list[Echo], templates: li
         print("| messages | RSS listener MiB | RSS celery main MiB | RSS workers MiB |")
         print("|---------:|-----------------:|--------------------:|----------------|")
         for done, m in run.reports:
-            print(f"| {done:,} | {mib(m.listener)} | {mib(m.celery_main)} | "
-                  f"{' / '.join(mib(w) for w in m.workers)} |")
+            print(
+                f"| {done:,} | {mib(m.listener)} | {mib(m.celery_main)} | "
+                f"{' / '.join(mib(w) for w in m.workers)} |"
+            )
         last = run.reports[-1][1]
 
         def growth(a: float, b: float) -> str:
             return f"{(b - a) / a * 100:+.1f}%" if a else "n/a"
 
-        workers = " / ".join(growth(x, y) for x, y in zip(first.workers, last.workers,
-                                                            strict=False))
-        print(f"growth from {run.reports[0][0]:,} to {run.reports[-1][0]:,} messages: "
-              f"listener {growth(first.listener, last.listener)}, celery main "
-              f"{growth(first.celery_main, last.celery_main)}, workers {workers}")
+        workers = " / ".join(
+            growth(x, y) for x, y in zip(first.workers, last.workers, strict=False)
+        )
+        print(
+            f"growth from {run.reports[0][0]:,} to {run.reports[-1][0]:,} messages: "
+            f"listener {growth(first.listener, last.listener)}, celery main "
+            f"{growth(first.celery_main, last.celery_main)}, workers {workers}"
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--orders", type=int, default=None,
-                        help="messages to send (default 20,000; 300,000 with --memory)")
+    parser.add_argument(
+        "--orders",
+        type=int,
+        default=None,
+        help="messages to send (default 20,000; 300,000 with --memory)",
+    )
     parser.add_argument("--connections", type=int, default=8, help="MLLP connections (K)")
     parser.add_argument("--workers", type=int, default=2, help="Celery pool processes (W)")
-    parser.add_argument("--rate", type=float, default=0.0,
-                        help="messages/s offered in total, 0 for as fast as the ACKs come")
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=0.0,
+        help="messages/s offered in total, 0 for as fast as the ACKs come",
+    )
     parser.add_argument("--patients", type=int, default=5000, help="patient pool size")
     parser.add_argument("--redis-db", type=int, default=9, help="Redis database (flushed)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--no-echo", action="store_true", help="skip the echo ceiling")
-    parser.add_argument("--echo-tasks", type=int, default=None,
-                        help="echo tasks (default: --orders, at most 50,000)")
-    parser.add_argument("--memory", action="store_true",
-                        help="long run: RSS every --every messages and at the end")
+    parser.add_argument(
+        "--echo-tasks",
+        type=int,
+        default=None,
+        help="echo tasks (default: --orders, at most 50,000)",
+    )
+    parser.add_argument(
+        "--memory", action="store_true", help="long run: RSS every --every messages and at the end"
+    )
     parser.add_argument("--every", type=int, default=50_000)
-    parser.add_argument("--max-backlog", type=int, default=None,
-                        help="in-scope orders sent ahead of the advisories (default: no limit; "
-                        "5,000 with --memory)")
-    parser.add_argument("--stall", type=float, default=60.0,
-                        help="give up after this many seconds without a new advisory")
+    parser.add_argument(
+        "--max-backlog",
+        type=int,
+        default=None,
+        help="in-scope orders sent ahead of the advisories (default: no limit; "
+        "5,000 with --memory)",
+    )
+    parser.add_argument(
+        "--stall",
+        type=float,
+        default=60.0,
+        help="give up after this many seconds without a new advisory",
+    )
     parser.add_argument("--keep", action="store_true", help="leave the Redis data in place")
-    parser.add_argument("--log-level", default="INFO",
-                        help="ORDERCHECK_LOG_LEVEL of the service (INFO: the default)")
+    parser.add_argument(
+        "--log-level",
+        default="INFO",
+        help="ORDERCHECK_LOG_LEVEL of the service (INFO: the default)",
+    )
     args = parser.parse_args()
     if args.orders is None:
         args.orders = 300_000 if args.memory else 20_000
@@ -599,8 +700,11 @@ def main() -> None:
     def echo() -> None:
         if not (args.no_echo or args.memory):
             echoes.append(echo_ceiling(url, n, args.connections, args.workers, payloads))
-            print(f"echo ceiling: {echoes[-1].rate:,.0f} tasks/s ({n:,} tasks, {args.workers} "
-                  f"workers, {args.connections} threads)", flush=True)
+            print(
+                f"echo ceiling: {echoes[-1].rate:,.0f} tasks/s ({n:,} tasks, {args.workers} "
+                f"workers, {args.connections} threads)",
+                flush=True,
+            )
 
     echo()
     run = end_to_end(args, templates, url)

@@ -25,8 +25,13 @@ QUEUE = "bench-echo"
 COUNTER = "bench:echo:done"
 
 app = Celery("bench-echo")
-app.conf.update({k: v for k, v in ordercheck_app.conf.changes.items()
-                 if k not in ("include", "task_default_queue")})
+app.conf.update(
+    {
+        k: v
+        for k, v in ordercheck_app.conf.changes.items()
+        if k not in ("include", "task_default_queue")
+    }
+)
 app.conf.update(task_default_queue=QUEUE)
 
 
@@ -41,4 +46,3 @@ def _redis() -> Any:
 def echo(message: str, received_at: float) -> None:
     """Consume one message: the same payload and signature as `ordercheck.validate`."""
     _redis().incr(COUNTER)
-

@@ -52,8 +52,20 @@ from worker.testing import HOST, Serve
 ROOT = Path(__file__).resolve().parent.parent
 DELIMITERS = b"|^~\\&\r"
 MSH_VALUES = {
-    9: [b"", b"ACK", b"ACK^O01", b"ORM^O01", b"ORU^R01", b"OMI^O23", b"ADT^A01", b"ORM",
-        b"ORM^O01^ORM_O01", b"^O01", b"ORM^^", b"orm^o01"],
+    9: [
+        b"",
+        b"ACK",
+        b"ACK^O01",
+        b"ORM^O01",
+        b"ORU^R01",
+        b"OMI^O23",
+        b"ADT^A01",
+        b"ORM",
+        b"ORM^O01^ORM_O01",
+        b"^O01",
+        b"ORM^^",
+        b"orm^o01",
+    ],
     11: [b"", b"P", b"T", b"D", b"X", b"P^A"],
     12: [b"", b"2.5.1", b"2.3", b"2.1", b"9.9", b"2.5.1^DEU", b"v2"],
     15: [b"", b"AL", b"NE", b"ER", b"SU", b"XX"],
@@ -105,7 +117,7 @@ def mutate(message: bytes, rng: random.Random) -> bytes:
                 i = rng.randrange(n)
                 data[i] ^= 1 << rng.randrange(8)
         elif op == 1:  # truncation
-            del data[rng.randrange(n + 1):]
+            del data[rng.randrange(n + 1) :]
         elif op == 2:  # delimiter swap, one occurrence or all
             a, b = rng.sample(DELIMITERS, 2)
             if rng.random() < 0.5:
@@ -116,17 +128,32 @@ def mutate(message: bytes, rng: random.Random) -> bytes:
                     data[rng.choice(hits)] = b
         elif op == 3:  # framing and control bytes inside the payload
             for _ in range(rng.randint(1, 3)):
-                data[rng.randrange(len(data) + 1):0] = rng.choice(
-                    (b"\x0b", b"\x1c", b"\x1c\r", b"\r", b"\n", b"\x00"))
+                data[rng.randrange(len(data) + 1) : 0] = rng.choice(
+                    (b"\x0b", b"\x1c", b"\x1c\r", b"\r", b"\n", b"\x00")
+                )
         elif op == 4:  # a huge field (some beyond the frame limit)
-            size = rng.choices((500, 5_000, 50_000, 300_000, 1_100_000),
-                               weights=(50, 30, 15, 4, 1))[0]
+            size = rng.choices(
+                (500, 5_000, 50_000, 300_000, 1_100_000), weights=(50, 30, 15, 4, 1)
+            )[0]
             pipes = [i for i, c in enumerate(data) if c == ord("|")] or [n]
             at = rng.choice(pipes) + 1
             data[at:at] = rng.choice((b"A", b"X9", b"^", b"&~", b"\\E\\")) * (size // 2 + 1)
         elif op == 5:  # a random segment
-            seg = rng.choice((b"ZZZ|", b"PID|", b"OBR|", b"ORC|", b"MSH|", b"OBX|", b"NTE|",
-                              b"MSA|", b"DG1|", b"", b"|"))
+            seg = rng.choice(
+                (
+                    b"ZZZ|",
+                    b"PID|",
+                    b"OBR|",
+                    b"ORC|",
+                    b"MSH|",
+                    b"OBX|",
+                    b"NTE|",
+                    b"MSA|",
+                    b"DG1|",
+                    b"",
+                    b"|",
+                )
+            )
             seg += bytes(rng.randrange(32, 127) for _ in range(rng.randrange(200)))
             segs = _segments(bytes(data))
             segs.insert(rng.randrange(len(segs) + 1), seg)
@@ -145,12 +172,12 @@ def mutate(message: bytes, rng: random.Random) -> bytes:
         elif op == 7 and n:  # random bytes over a slice
             i = rng.randrange(n)
             length = rng.randint(1, 64)
-            data[i:i + length] = rng.randbytes(length)
+            data[i : i + length] = rng.randbytes(length)
         elif op == 8:  # odd MSH values
             key = rng.choice(list(MSH_VALUES))
             data = bytearray(_set_msh_field(bytes(data), key, rng.choice(MSH_VALUES[key])))
         elif op == 9:  # invalid UTF-8, NUL
-            data[rng.randrange(len(data) + 1):0] = rng.choice(INVALID_BYTES)
+            data[rng.randrange(len(data) + 1) : 0] = rng.choice(INVALID_BYTES)
         elif op == 10 and rng.random() < 0.1:  # (rarely) nothing at all
             data = bytearray(rng.choice((b"", b"\r", b"   ", b"MSH", b"MSH|")))
     return bytes(data)
@@ -158,8 +185,9 @@ def mutate(message: bytes, rng: random.Random) -> bytes:
 
 def probe(tag: str) -> bytes:
     """A message the listener refuses at once (AR, unsupported type) with MSA-2 = *tag*."""
-    return (f"MSH|^~\\&|FUZZ|FUZZ|ORDERCHECK|ORDERCHECK|20260101000000||QRY^Q01|{tag}|P|2.5"
-            "\r").encode()
+    return (
+        f"MSH|^~\\&|FUZZ|FUZZ|ORDERCHECK|ORDERCHECK|20260101000000||QRY^Q01|{tag}|P|2.5\r"
+    ).encode()
 
 
 @dataclass
@@ -181,8 +209,12 @@ class FuzzReport:
 
     @property
     def ok(self) -> bool:
-        return (not self.crashes and not self.hangs and self.final_ack in ("AA", "CA")
-                and self.growth_kb <= self.max_growth_kb)
+        return (
+            not self.crashes
+            and not self.hangs
+            and self.final_ack in ("AA", "CA")
+            and self.growth_kb <= self.max_growth_kb
+        )
 
     def lines(self) -> list[str]:
         codes = ", ".join(f"{k} {v}" for k, v in sorted(self.answers.items()))
@@ -257,9 +289,15 @@ class _Conn:
             return "closed", codes
 
 
-def run_fuzz(inputs: int = 100_000, connections: int = 8, seed: int = 1,
-             mode: str = "redis", timeout: float = 10.0, max_growth_mib: float = 64.0,
-             log: bool = True) -> FuzzReport:
+def run_fuzz(
+    inputs: int = 100_000,
+    connections: int = 8,
+    seed: int = 1,
+    mode: str = "redis",
+    timeout: float = 10.0,
+    max_growth_mib: float = 64.0,
+    log: bool = True,
+) -> FuzzReport:
     report = FuzzReport(max_growth_kb=int(max_growth_mib * 1024))
     seeds = seed_messages()
     workdir = Path(tempfile.mkdtemp(prefix="ordercheck-fuzz-"))
@@ -280,8 +318,7 @@ def run_fuzz(inputs: int = 100_000, connections: int = 8, seed: int = 1,
             env.update(ORDERCHECK_REDIS_URL=redis.url(0), ORDERCHECK_WORKERS="1")
         serve = Serve(env, workdir / "serve").start()
         report.rss_kb["start"] = serve.rss_kb()
-        say(f"fuzz: {inputs} inputs, {connections} connections, {mode} mode, serve pid "
-            f"{serve.pid}")
+        say(f"fuzz: {inputs} inputs, {connections} connections, {mode} mode, serve pid {serve.pid}")
         started = time.monotonic()
 
         def worker(k: int) -> None:
@@ -306,13 +343,16 @@ def run_fuzz(inputs: int = 100_000, connections: int = 8, seed: int = 1,
                         if report.inputs == warm_at and serve is not None:
                             report.rss_kb["warm"] = serve.rss_kb()
                         if report.inputs % 10_000 == 0:
-                            say(f"fuzz: {report.inputs} inputs, RSS "
-                                f"{(serve.rss_kb() if serve else 0) / 1024:.1f} MiB")
+                            say(
+                                f"fuzz: {report.inputs} inputs, RSS "
+                                f"{(serve.rss_kb() if serve else 0) / 1024:.1f} MiB"
+                            )
             finally:
                 conn.close()
 
-        threads = [threading.Thread(target=worker, args=(k,), daemon=True)
-                   for k in range(connections)]
+        threads = [
+            threading.Thread(target=worker, args=(k,), daemon=True) for k in range(connections)
+        ]
         for t in threads:
             t.start()
         for t in threads:
@@ -349,8 +389,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--connections", type=int, default=8)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--mode", choices=("redis", "embedded"), default="redis")
-    p.add_argument("--timeout", type=float, default=10.0,
-                   help="seconds for the answers to one input (more is a hang)")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=10.0,
+        help="seconds for the answers to one input (more is a hang)",
+    )
     p.add_argument("--max-growth-mib", type=float, default=64.0)
     a = p.parse_args(argv)
     report = run_fuzz(a.inputs, a.connections, a.seed, a.mode, a.timeout, a.max_growth_mib)

@@ -66,8 +66,17 @@ def make_order(n: int, run: str = "") -> Order:
         f"MSH|^~\\&|RIS|HOSP|ORDERCHECK|RAD|20261120083000||ORM^O01|{control}|P|2.3",
         f"PID|1||M{tag}^^^HOSP^MR||CHAOS^PATIENT{n}||19700101|F",
         f"ORC|NW|{placer}|||||||20261120083000|||1234^ORDERING^DOC",
-        "|".join(["OBR", "1", placer, "", "73701^CT LOWER EXTREMITY W CONTRAST^CPT4",
-                  *[""] * 26, "^Left thigh mass 6 cm deep"]),  # OBR-31 reason for study
+        "|".join(
+            [
+                "OBR",
+                "1",
+                placer,
+                "",
+                "73701^CT LOWER EXTREMITY W CONTRAST^CPT4",
+                *[""] * 26,
+                "^Left thigh mass 6 cm deep",
+            ]
+        ),  # OBR-31 reason for study
     ]
     return Order(f"CH{tag}", control, placer, ("\r".join(segments) + "\r").encode())
 
@@ -76,8 +85,14 @@ def make_order(n: int, run: str = "") -> Order:
 class RedisServer:
     """A redis-server of our own on a free 127.0.0.1 port, files in *workdir*."""
 
-    def __init__(self, workdir: Path, *, port: int | None = None, aof: bool = True,
-                 password: str | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        port: int | None = None,
+        aof: bool = True,
+        password: str | None = None,
+    ) -> None:
         self.workdir = Path(workdir)
         self.port = port or free_port()
         self.aof = aof
@@ -99,22 +114,41 @@ class RedisServer:
         if binary is None:
             raise RuntimeError("redis-server is not installed")
         self.workdir.mkdir(parents=True, exist_ok=True)
-        cmd = [binary, "--bind", HOST, "--port", str(self.port), "--save", "",
-               "--dir", str(self.workdir), "--logfile", str(self.workdir / "redis.log"),
-               "--daemonize", "no", "--protected-mode", "yes"]
-        cmd += (["--appendonly", "yes", "--appendfsync", "always"] if self.aof
-                else ["--appendonly", "no"])
+        cmd = [
+            binary,
+            "--bind",
+            HOST,
+            "--port",
+            str(self.port),
+            "--save",
+            "",
+            "--dir",
+            str(self.workdir),
+            "--logfile",
+            str(self.workdir / "redis.log"),
+            "--daemonize",
+            "no",
+            "--protected-mode",
+            "yes",
+        ]
+        cmd += (
+            ["--appendonly", "yes", "--appendfsync", "always"]
+            if self.aof
+            else ["--appendonly", "no"]
+        )
         if self.password:
             cmd += ["--requirepass", self.password]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
         wait_until(self._up, timeout, f"redis-server on port {self.port}")
         return self
 
     def _up(self) -> bool:
         if self.proc is not None and self.proc.poll() is not None:
-            raise RuntimeError(f"redis-server exited with {self.proc.returncode}; see "
-                               f"{self.workdir / 'redis.log'}")
+            raise RuntimeError(
+                f"redis-server exited with {self.proc.returncode}; see {self.workdir / 'redis.log'}"
+            )
         try:
             return bool(self.client().ping())
         except Exception:
@@ -156,9 +190,18 @@ class Sender:
     rate: first sends per second over all connections (0: as fast as the ACKs come back).
     """
 
-    def __init__(self, port: int, connections: int = 4, *, ssl: _ssl.SSLContext | None = None,
-                 timeout: float = 10.0, retry_delay: float = 0.2, max_attempts: int = 300,
-                 rate: float = 0.0, on_ack: Callable[[str, str], None] | None = None) -> None:
+    def __init__(
+        self,
+        port: int,
+        connections: int = 4,
+        *,
+        ssl: _ssl.SSLContext | None = None,
+        timeout: float = 10.0,
+        retry_delay: float = 0.2,
+        max_attempts: int = 300,
+        rate: float = 0.0,
+        on_ack: Callable[[str, str], None] | None = None,
+    ) -> None:
         self.port = port
         self.connections = connections
         self.ssl = ssl
@@ -178,8 +221,10 @@ class Sender:
         work: queue.Queue[tuple[str, bytes] | None] = queue.Queue()
         for item in items:
             work.put(item)
-        threads = [threading.Thread(target=self._worker, args=(work,), daemon=True,
-                                    name=f"sender-{i}") for i in range(self.connections)]
+        threads = [
+            threading.Thread(target=self._worker, args=(work,), daemon=True, name=f"sender-{i}")
+            for i in range(self.connections)
+        ]
         for _ in threads:
             work.put(None)
         self._next_slot = time.monotonic()

@@ -56,10 +56,12 @@ def history_entries(history: InMemoryHistory) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("-n", type=int, default=300_000, help="messages to generate")
-    parser.add_argument("--patients", type=int, default=10_000,
-                        help="size of each patient pool (orders, results)")
-    parser.add_argument("--max-patients", type=int, default=500_000,
-                        help="InMemoryHistory bound on patient keys")
+    parser.add_argument(
+        "--patients", type=int, default=10_000, help="size of each patient pool (orders, results)"
+    )
+    parser.add_argument(
+        "--max-patients", type=int, default=500_000, help="InMemoryHistory bound on patient keys"
+    )
     parser.add_argument("--every", type=int, default=50_000, help="report every N messages")
     args = parser.parse_args()
 
@@ -69,34 +71,45 @@ def main() -> None:
         with path.open("wb") as out:
             replaycorpus.write_corpus(out, args.n, patients=args.patients)
         size = path.stat().st_size
-        print(f"generated {args.n:,} messages, {size / (1 << 20):.1f} MiB, in "
-              f"{time.perf_counter() - started:.1f} s")
+        print(
+            f"generated {args.n:,} messages, {size / (1 << 20):.1f} MiB, in "
+            f"{time.perf_counter() - started:.1f} s"
+        )
         knowledge = default_knowledge()
         print(f"before replay: peak RSS {peak_rss_mib():.1f} MiB")
         history = InMemoryHistory(max_patients=args.max_patients)
         t0 = time.perf_counter()
         c0 = time.process_time()
-        print(f"{'messages':>10} {'msg/s':>8} {'CPU s':>7} {'peak RSS MiB':>13} "
-              f"{'RSS MiB':>8} {'history keys':>13} {'entries':>8}")
+        print(
+            f"{'messages':>10} {'msg/s':>8} {'CPU s':>7} {'peak RSS MiB':>13} "
+            f"{'RSS MiB':>8} {'history keys':>13} {'entries':>8}"
+        )
 
         def report(summary: ReplaySummary) -> None:
             if summary.messages % args.every == 0:
                 wall = time.perf_counter() - t0
-                print(f"{summary.messages:>10,} {summary.messages / wall:>8,.0f} "
-                      f"{time.process_time() - c0:>7.1f} {peak_rss_mib():>13.1f} "
-                      f"{current_rss_mib():>8.1f} {len(history):>13,} "
-                      f"{history_entries(history):>8,}", flush=True)
+                print(
+                    f"{summary.messages:>10,} {summary.messages / wall:>8,.0f} "
+                    f"{time.process_time() - c0:>7.1f} {peak_rss_mib():>13.1f} "
+                    f"{current_rss_mib():>8.1f} {len(history):>13,} "
+                    f"{history_entries(history):>8,}",
+                    flush=True,
+                )
 
         replayer = Replayer(Checker(knowledge, history), report)
         with path.open("rb") as stream:
             replayer.run_stream(stream, str(path))
         s = replayer.summary
         wall = time.perf_counter() - t0
-        print(f"{'end':>10} {s.messages / wall:>8,.0f} {time.process_time() - c0:>7.1f} "
-              f"{peak_rss_mib():>13.1f} {current_rss_mib():>8.1f} {len(history):>13,} "
-              f"{history_entries(history):>8,}")
-        print(f"messages {s.messages:,}, orders {s.orders:,}, in scope {s.in_scope:,}, "
-              f"verdicts {dict(s.verdicts)}, rejected {s.rejected:,}")
+        print(
+            f"{'end':>10} {s.messages / wall:>8,.0f} {time.process_time() - c0:>7.1f} "
+            f"{peak_rss_mib():>13.1f} {current_rss_mib():>8.1f} {len(history):>13,} "
+            f"{history_entries(history):>8,}"
+        )
+        print(
+            f"messages {s.messages:,}, orders {s.orders:,}, in scope {s.in_scope:,}, "
+            f"verdicts {dict(s.verdicts)}, rejected {s.rejected:,}"
+        )
 
 
 if __name__ == "__main__":

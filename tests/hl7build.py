@@ -34,18 +34,48 @@ def order_message(
     facility: str = "HOSP",
     extra_msh: dict[int, str] | None = None,
 ) -> bytes:
-    msh = {3: sender, 4: facility, 5: "ORDERCHECK", 6: "RAD", 7: "20261120083000",
-           9: msg_type, 10: control_id, 11: "P", 12: version, **(extra_msh or {})}
+    msh = {
+        3: sender,
+        4: facility,
+        5: "ORDERCHECK",
+        6: "RAD",
+        7: "20261120083000",
+        9: msg_type,
+        10: control_id,
+        11: "P",
+        12: version,
+        **(extra_msh or {}),
+    }
     segs = [
         segment("MSH", msh),
         segment("PID", {1: "1", 3: patient_id, 5: "TEST^PATIENT", 7: birth, 8: "F"}),
-        segment("ORC", {1: order_control, 2: placer, 5: order_status, 9: "20261120083000",
-                        12: "1234^ORDERING^DOC"}),
-        segment("OBR", {1: "1", 2: placer, 4: procedure, 13: clinical, 24: modality,
-                        25: "F" if msg_type.startswith("ORU") else "", 31: reason}),
+        segment(
+            "ORC",
+            {
+                1: order_control,
+                2: placer,
+                5: order_status,
+                9: "20261120083000",
+                12: "1234^ORDERING^DOC",
+            },
+        ),
+        segment(
+            "OBR",
+            {
+                1: "1",
+                2: placer,
+                4: procedure,
+                13: clinical,
+                24: modality,
+                25: "F" if msg_type.startswith("ORU") else "",
+                31: reason,
+            },
+        ),
     ]
     segs += [segment("NTE", {1: str(i + 1), 3: n}) for i, n in enumerate(notes)]
     segs += [segment("DG1", {1: str(i + 1), 3: d}) for i, d in enumerate(dg1)]
-    segs += [segment("OBX", {1: str(i + 1), 2: "ST", 3: q, 5: a, 11: "F"})
-             for i, (q, a) in enumerate(obx)]
+    segs += [
+        segment("OBX", {1: str(i + 1), 2: "ST", 3: q, 5: a, 11: "F"})
+        for i, (q, a) in enumerate(obx)
+    ]
     return ("\r".join(segs) + "\r").encode("utf-8")

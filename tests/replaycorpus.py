@@ -13,8 +13,18 @@ from typing import BinaryIO
 
 from hl7build import order_message
 
-MIX = ("flagged", "appropriate", "out-of-scope", "result", "flagged", "appropriate", "garbage",
-       "out-of-scope", "flagged", "appropriate")
+MIX = (
+    "flagged",
+    "appropriate",
+    "out-of-scope",
+    "result",
+    "flagged",
+    "appropriate",
+    "garbage",
+    "out-of-scope",
+    "flagged",
+    "appropriate",
+)
 PROVIDERS = ("1234^ORDERING^DOC", "5678^OTHER^DOC", "9012^THIRD^DOC")
 
 
@@ -23,19 +33,35 @@ def message(i: int, kind: str, patients: int = 50_000) -> bytes:
     cid = f"C{i}"
     pid = f"P{i % patients}^^^HOSP^MR"
     if kind == "flagged":
-        data = order_message(control_id=cid, patient_id=pid, placer=f"PL{i}",
-                             reason="^Left thigh mass 6 cm deep")
+        data = order_message(
+            control_id=cid, patient_id=pid, placer=f"PL{i}", reason="^Left thigh mass 6 cm deep"
+        )
         return data.replace(b"1234^ORDERING^DOC", provider(i).encode())
     if kind == "appropriate":
-        return order_message(control_id=cid, patient_id=pid, placer=f"PL{i}",
-                             procedure="73720^MRI LE WO W^CPT4", reason="^thigh mass, XR done")
+        return order_message(
+            control_id=cid,
+            patient_id=pid,
+            placer=f"PL{i}",
+            procedure="73720^MRI LE WO W^CPT4",
+            reason="^thigh mass, XR done",
+        )
     if kind == "out-of-scope":
-        return order_message(control_id=cid, patient_id=pid, placer=f"PL{i}",
-                             procedure="71260^CT CHEST W^CPT4", reason="^cough")
+        return order_message(
+            control_id=cid,
+            patient_id=pid,
+            placer=f"PL{i}",
+            procedure="71260^CT CHEST W^CPT4",
+            reason="^cough",
+        )
     if kind == "result":
-        return order_message(control_id=cid, patient_id=f"R{i % patients}^^^HOSP^MR",
-                             placer=f"PL{i}", procedure="73720^MRI LE WO W^CPT4",
-                             msg_type="ORU^R01", reason="^thigh mass")
+        return order_message(
+            control_id=cid,
+            patient_id=f"R{i % patients}^^^HOSP^MR",
+            placer=f"PL{i}",
+            procedure="73720^MRI LE WO W^CPT4",
+            msg_type="ORU^R01",
+            reason="^thigh mass",
+        )
     if kind == "garbage":
         return f"MSH|^~\\&|GARBAGE|HOSP|||||||{cid}|P|2.3\rPID|1||X\r".encode()
     raise ValueError(kind)

@@ -40,21 +40,45 @@ class Spec:
 SPECS = (
     # today: two CT-first flags, an MRI with haemorrhage and a pacemaker, an undelivered biopsy
     Spec("C1", CT, "^Left thigh mass 6 cm deep", "PAT001", age=timedelta(seconds=1)),
-    Spec("C2", CT, "^Right thigh mass 9 cm deep, calcification", "PAT002",
-         provider="5678^SMITH^ANNA", facility="CLINIC", age=timedelta(seconds=2)),
-    Spec("C3", MRI, "^Right thigh mass 7 cm deep, haemorrhage, pacemaker", "PAT003",
-         age=timedelta(seconds=3)),
-    Spec("C4", BIOPSY, "^thigh mass 8 cm", "PAT004", age=timedelta(seconds=4),
-         delivery="undelivered"),
+    Spec(
+        "C2",
+        CT,
+        "^Right thigh mass 9 cm deep, calcification",
+        "PAT002",
+        provider="5678^SMITH^ANNA",
+        facility="CLINIC",
+        age=timedelta(seconds=2),
+    ),
+    Spec(
+        "C3",
+        MRI,
+        "^Right thigh mass 7 cm deep, haemorrhage, pacemaker",
+        "PAT003",
+        age=timedelta(seconds=3),
+    ),
+    Spec(
+        "C4", BIOPSY, "^thigh mass 8 cm", "PAT004", age=timedelta(seconds=4), delivery="undelivered"
+    ),
     Spec("C5", XR_CHEST, "^cough", "PAT005", age=timedelta(seconds=5)),
     # earlier weeks
-    Spec("C6", CT, "^Left thigh mass 5 cm deep", "PAT006", provider="5678^SMITH^ANNA",
-         age=timedelta(days=8)),
+    Spec(
+        "C6",
+        CT,
+        "^Left thigh mass 5 cm deep",
+        "PAT006",
+        provider="5678^SMITH^ANNA",
+        age=timedelta(days=8),
+    ),
     Spec("C7", PET, "^thigh mass", "PAT007", facility="CLINIC", age=timedelta(days=15)),
 )
 
-FLAGGED = {"C1": "CT_BEFORE_MRI", "C2": "CT_BEFORE_MRI", "C4": "BIOPSY_BEFORE_MRI",
-           "C6": "CT_BEFORE_MRI", "C7": "PET_INITIAL"}
+FLAGGED = {
+    "C1": "CT_BEFORE_MRI",
+    "C2": "CT_BEFORE_MRI",
+    "C4": "BIOPSY_BEFORE_MRI",
+    "C6": "CT_BEFORE_MRI",
+    "C7": "PET_INITIAL",
+}
 
 
 def fake_advisory(raw_in: str, verdict: str) -> str:
@@ -65,24 +89,39 @@ def fake_advisory(raw_in: str, verdict: str) -> str:
     return "\r".join([msh, pid, obx]) + "\r"
 
 
-def build_records(now: datetime | None = None, specs: tuple[Spec, ...] = SPECS
-                  ) -> list[AdvisoryRecord]:
+def build_records(
+    now: datetime | None = None, specs: tuple[Spec, ...] = SPECS
+) -> list[AdvisoryRecord]:
     now = now or datetime.now(UTC)
     checker = Checker(default_knowledge(), InMemoryHistory())
     out: list[AdvisoryRecord] = []
     for spec in specs:
-        data = order_message(control_id=spec.control_id, procedure=spec.procedure,
-                             reason=spec.reason, patient_id=f"{spec.patient}^^^HOSP^MR",
-                             facility=spec.facility)
+        data = order_message(
+            control_id=spec.control_id,
+            procedure=spec.procedure,
+            reason=spec.reason,
+            patient_id=f"{spec.patient}^^^HOSP^MR",
+            facility=spec.facility,
+        )
         data = data.replace(b"1234^ORDERING^DOC", spec.provider.encode())
         for i, result in enumerate(checker.check_message(data).results):
             raw_in = data.decode()
-            out.append(AdvisoryRecord(
-                id=advisory_id(result.sending_application, result.sending_facility,
-                               result.message_control_id, i),
-                received_at=now - spec.age, result=result, raw_in=raw_in,
-                raw_out=fake_advisory(raw_in, result.verdict), delivery=spec.delivery,
-                destination="127.0.0.1:2576"))
+            out.append(
+                AdvisoryRecord(
+                    id=advisory_id(
+                        result.sending_application,
+                        result.sending_facility,
+                        result.message_control_id,
+                        i,
+                    ),
+                    received_at=now - spec.age,
+                    result=result,
+                    raw_in=raw_in,
+                    raw_out=fake_advisory(raw_in, result.verdict),
+                    delivery=spec.delivery,
+                    destination="127.0.0.1:2576",
+                )
+            )
     return out
 
 

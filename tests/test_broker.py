@@ -25,8 +25,9 @@ def _celery_message(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
         pushed.append((queue, json.loads(json.dumps(message))))
 
     monkeypatch.setattr(Channel, "_put", put)
-    monkeypatch.setattr(Channel, "_create_client",
-                        lambda self, asynchronous=False: fakeredis.FakeRedis())
+    monkeypatch.setattr(
+        Channel, "_create_client", lambda self, asynchronous=False: fakeredis.FakeRedis()
+    )
     tasks.app.conf.broker_url = "redis://127.0.0.1:6399/0"  # never reached: _put is replaced
     try:
         with tasks.app.connection_for_write() as conn:
@@ -52,8 +53,9 @@ def test_the_envelope_matches_celerys(monkeypatch: pytest.MonkeyPatch) -> None:
     for key in ("delivery_mode", "delivery_info", "priority", "body_encoding"):
         assert ours["properties"][key] == theirs["properties"][key], key
     assert base64.b64decode(ours["body"]) == base64.b64decode(theirs["body"])
-    assert ours["headers"]["id"] == ours["headers"]["root_id"] == ours["properties"][
-        "correlation_id"]
+    assert (
+        ours["headers"]["id"] == ours["headers"]["root_id"] == ours["properties"]["correlation_id"]
+    )
     assert "MSH" not in ours["headers"]["argsrepr"]  # no message text in Celery's logs
 
 

@@ -41,13 +41,26 @@ def _check(checker: Checker, data: bytes) -> MessageOutcome:
     return outcome
 
 
-def _build(outcome: MessageOutcome, index: int = 0, result: CheckResult | None = None,
-           fmt: Format = "oru", disclaimer: str = "") -> bytes:
+def _build(
+    outcome: MessageOutcome,
+    index: int = 0,
+    result: CheckResult | None = None,
+    fmt: Format = "oru",
+    disclaimer: str = "",
+) -> bytes:
     assert outcome.raw is not None
-    return build_advisory(outcome.raw, outcome.orders[index], result or outcome.results[index],
-                          control_id="OC123", application="ORDERCHECK", facility="RADCDS",
-                          fmt=fmt, now=NOW, guideline_id="thigh-soft-tissue-mass",
-                          disclaimer=disclaimer)
+    return build_advisory(
+        outcome.raw,
+        outcome.orders[index],
+        result or outcome.results[index],
+        control_id="OC123",
+        application="ORDERCHECK",
+        facility="RADCDS",
+        fmt=fmt,
+        now=NOW,
+        guideline_id="thigh-soft-tissue-mass",
+        disclaimer=disclaimer,
+    )
 
 
 def _ours(message: bytes) -> RawMessage:
@@ -58,11 +71,13 @@ def _segs(msg: RawMessage, seg_id: str) -> list[RawSegment]:
     return msg.all(seg_id)
 
 
-@pytest.mark.parametrize(("order", "verdict"), [(CT_FIRST, "not-appropriate"),
-                                                 (MRI_OK, "appropriate"),
-                                                 (CHEST, "no-criteria-apply")])
-def test_oru_read_back_by_hl7apy_and_python_hl7(checker: Checker, order: dict[str, str],
-                                                 verdict: str) -> None:
+@pytest.mark.parametrize(
+    ("order", "verdict"),
+    [(CT_FIRST, "not-appropriate"), (MRI_OK, "appropriate"), (CHEST, "no-criteria-apply")],
+)
+def test_oru_read_back_by_hl7apy_and_python_hl7(
+    checker: Checker, order: dict[str, str], verdict: str
+) -> None:
     outcome = _check(checker, order_message(**order))
     assert outcome.results[0].verdict == verdict
     built = _build(outcome)
@@ -82,9 +97,17 @@ def test_oru_read_back_by_hl7apy_and_python_hl7(checker: Checker, order: dict[st
     parsed = hl7.parse(text)
     msh = parsed.segment("MSH")
     assert (str(msh[3]), str(msh[4]), str(msh[5]), str(msh[6])) == (
-        "ORDERCHECK", "RADCDS", "EPIC", "HOSP")  # MSH-5/6: the order's MSH-3/4
+        "ORDERCHECK",
+        "RADCDS",
+        "EPIC",
+        "HOSP",
+    )  # MSH-5/6: the order's MSH-3/4
     assert (str(msh[7]), str(msh[10]), str(msh[11]), str(msh[18])) == (
-        "20261120093005", "OC123", "P", "UNICODE UTF-8")
+        "20261120093005",
+        "OC123",
+        "P",
+        "UNICODE UTF-8",
+    )
     assert str(msh[15]) == "" and str(msh[16]) == ""  # original acknowledgement mode
     assert str(parsed.segment("PID")[3]) == "PAT001^^^HOSP^MR"
     obx = parsed.segments("OBX")
@@ -115,15 +138,19 @@ def test_contents_of_a_ct_first_advisory(checker: Checker, knowledge: Knowledge)
     assert by_code["76515-6"] == ["not-appropriate^Not appropriate^99OCK"]
     assert by_code["PREFPROC"][0].startswith("73720^") and by_code["PREFPROC"][0].endswith("^CPT4")
     assert by_code["FLAG"] == [f"CT_BEFORE_MRI: {result.flags[0].reason}"]
-    assert [v.split(":")[0] for v in by_code["ADVICE"]] == ["RADIOGRAPH_FIRST",
-                                                            "REFER_SARCOMA_CENTRE"]
+    assert [v.split(":")[0] for v in by_code["ADVICE"]] == [
+        "RADIOGRAPH_FIRST",
+        "REFER_SARCOMA_CENTRE",
+    ]
     assert by_code["PROTOCOL"] == result.protocol
-    assert by_code["RULES"] == ["CT_BEFORE_MRI, RADIOGRAPH_FIRST, REFER_SARCOMA_CENTRE; "
-                                "guideline thigh-soft-tissue-mass 2026.11.0"]
+    assert by_code["RULES"] == [
+        "CT_BEFORE_MRI, RADIOGRAPH_FIRST, REFER_SARCOMA_CENTRE; "
+        "guideline thigh-soft-tissue-mass 2026.11.0"
+    ]
 
     # The NTEs right after OBX 1: the reason, then the disclaimer.
     i = msg.segments.index(obx[0])
-    notes = [msg.value(s.get(3)) for s in msg.segments[i + 1:i + 3]]
+    notes = [msg.value(s.get(3)) for s in msg.segments[i + 1 : i + 3]]
     assert notes == [result.reason, DEFAULT_DISCLAIMER]
     assert knowledge.guideline.guideline.disclaimer == DEFAULT_DISCLAIMER
     # Citations follow their flag as NTEs.
@@ -135,8 +162,9 @@ def test_no_preferred_procedure_or_protocol_out_of_scope(checker: Checker) -> No
     msg = _ours(_build(_check(checker, order_message(**CHEST))))
     codes = [msg.component(s.get(3), 1) for s in _segs(msg, "OBX")]
     assert codes == ["76515-6", "RULES"]
-    assert msg.value(_segs(msg, "OBX")[1].get(5)) == "none; guideline thigh-soft-tissue-mass " \
-                                                      "2026.11.0"
+    assert (
+        msg.value(_segs(msg, "OBX")[1].get(5)) == "none; guideline thigh-soft-tissue-mass 2026.11.0"
+    )
 
 
 def test_text_with_every_delimiter_round_trips(checker: Checker) -> None:
@@ -161,10 +189,16 @@ def test_text_with_every_delimiter_round_trips(checker: Checker) -> None:
     assert next(len(s.fields) for s in msg.segments if s.id == "NTE") == 4
 
 
-@settings(max_examples=60, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc")) | st.sampled_from(
-    "|^~\\&\n"), min_size=1, max_size=80))
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    st.text(
+        alphabet=st.characters(blacklist_categories=("Cs", "Cc")) | st.sampled_from("|^~\\&\n"),
+        min_size=1,
+        max_size=80,
+    )
+)
 def test_any_reason_round_trips(checker: Checker, reason: str) -> None:
     outcome = _check(checker, order_message(**CT_FIRST))
     result = outcome.results[0].model_copy()
@@ -176,11 +210,13 @@ def test_any_reason_round_trips(checker: Checker, reason: str) -> None:
 
 def test_sender_delimiters_are_converted_to_ours(checker: Checker) -> None:
     # Field separator "*", component "$": "|" and "^" are plain text in this sender's fields.
-    data = (b"MSH*$~\\&*STAR|EHR$X*STAR^HOSP*OC*RAD*20261120083000**ORM$O01*S1*P*2.3\r"
-            b"PID*1**PAT9$$$HOSP$MR~ALT9$$$OTHER$MR**O|BRIEN$ANN^MARIE**19700101*F\r"
-            b"ORC*NW*PL|9$EHR\r"
-            b"OBR*1*PL|9$EHR**73701$CT LE W|ENH^X$CPT4*****************************CT****"
-            b"***$Left thigh mass 6 cm deep\r")
+    data = (
+        b"MSH*$~\\&*STAR|EHR$X*STAR^HOSP*OC*RAD*20261120083000**ORM$O01*S1*P*2.3\r"
+        b"PID*1**PAT9$$$HOSP$MR~ALT9$$$OTHER$MR**O|BRIEN$ANN^MARIE**19700101*F\r"
+        b"ORC*NW*PL|9$EHR\r"
+        b"OBR*1*PL|9$EHR**73701$CT LE W|ENH^X$CPT4*****************************CT****"
+        b"***$Left thigh mass 6 cm deep\r"
+    )
     outcome = _check(checker, data)
     assert outcome.orders[0].placer_number == "PL|9"
     msg = _ours(_build(outcome))
@@ -191,8 +227,9 @@ def test_sender_delimiters_are_converted_to_ours(checker: Checker) -> None:
     assert pid.get(3) == "PAT9^^^HOSP^MR~ALT9^^^OTHER^MR"
     assert pid.get(5) == "O\\F\\BRIEN^ANN\\S\\MARIE"
     orc = msg.first("ORC")
-    assert orc is not None and orc.get(2) == "PL\\F\\9^EHR" and msg.component(orc.get(2), 1) == \
-        "PL|9"
+    assert (
+        orc is not None and orc.get(2) == "PL\\F\\9^EHR" and msg.component(orc.get(2), 1) == "PL|9"
+    )
     obr = msg.first("OBR")
     assert obr is not None and obr.get(4) == "73701^CT LE W\\F\\ENH\\S\\X^CPT4"
     assert read_message(msg).orders[0].placer_number == "PL|9"
@@ -232,10 +269,13 @@ def test_latin1_order_gives_utf8_advisory(checker: Checker) -> None:
     assert "MÜLLER-TEST^PATIENT" in built.decode("utf-8")
 
 
-@pytest.mark.parametrize(("msg_type", "version", "echoed"), [
-    ("ORM^O01", "2.3", "ORM^O01"), ("OMI^O23^OMI_O23", "2.5.1", "OMI^O23^OMI_O23")])
-def test_order_echo_keeps_the_order_type(checker: Checker, msg_type: str, version: str,
-                                         echoed: str) -> None:
+@pytest.mark.parametrize(
+    ("msg_type", "version", "echoed"),
+    [("ORM^O01", "2.3", "ORM^O01"), ("OMI^O23^OMI_O23", "2.5.1", "OMI^O23^OMI_O23")],
+)
+def test_order_echo_keeps_the_order_type(
+    checker: Checker, msg_type: str, version: str, echoed: str
+) -> None:
     outcome = _check(checker, order_message(msg_type=msg_type, version=version, **CT_FIRST))
     msg = _ours(_build(outcome, fmt="order-echo"))
     assert msg.msh.get(9) == echoed and msg.msh.get(12) == version
@@ -270,8 +310,9 @@ def test_order_must_belong_to_the_message(checker: Checker) -> None:
     stray = outcome.orders[0].model_copy(update={"segment_index": 1})  # the PID
     assert outcome.raw is not None
     with pytest.raises(ValueError, match="segment_index"):
-        build_advisory(outcome.raw, stray, outcome.results[0], control_id="X",
-                       application="A", facility="F")
+        build_advisory(
+            outcome.raw, stray, outcome.results[0], control_id="X", application="A", facility="F"
+        )
 
 
 def test_control_id_is_stable_and_short() -> None:

@@ -25,7 +25,6 @@ from chaos import ChaosConfig, run_chaos
 pytestmark = pytest.mark.slow
 
 
-
 def _require_redis_server() -> None:
     """These tests start redis-servers of their own: skip locally without one, fail in CI."""
     if shutil.which("redis-server") is None:
@@ -33,13 +32,28 @@ def _require_redis_server() -> None:
             pytest.fail("redis-server is not installed (CI needs it)")
         pytest.skip("redis-server is not installed")
 
+
 def test_small_chaos_run_loses_and_duplicates_nothing(tmp_path: Path) -> None:
     _require_redis_server()
     lines: list[str] = []
-    cfg = ChaosConfig(orders=300, kill_every=100, workers=2, connections=4, rate=50,
-                      resend_rate=0.05, refuse_seconds=2, redis_downtime=1, fault_gap=1,
-                      drain_timeout=50, quiet_seconds=1.5, ack_timeout=5, max_attempts=100,
-                      visibility_timeout=8, seed=1, workdir=tmp_path)
+    cfg = ChaosConfig(
+        orders=300,
+        kill_every=100,
+        workers=2,
+        connections=4,
+        rate=50,
+        resend_rate=0.05,
+        refuse_seconds=2,
+        redis_downtime=1,
+        fault_gap=1,
+        drain_timeout=50,
+        quiet_seconds=1.5,
+        ack_timeout=5,
+        max_attempts=100,
+        visibility_timeout=8,
+        seed=1,
+        workdir=tmp_path,
+    )
     report = run_chaos(cfg, log=lines.append)
     summary = "\n".join(lines + report.lines())
     assert (report.kills, report.redis_restarts, report.refusal_windows) == (2, 1, 1), summary
@@ -63,15 +77,26 @@ def test_serve_starts_a_dead_celery_worker_again(tmp_path: Path) -> None:
     _require_redis_server()
     redis = RedisServer(tmp_path / "redis", aof=False).start()
     ris = FakeOrderingSystem().start()
-    serve = Serve({"ORDERCHECK_REDIS_URL": redis.url(0), "ORDERCHECK_WORKERS": "1",
-                   "ORDERCHECK_ADVISORY_HOST": "127.0.0.1",
-                   "ORDERCHECK_ADVISORY_PORT": str(ris.port)}, tmp_path / "serve")
+    serve = Serve(
+        {
+            "ORDERCHECK_REDIS_URL": redis.url(0),
+            "ORDERCHECK_WORKERS": "1",
+            "ORDERCHECK_ADVISORY_HOST": "127.0.0.1",
+            "ORDERCHECK_ADVISORY_PORT": str(ris.port),
+        },
+        tmp_path / "serve",
+    )
     try:
         serve.start()
         (celery,) = children(serve.pid)
         os.kill(celery, signal.SIGKILL)
-        wait_until(lambda: [p for p in children(serve.pid) if p != celery] != []
-                   and bool(serve.pool_pids()), 30, "a new celery worker")
+        wait_until(
+            lambda: (
+                [p for p in children(serve.pid) if p != celery] != [] and bool(serve.pool_pids())
+            ),
+            30,
+            "a new celery worker",
+        )
         order = make_order(1, run="SUP")
         assert serve.send(order.message)[0] == "AA"
         wait_until(lambda: order.placer in ris.by_placer(), 30, "the advisory")
@@ -94,10 +119,16 @@ def test_an_accepted_message_the_broker_lost_is_queued_again(tmp_path: Path) -> 
     _require_redis_server()
     redis = RedisServer(tmp_path / "redis", aof=False).start()
     ris = FakeOrderingSystem().start()
-    serve = Serve({"ORDERCHECK_REDIS_URL": redis.url(0), "ORDERCHECK_WORKERS": "1",
-                   "ORDERCHECK_BROKER_VISIBILITY_TIMEOUT": "5",
-                   "ORDERCHECK_ADVISORY_HOST": "127.0.0.1",
-                   "ORDERCHECK_ADVISORY_PORT": str(ris.port)}, tmp_path / "serve")
+    serve = Serve(
+        {
+            "ORDERCHECK_REDIS_URL": redis.url(0),
+            "ORDERCHECK_WORKERS": "1",
+            "ORDERCHECK_BROKER_VISIBILITY_TIMEOUT": "5",
+            "ORDERCHECK_ADVISORY_HOST": "127.0.0.1",
+            "ORDERCHECK_ADVISORY_PORT": str(ris.port),
+        },
+        tmp_path / "serve",
+    )
     try:
         serve.start()
         lost = make_order(1, run="LOST")

@@ -19,8 +19,10 @@ def test_compose_names_the_services() -> None:
     services = _compose()["services"]
     assert {"redis", "listener", "worker", "flower"} <= set(services)
     assert "--appendonly" in services["redis"]["command"]
-    assert services["redis"]["command"][services["redis"]["command"].index("--appendonly") + 1] \
+    assert (
+        services["redis"]["command"][services["redis"]["command"].index("--appendonly") + 1]
         == "yes"
+    )
     assert services["worker"]["command"][:3] == ["celery", "-A", "worker.celery_app"]
     assert services["listener"]["command"][:2] == ["ordercheck", "serve"]
 

@@ -24,14 +24,27 @@ from worker.records import AdvisoryRecord
 from worker.review.present import CSV_COLUMNS
 from worker.store import RedisStore
 
-CONTRACT_KEYS = {"message_control_id", "message_type", "placer_order_number", "verdict", "flags",
-                 "advice", "preferred_procedure", "protocol", "error", "id", "received_at",
-                 "delivery", "disposition"}
+CONTRACT_KEYS = {
+    "message_control_id",
+    "message_type",
+    "placer_order_number",
+    "verdict",
+    "flags",
+    "advice",
+    "preferred_procedure",
+    "protocol",
+    "error",
+    "id",
+    "received_at",
+    "delivery",
+    "disposition",
+}
 
 
 @pytest.fixture
-def stored(redis_url: str, monkeypatch: pytest.MonkeyPatch
-           ) -> Iterator[tuple[RedisStore, dict[str, AdvisoryRecord]]]:
+def stored(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[RedisStore, dict[str, AdvisoryRecord]]]:
     import redis
 
     monkeypatch.setenv("ORDERCHECK_REDIS_URL", redis_url)
@@ -58,17 +71,21 @@ def test_list_json_is_the_contract(stored: Any, capsys: pytest.CaptureFixture[st
 
 
 @pytest.mark.redis
-@pytest.mark.parametrize(("argv", "expected"), [
-    (("--rule", "CT_BEFORE_MRI"), ["C1", "C2", "C6"]),
-    (("--provider", "smith", "--rule", "CT_BEFORE_MRI"), ["C2", "C6"]),
-    (("--facility", "CLINIC"), ["C2", "C7"]),
-    (("--verdict", "appropriate"), ["C3"]),
-    (("--delivery", "undelivered"), ["C4"]),
-    (("--disposition", "open", "--limit", "2"), ["C1", "C2"]),
-    (("--limit", "2", "--offset", "5"), ["C6", "C7"]),
-])
-def test_list_filters(stored: Any, capsys: pytest.CaptureFixture[str], argv: tuple[str, ...],
-                      expected: list[str]) -> None:
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (("--rule", "CT_BEFORE_MRI"), ["C1", "C2", "C6"]),
+        (("--provider", "smith", "--rule", "CT_BEFORE_MRI"), ["C2", "C6"]),
+        (("--facility", "CLINIC"), ["C2", "C7"]),
+        (("--verdict", "appropriate"), ["C3"]),
+        (("--delivery", "undelivered"), ["C4"]),
+        (("--disposition", "open", "--limit", "2"), ["C1", "C2"]),
+        (("--limit", "2", "--offset", "5"), ["C6", "C7"]),
+    ],
+)
+def test_list_filters(
+    stored: Any, capsys: pytest.CaptureFixture[str], argv: tuple[str, ...], expected: list[str]
+) -> None:
     code, out, _ = run(capsys, "list", "--json", *argv)
     assert code == 0
     assert [json.loads(line)["message_control_id"] for line in out.splitlines()] == expected
@@ -92,40 +109,64 @@ def test_list_table_and_dates(stored: Any, capsys: pytest.CaptureFixture[str]) -
 
 
 @pytest.mark.redis
-def test_show_has_facts_evidence_audit_and_raw(stored: Any,
-                                               capsys: pytest.CaptureFixture[str]) -> None:
+def test_show_has_facts_evidence_audit_and_raw(
+    stored: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
     _, recs = stored
     code, out, _ = run(capsys, "show", recs["C3"].id)
     assert code == 0
-    for part in ("verdict       appropriate (in scope)", "Suspected haemorrhage", "pacemaker",
-                 "mri_contraindication = pacemaker <- OBR-31", "Protocol:", "no decision yet",
-                 "PID|1||PAT003^^^HOSP^MR", "OBX|1|CWE|76515-6"):
+    for part in (
+        "verdict       appropriate (in scope)",
+        "Suspected haemorrhage",
+        "pacemaker",
+        "mri_contraindication = pacemaker <- OBR-31",
+        "Protocol:",
+        "no decision yet",
+        "PID|1||PAT003^^^HOSP^MR",
+        "OBX|1|CWE|76515-6",
+    ):
         assert part in out, part
     code, out, _ = run(capsys, "show", "--json", recs["C3"].id)
     assert json.loads(out)["result"]["facts"]["evidence"][0]["source"] == "OBR-4 code (CPT4)"
 
 
 @pytest.mark.redis
-def test_resolve_appends_and_refuses_incomplete(stored: Any,
-                                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_resolve_appends_and_refuses_incomplete(
+    stored: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
     store, recs = stored
     rid = recs["C1"].id
     code, out, err = run(capsys, "resolve", rid, "--as", "overridden")
     assert code == 2 and out == ""
-    assert err.strip().endswith("overridden needs a reason code: patient-specific, "
-                                "mri-unavailable, specialist-request, prior-imaging-elsewhere, "
-                                "contraindication-not-coded, other")
+    assert err.strip().endswith(
+        "overridden needs a reason code: patient-specific, "
+        "mri-unavailable, specialist-request, prior-imaging-elsewhere, "
+        "contraindication-not-coded, other"
+    )
     assert "Traceback" not in err and store.get(rid).audit == []
     code, out, err = run(capsys, "resolve", "nope", "--as", "accepted")
     assert code == 2 and "no advisory with id 'nope'" in err
     code, out, _ = run(capsys, "resolve", rid, "--as", "accepted", "--reviewer", "carol")
     assert code == 0
-    code, out, _ = run(capsys, "resolve", rid, "--as", "overridden", "--reason",
-                       "specialist-request", "--text", "sarcoma team asked", "--reviewer", "dan")
+    code, out, _ = run(
+        capsys,
+        "resolve",
+        rid,
+        "--as",
+        "overridden",
+        "--reason",
+        "specialist-request",
+        "--text",
+        "sarcoma team asked",
+        "--reviewer",
+        "dan",
+    )
     assert code == 0 and "2 decision(s) in the audit trail; disposition now overridden" in out
     rec = store.get(rid)
-    assert [(d.state, d.reviewer) for d in rec.audit] == [("accepted", "carol"),
-                                                          ("overridden", "dan")]
+    assert [(d.state, d.reviewer) for d in rec.audit] == [
+        ("accepted", "carol"),
+        ("overridden", "dan"),
+    ]
     assert rec.audit[1].reason_code == "specialist-request"
     code, out, _ = run(capsys, "list", "--json", "--disposition", "overridden")
     assert [json.loads(line)["id"] for line in out.splitlines()] == [rid]
@@ -137,14 +178,23 @@ def test_resolve_appends_and_refuses_incomplete(stored: Any,
 @pytest.mark.redis
 def test_export_csv(stored: Any, capsys: pytest.CaptureFixture[str]) -> None:
     _, recs = stored
-    run(capsys, "resolve", recs["C2"].id, "--as", "false-positive", "--text", "a, \"quoted\"\nnote",
-        "--reviewer", "erin")
+    run(
+        capsys,
+        "resolve",
+        recs["C2"].id,
+        "--as",
+        "false-positive",
+        "--text",
+        'a, "quoted"\nnote',
+        "--reviewer",
+        "erin",
+    )
     code, out, _ = run(capsys, "export", "--csv", "--rule", "CT_BEFORE_MRI")
     rows = list(csv.DictReader(io.StringIO(out)))
     assert code == 0 and tuple(rows[0]) == CSV_COLUMNS
     assert [r["message_control_id"] for r in rows] == ["C1", "C2", "C6"]
     assert rows[1]["disposition"] == "false-positive" and rows[1]["reviewer"] == "erin"
-    assert rows[1]["review_text"] == "a, \"quoted\"\nnote" and rows[1]["flags"] == "CT_BEFORE_MRI"
+    assert rows[1]["review_text"] == 'a, "quoted"\nnote' and rows[1]["flags"] == "CT_BEFORE_MRI"
     with pytest.raises(SystemExit):
         main(["flags", "export"])  # --csv is required
 
@@ -164,26 +214,32 @@ def test_summary_matches_the_page(stored: Any, capsys: pytest.CaptureFixture[str
 
 
 @pytest.mark.redis
-@pytest.mark.parametrize(("argv", "message"), [
-    (("list", "--since", "last week"), "since: 'last week' is not a date"),
-    (("list", "--since", "2026-11-20", "--until", "2026-11-01"), "range ends before"),
-    (("list", "--limit", "-1"), "--limit and --offset"),
-])
-def test_bad_arguments_exit_2_without_traceback(stored: Any, capsys: pytest.CaptureFixture[str],
-                                                argv: tuple[str, ...], message: str) -> None:
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (("list", "--since", "last week"), "since: 'last week' is not a date"),
+        (("list", "--since", "2026-11-20", "--until", "2026-11-01"), "range ends before"),
+        (("list", "--limit", "-1"), "--limit and --offset"),
+    ],
+)
+def test_bad_arguments_exit_2_without_traceback(
+    stored: Any, capsys: pytest.CaptureFixture[str], argv: tuple[str, ...], message: str
+) -> None:
     code, out, err = run(capsys, *argv)
     assert code == 2 and message in err and "Traceback" not in err and out == ""
 
 
-def test_redis_down_is_one_line(monkeypatch: pytest.MonkeyPatch,
-                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_redis_down_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv("ORDERCHECK_REDIS_URL", "redis://127.0.0.1:1/0")
     code, _, err = run(capsys, "list")
     assert code == 2 and "the advisory store (Redis) failed" in err and "Traceback" not in err
 
 
 def test_without_redis_url_the_store_is_empty_and_says_so(
-        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.delenv("ORDERCHECK_REDIS_URL", raising=False)
     code, out, err = run(capsys, "list", "--json")
     assert code == 0 and out == "" and "ORDERCHECK_REDIS_URL is not set" in err
@@ -191,14 +247,22 @@ def test_without_redis_url_the_store_is_empty_and_says_so(
 
 # -- ordercheck review -------------------------------------------------------------------------
 
+
 @pytest.mark.redis
 @pytest.mark.slow
 def test_review_command_serves_the_login_page(stored: Any, tmp_path: Path) -> None:
-    env = {**os.environ, "ORDERCHECK_REVIEW_USERS": '{"alice": "pw"}',
-           "ORDERCHECK_REVIEW_PORT": "0"}
-    proc = subprocess.Popen([sys.executable, "-m", "worker.cli", "review", "--host", "127.0.0.1"],
-                            env=env, stderr=subprocess.PIPE, text=True,
-                            cwd=Path(__file__).resolve().parent.parent)
+    env = {
+        **os.environ,
+        "ORDERCHECK_REVIEW_USERS": '{"alice": "pw"}',
+        "ORDERCHECK_REVIEW_PORT": "0",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "worker.cli", "review", "--host", "127.0.0.1"],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
     try:
         assert proc.stderr is not None
         deadline, url = time.monotonic() + 15, ""
@@ -217,7 +281,8 @@ def test_review_command_serves_the_login_page(stored: Any, tmp_path: Path) -> No
 
 
 def test_review_command_notes_missing_redis_and_bad_port(
-        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.delenv("ORDERCHECK_REDIS_URL", raising=False)
     monkeypatch.delenv("ORDERCHECK_REVIEW_USERS", raising=False)
     monkeypatch.delenv("ORDERCHECK_REVIEW_TOKEN", raising=False)

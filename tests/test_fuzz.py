@@ -33,18 +33,58 @@ from worker.settings import Settings
 from worker.store import MemoryDedup
 
 SEEDS = seed_messages()
-FUZZ = settings(max_examples=150, deadline=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+FUZZ = settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 # HL7-shaped text: segment ids, delimiters, escapes and MSH fragments in any order.
-_PIECES = st.sampled_from([
-    "MSH|^~\\&|", "MSH", "|", "^", "~", "\\", "&", "\r", "\n", "\r\n", "\x0b", "\x1c", "\x00",
-    "PID|1||", "ORC|NW|", "OBR|1|", "OBX|1|ST|", "MSA|AA|", "ACK", "ORM^O01", "ORU^R01", "P",
-    "2.5.1", "2.3", "AL", "NE", "ER", "SU", "UNICODE UTF-8", "\\X0D\\", "\\E\\", "é", "\ufffd",
-    "20261120", "73701^CT^CPT4", "thigh mass", " ", "9" * 30,
-])
+_PIECES = st.sampled_from(
+    [
+        "MSH|^~\\&|",
+        "MSH",
+        "|",
+        "^",
+        "~",
+        "\\",
+        "&",
+        "\r",
+        "\n",
+        "\r\n",
+        "\x0b",
+        "\x1c",
+        "\x00",
+        "PID|1||",
+        "ORC|NW|",
+        "OBR|1|",
+        "OBX|1|ST|",
+        "MSA|AA|",
+        "ACK",
+        "ORM^O01",
+        "ORU^R01",
+        "P",
+        "2.5.1",
+        "2.3",
+        "AL",
+        "NE",
+        "ER",
+        "SU",
+        "UNICODE UTF-8",
+        "\\X0D\\",
+        "\\E\\",
+        "é",
+        "\ufffd",
+        "20261120",
+        "73701^CT^CPT4",
+        "thigh mass",
+        " ",
+        "9" * 30,
+    ]
+)
 hl7ish = st.lists(_PIECES | st.text(max_size=12), max_size=60).map(
-    lambda parts: "".join(parts).encode("utf-8", errors="surrogatepass"))
+    lambda parts: "".join(parts).encode("utf-8", errors="surrogatepass")
+)
 raw_bytes = st.binary(max_size=2048)
 
 
@@ -151,8 +191,7 @@ def test_checker_never_raises_and_gives_a_result(fuzz_checker: Checker, data: by
     outcome = fuzz_checker.check_message(data)
     assert len(outcome.results) >= 1
     for result in outcome.results:
-        assert result.verdict in ("appropriate", "not-appropriate", "no-criteria-apply",
-                                  "rejected")
+        assert result.verdict in ("appropriate", "not-appropriate", "no-criteria-apply", "rejected")
         assert (result.verdict == "rejected") == (result.error is not None)
 
 

@@ -49,8 +49,7 @@ WAIT = 5.0  # seconds: upper bound for any single wait in these tests
 class ServerThread:
     """An MLLPServer running on its own event loop in a background thread."""
 
-    def __init__(self, handler: Callable[[bytes], Awaitable[bytes | None]],
-                 **kwargs: Any) -> None:
+    def __init__(self, handler: Callable[[bytes], Awaitable[bytes | None]], **kwargs: Any) -> None:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.server = MLLPServer(handler, host="127.0.0.1", port=0, **kwargs)
@@ -115,8 +114,9 @@ payloads = st.binary(max_size=300).map(lambda b: b.replace(b"\x0b", b"").replace
     trailing_cr=st.lists(st.booleans(), min_size=8, max_size=8),
     gap=st.sampled_from([b"", b"\r", b"\n", b"\r\n"]),
 )
-def test_round_trip_any_packet_split(messages: list[bytes], cuts: list[int],
-                                     trailing_cr: list[bool], gap: bytes) -> None:
+def test_round_trip_any_packet_split(
+    messages: list[bytes], cuts: list[int], trailing_cr: list[bool], gap: bytes
+) -> None:
     stream = b"".join(
         (frame(m) if cr else START_BLOCK + m + END_BLOCK) + gap
         for m, cr in zip(messages, trailing_cr, strict=False)
@@ -199,8 +199,10 @@ def test_oversize_then_normal_frame_on_same_connection() -> None:
         seen.append(err)
         return b"NAK|" + err.kind.value.encode()
 
-    with ServerThread(echo, on_error=on_error, max_frame_bytes=100) as srv, \
-            connect(srv.port) as sock:
+    with (
+        ServerThread(echo, on_error=on_error, max_frame_bytes=100) as srv,
+        connect(srv.port) as sock,
+    ):
         sock.sendall(START_BLOCK + b"x" * 150)
         assert read_frames(sock, 1) == [b"NAK|oversize"]  # answered before the frame ends
         sock.sendall(b"x" * 10_000 + END_BLOCK + CARRIAGE_RETURN)
@@ -309,8 +311,11 @@ def test_handler_exception_closes_only_that_connection(caplog: pytest.LogCapture
         return payload
 
     caplog.set_level(logging.DEBUG, logger="ordercheck.mllp")
-    with ServerThread(handler) as srv, connect(srv.port) as bad, \
-            MLLPClient("127.0.0.1", srv.port) as good:
+    with (
+        ServerThread(handler) as srv,
+        connect(srv.port) as bad,
+        MLLPClient("127.0.0.1", srv.port) as good,
+    ):
         assert good.send(b"before", timeout=WAIT) == b"before"
         bad.sendall(frame(b"BOOM PID|SMITH^JOHN"))
         assert_closed_by_peer(bad)
@@ -401,8 +406,11 @@ def test_client_connection_closed() -> None:
         conn.recv(1024)
         conn.sendall(b"\x0bhalf")
 
-    with fake_server(script) as port, MLLPClient("127.0.0.1", port) as client, \
-            pytest.raises(MLLPConnectionClosed):
+    with (
+        fake_server(script) as port,
+        MLLPClient("127.0.0.1", port) as client,
+        pytest.raises(MLLPConnectionClosed),
+    ):
         client.send(b"MSH|x", timeout=WAIT)
 
 
@@ -412,8 +420,11 @@ def test_client_malformed_reply() -> None:
         conn.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n")
         time.sleep(0.2)
 
-    with fake_server(script) as port, MLLPClient("127.0.0.1", port) as client, \
-            pytest.raises(MLLPProtocolError):
+    with (
+        fake_server(script) as port,
+        MLLPClient("127.0.0.1", port) as client,
+        pytest.raises(MLLPProtocolError),
+    ):
         client.send(b"MSH|x", timeout=WAIT)
 
 
@@ -442,10 +453,27 @@ def tls_contexts(tmp_path: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
         pytest.skip("openssl command not available")
     key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
-         "-out", str(cert), "-days", "1", "-subj", "/CN=localhost",
-         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
-        check=True, capture_output=True, timeout=WAIT,
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=WAIT,
     )
     server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server_ctx.load_cert_chain(cert, key)
@@ -456,9 +484,9 @@ def tls_contexts(tmp_path: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
 def test_tls_round_trip(tls_contexts: tuple[ssl.SSLContext, ssl.SSLContext]) -> None:
     server_ctx, client_ctx = tls_contexts
     with ServerThread(echo, ssl=server_ctx) as srv:
-        with MLLPClient("127.0.0.1", srv.port, ssl=client_ctx,
-                        server_hostname="localhost") as client:
+        with MLLPClient(
+            "127.0.0.1", srv.port, ssl=client_ctx, server_hostname="localhost"
+        ) as client:
             assert client.send(b"MSH|tls", timeout=WAIT) == b"ACK|MSH|tls"
-        reply = asyncio.run(send_async("127.0.0.1", srv.port, b"a", timeout=WAIT,
-                                       ssl=client_ctx))
+        reply = asyncio.run(send_async("127.0.0.1", srv.port, b"a", timeout=WAIT, ssl=client_ctx))
         assert reply == b"ACK|a"

@@ -13,10 +13,12 @@ from worker.hl7.escape import Delimiters
 from worker.hl7.parse import clean_start, parse_message, peek_msh, split_messages
 from worker.hl7.read import parse_ts, read_message
 
-BASE = (b"MSH|^~\\&|RIS|HOSP|OC|OC|20261120083000||ORM^O01|C1|P|2.3\r"
-        b"PID|1||12345^^^HOSP^MR||TEST^PATIENT||19700101|F\r"
-        b"ORC|NW|P1\r"
-        b"OBR|1|P1||73701^CT LE W^CPT4|||||||||Left thigh mass\r")
+BASE = (
+    b"MSH|^~\\&|RIS|HOSP|OC|OC|20261120083000||ORM^O01|C1|P|2.3\r"
+    b"PID|1||12345^^^HOSP^MR||TEST^PATIENT||19700101|F\r"
+    b"ORC|NW|P1\r"
+    b"OBR|1|P1||73701^CT LE W^CPT4|||||||||Left thigh mass\r"
+)
 
 
 @pytest.mark.parametrize("sep", [b"\r", b"\n", b"\r\n"])
@@ -54,7 +56,10 @@ def test_doubled_encoding_characters(msh2: bytes) -> None:
     data = BASE.replace(b"^~\\&", msh2).replace(b"Left thigh mass", b"mass 5\\T\\6 cm~x")
     msg = parse_message(data)
     assert (msg.delimiters.repetition, msg.delimiters.escape, msg.delimiters.subcomponent) == (
-        "~", "\\", "&")
+        "~",
+        "\\",
+        "&",
+    )
     assert read_message(msg).orders[0].texts[0].text == "mass 5&6 cm x"
 
 
@@ -71,8 +76,9 @@ def test_latin1_declared_and_sent() -> None:
 
 
 def test_declared_latin1_but_utf8_bytes() -> None:
-    data = BASE.replace(b"2.3\r", b"2.3||||||8859/1\r").replace(b"Left thigh mass",
-                                                                   "mass 12 – 35".encode())
+    data = BASE.replace(b"2.3\r", b"2.3||||||8859/1\r").replace(
+        b"Left thigh mass", "mass 12 – 35".encode()
+    )
     assert read_message(parse_message(data)).orders[0].texts[0].text == "mass 12 – 35"
 
 
@@ -91,13 +97,16 @@ def test_escape_round_trip(text: str) -> None:
     assert d.decode(d.encode(text)) == text.replace("\r\n", "\n").replace("\r", "\n")
 
 
-@pytest.mark.parametrize(("data", "where"), [
-    (b"HELLO WORLD", None),
-    (b"MSH|^~", "MSH-2"),
-    (b"MSH|^~\\&|A|B|C|D|2026||", "MSH-9"),
-    (b"MSH|^~\\&|A|B|C|D|2026||ORM^O01||P|2.3", "MSH-10"),
-    (b"MSHA^~\\&|A", "MSH-1"),
-])
+@pytest.mark.parametrize(
+    ("data", "where"),
+    [
+        (b"HELLO WORLD", None),
+        (b"MSH|^~", "MSH-2"),
+        (b"MSH|^~\\&|A|B|C|D|2026||", "MSH-9"),
+        (b"MSH|^~\\&|A|B|C|D|2026||ORM^O01||P|2.3", "MSH-10"),
+        (b"MSHA^~\\&|A", "MSH-1"),
+    ],
+)
 def test_unreadable_messages_name_the_place(data: bytes, where: str | None) -> None:
     with pytest.raises(HL7ParseError) as info:
         parse_message(data)
@@ -121,24 +130,32 @@ def test_timestamps() -> None:
     assert parse_ts("20261399") is None
 
 
-@pytest.mark.parametrize(("value", "expected"), [
-    ("2008-11-05", "2008-11-05 00:00:00"),
-    ("2008-1-5", "2008-01-05 00:00:00"),
-    ("2008-11", "2008-11-01 00:00:00"),
-    ("2008-11-05T10:30:00+01:00", "2008-11-05 10:30:00+01:00"),
-    ("2008-11-05 10:30", "2008-11-05 10:30:00"),
-    ("2026-11-01T09:00:00.250Z", "2026-11-01 09:00:00"),
-    ("200811051030-0500", "2008-11-05 10:30:00-05:00"),
-])
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("2008-11-05", "2008-11-05 00:00:00"),
+        ("2008-1-5", "2008-01-05 00:00:00"),
+        ("2008-11", "2008-11-01 00:00:00"),
+        ("2008-11-05T10:30:00+01:00", "2008-11-05 10:30:00+01:00"),
+        ("2008-11-05 10:30", "2008-11-05 10:30:00"),
+        ("2026-11-01T09:00:00.250Z", "2026-11-01 09:00:00"),
+        ("200811051030-0500", "2008-11-05 10:30:00-05:00"),
+    ],
+)
 def test_iso_timestamps(value: str, expected: str) -> None:
     assert str(parse_ts(value)) == expected
 
 
-@pytest.mark.parametrize(("msh9", "expected"), [
-    ("ORM^O01", ("ORM", "O01", "")), ("ORM_O01", ("ORM", "O01", "ORM_O01")),
-    ("orm^o01^orm_o01", ("ORM", "O01", "ORM_O01")), ("ORM", ("ORM", "", "")),
-    ("OMI_O23^^", ("OMI", "O23", "OMI_O23")),
-])
+@pytest.mark.parametrize(
+    ("msh9", "expected"),
+    [
+        ("ORM^O01", ("ORM", "O01", "")),
+        ("ORM_O01", ("ORM", "O01", "ORM_O01")),
+        ("orm^o01^orm_o01", ("ORM", "O01", "ORM_O01")),
+        ("ORM", ("ORM", "", "")),
+        ("OMI_O23^^", ("OMI", "O23", "OMI_O23")),
+    ],
+)
 def test_message_type_forms(msh9: str, expected: tuple[str, str, str]) -> None:
     header = read_message(parse_message(BASE.replace(b"ORM^O01", msh9.encode()))).header
     assert (header.message_type, header.trigger_event, header.message_structure) == expected
@@ -152,10 +169,12 @@ def test_clean_start(prefix: bytes) -> None:
 
 
 def test_groups_share_context_and_split_orders() -> None:
-    data = (b"MSH|^~\\&|RIS|HOSP|OC|OC|20261120||ORM^O01|C9|P|2.3\r"
-            b"PID|1||1^^^H\rNTE|1||patient note\r"
-            b"ORC|NW|A\rOBR|1|A||73701^CT^CPT4\rNTE|1||order A note\r"
-            b"ORC|NW|B\rOBR|1|B||73552^XR FEMUR^CPT4\rDG1|1||R22.42^Mass left leg^I10\r")
+    data = (
+        b"MSH|^~\\&|RIS|HOSP|OC|OC|20261120||ORM^O01|C9|P|2.3\r"
+        b"PID|1||1^^^H\rNTE|1||patient note\r"
+        b"ORC|NW|A\rOBR|1|A||73701^CT^CPT4\rNTE|1||order A note\r"
+        b"ORC|NW|B\rOBR|1|B||73552^XR FEMUR^CPT4\rDG1|1||R22.42^Mass left leg^I10\r"
+    )
     msg = read_message(parse_message(data))
     assert [o.placer_number for o in msg.orders] == ["A", "B"]
     assert msg.orders[0].texts[0].text == "order A note"

@@ -42,8 +42,9 @@ class RecordingPublisher:
 
 
 @pytest.fixture
-def setup(knowledge: Knowledge) -> Iterator[tuple[Processor, RecordingPublisher,
-                                                  list[tuple[str, int, float]]]]:
+def setup(
+    knowledge: Knowledge,
+) -> Iterator[tuple[Processor, RecordingPublisher, list[tuple[str, int, float]]]]:
     client = fakeredis.FakeRedis()
     settings = Settings(redis_url=None, delivery_retries=2, delivery_backoff=1.0)
     stores = Stores(settings)
@@ -51,8 +52,14 @@ def setup(knowledge: Knowledge) -> Iterator[tuple[Processor, RecordingPublisher,
     stores.store, stores.history, stores.dedup = store, RedisHistory(client), RedisDedup(store)
     retries: list[tuple[str, int, float]] = []
     publisher = RecordingPublisher()
-    processor = Processor(settings, knowledge, stores, publisher,  # type: ignore[arg-type]
-                          lambda i, a, d: retries.append((i, a, d)), client)
+    processor = Processor(
+        settings,
+        knowledge,
+        stores,
+        publisher,  # type: ignore[arg-type]
+        lambda i, a, d: retries.append((i, a, d)),
+        client,
+    )
     yield processor, publisher, retries
 
 
@@ -72,8 +79,9 @@ def test_same_message_twice_gives_one_advisory(setup: Any) -> None:
 
 def test_out_of_scope_orders_get_no_advisory_by_default(setup: Any) -> None:
     processor, publisher, _ = setup
-    chest = order_message(control_id="P2", procedure="71260^CT CHEST W CONTRAST^CPT4",
-                          reason="^lung nodule")
+    chest = order_message(
+        control_id="P2", procedure="71260^CT CHEST W CONTRAST^CPT4", reason="^lung nodule"
+    )
     assert processor.process(chest, 1_700_000_000.0) == []
     assert publisher.sent == []
 
@@ -81,8 +89,9 @@ def test_out_of_scope_orders_get_no_advisory_by_default(setup: Any) -> None:
 def test_failed_delivery_backs_off_then_gives_up_and_resend_works(setup: Any) -> None:
     processor, publisher, retries = setup
     publisher.up = False
-    [rec_id] = processor.process(order_message(control_id="P3", reason="^thigh mass 6 cm"),
-                                 1_700_000_000.0)
+    [rec_id] = processor.process(
+        order_message(control_id="P3", reason="^thigh mass 6 cm"), 1_700_000_000.0
+    )
     assert retries == [(rec_id, 2, 1.0)]
     processor.deliver(rec_id, 2)
     assert retries[-1] == (rec_id, 3, 2.0)  # exponential backoff
@@ -98,13 +107,22 @@ def test_failed_delivery_backs_off_then_gives_up_and_resend_works(setup: Any) ->
 
 def test_mri_result_after_a_flagged_biopsy_sends_a_corrected_advisory(setup: Any) -> None:
     processor, publisher, _ = setup
-    biopsy = order_message(control_id="BX", placer="PBX", patient_id="P9^^^H^MR",
-                           procedure="20206^BIOPSY MUSCLE PERCUTANEOUS^CPT4",
-                           reason="^core biopsy left thigh mass 6 cm")
+    biopsy = order_message(
+        control_id="BX",
+        placer="PBX",
+        patient_id="P9^^^H^MR",
+        procedure="20206^BIOPSY MUSCLE PERCUTANEOUS^CPT4",
+        reason="^core biopsy left thigh mass 6 cm",
+    )
     [rec_id] = processor.process(biopsy, 1_700_000_000.0)
     assert b"not-appropriate" in publisher.sent[0] and _obx_status(publisher.sent[0]) == "F"
-    mri = order_message(control_id="MRI", msg_type="ORU^R01", patient_id="P9^^^H^MR",
-                        procedure="73720^MRI LE WO W^CPT4", reason="^left thigh mass")
+    mri = order_message(
+        control_id="MRI",
+        msg_type="ORU^R01",
+        patient_id="P9^^^H^MR",
+        procedure="73720^MRI LE WO W^CPT4",
+        reason="^left thigh mass",
+    )
     processor.process(mri, 1_700_000_030.0)
     assert len(publisher.sent) == 2
     corrected = publisher.sent[1]
@@ -117,11 +135,21 @@ def test_mri_result_after_a_flagged_biopsy_sends_a_corrected_advisory(setup: Any
 
 def test_mri_result_outside_the_window_changes_nothing(setup: Any) -> None:
     processor, publisher, _ = setup
-    biopsy = order_message(control_id="BX2", placer="PBX2", patient_id="P10^^^H^MR",
-                           procedure="20206^BIOPSY^CPT4", reason="^biopsy thigh mass 6 cm")
+    biopsy = order_message(
+        control_id="BX2",
+        placer="PBX2",
+        patient_id="P10^^^H^MR",
+        procedure="20206^BIOPSY^CPT4",
+        reason="^biopsy thigh mass 6 cm",
+    )
     processor.process(biopsy, 1_700_000_000.0)
-    mri = order_message(control_id="MRI2", msg_type="ORU^R01", patient_id="P10^^^H^MR",
-                        procedure="73720^MRI LE WO W^CPT4", reason="^thigh mass")
+    mri = order_message(
+        control_id="MRI2",
+        msg_type="ORU^R01",
+        patient_id="P10^^^H^MR",
+        procedure="73720^MRI LE WO W^CPT4",
+        reason="^thigh mass",
+    )
     processor.process(mri, 1_700_000_000.0 + 3600 * 5)
     assert len(publisher.sent) == 1
 
@@ -129,8 +157,9 @@ def test_mri_result_outside_the_window_changes_nothing(setup: Any) -> None:
 @pytest.mark.slow
 def test_embedded_mode_end_to_end() -> None:
     ris = FakeOrderingSystem().start()
-    serve = Serve({"ORDERCHECK_ADVISORY_HOST": "127.0.0.1",
-                   "ORDERCHECK_ADVISORY_PORT": str(ris.port)})
+    serve = Serve(
+        {"ORDERCHECK_ADVISORY_HOST": "127.0.0.1", "ORDERCHECK_ADVISORY_PORT": str(ris.port)}
+    )
     try:
         serve.start()
         msg = order_message(control_id="EMB1", placer="PEMB", reason="^Left thigh mass 6 cm")
@@ -139,8 +168,9 @@ def test_embedded_mode_end_to_end() -> None:
         assert serve.send(msg)[2] == first  # a resend gets the same ACK
         wait_until(lambda: ris.for_placer("PEMB"), 20, "the advisory")
         assert b"not-appropriate" in ris.for_placer("PEMB")[0].body
-        enhanced = order_message(control_id="EMB2", placer="PEMB2", reason="^thigh mass",
-                                 extra_msh={15: "AL", 16: "NE"})
+        enhanced = order_message(
+            control_id="EMB2", placer="PEMB2", reason="^thigh mass", extra_msh={15: "AL", 16: "NE"}
+        )
         assert serve.send(enhanced)[0] == "CA"
         unsupported = order_message(control_id="EMB3", msg_type="ADT^A01")
         code, _, reply = serve.send(unsupported)

@@ -19,10 +19,15 @@ from worker.store import MemoryStore, RedisStore, RejectedEntry, purge_expired
 
 
 def _record(rec_id: str, received_at: datetime) -> AdvisoryRecord:
-    result = CheckResult(message_control_id=rec_id, message_type="ORM^O01",
-                         verdict="not-appropriate", guideline_version="test")
-    return AdvisoryRecord(id=rec_id, received_at=received_at, result=result,
-                          raw_in="MSH|in", raw_out="MSH|out")
+    result = CheckResult(
+        message_control_id=rec_id,
+        message_type="ORM^O01",
+        verdict="not-appropriate",
+        guideline_version="test",
+    )
+    return AdvisoryRecord(
+        id=rec_id, received_at=received_at, result=result, raw_in="MSH|in", raw_out="MSH|out"
+    )
 
 
 class _Task:
@@ -47,7 +52,8 @@ def test_retry_waits_for_the_broker_instead_of_dropping_the_message() -> None:
 
 
 def test_retry_requeues_the_message_when_the_broker_stays_down(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setattr(tasks, "RETRY_QUEUE_WINDOW", 0.05)
     out = tasks._retry(_Task(failures=10**6), ConnectionError("redis"), countdown=0.01)
     assert isinstance(out, Reject) and out.requeue  # never Reject(requeue=False): a loss
@@ -99,14 +105,22 @@ def test_msh15_table_0155_values() -> None:
 
 @pytest.mark.parametrize("kind", ["memory", "fakeredis"])
 def test_purge_expired(kind: str) -> None:
-    store: MemoryStore | RedisStore = (MemoryStore() if kind == "memory"
-                                       else RedisStore(fakeredis.FakeRedis()))
+    store: MemoryStore | RedisStore = (
+        MemoryStore() if kind == "memory" else RedisStore(fakeredis.FakeRedis())
+    )
     now = datetime.now(UTC)
     store.put(_record("old", now - timedelta(days=31)))
     store.put(_record("new", now - timedelta(days=29)))
     for control, days in (("R-OLD", 31), ("R-NEW", 29)):
-        store.keep_rejected(RejectedEntry(control_id=control, ack_code="AR", reason="x",
-                                          received_at=now - timedelta(days=days), raw="MSH|"))
+        store.keep_rejected(
+            RejectedEntry(
+                control_id=control,
+                ack_code="AR",
+                reason="x",
+                received_at=now - timedelta(days=days),
+                raw="MSH|",
+            )
+        )
     assert purge_expired(store, 30, now) == 1
     assert store.get("old") is None and store.get("new") is not None
     assert [e.control_id for e in store.rejected()] == ["R-NEW"]

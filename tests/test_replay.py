@@ -32,8 +32,11 @@ def _expected_summary(n: int) -> dict[str, object]:
         "messages": n,
         "orders": flagged + appropriate + kinds["out-of-scope"],
         "in_scope": flagged + appropriate,
-        "verdicts": {"appropriate": appropriate, "not-appropriate": flagged,
-                     "no-criteria-apply": kinds["out-of-scope"]},
+        "verdicts": {
+            "appropriate": appropriate,
+            "not-appropriate": flagged,
+            "no-criteria-apply": kinds["out-of-scope"],
+        },
         "flags_by_rule": {"CT_BEFORE_MRI": flagged},
         "advice_by_rule": {"RADIOGRAPH_FIRST": flagged, "REFER_SARCOMA_CENTRE": flagged},
         "flags_by_provider": by_provider,
@@ -66,8 +69,10 @@ def test_files_share_the_run_and_line_ends_do_not_matter(corpus: Path, tmp_path:
     code, summary = _replay_json([str(corpus), str(lf)])
     assert code == 0
     assert summary["messages"] == N + 100
-    assert summary["rejected"] == _expected_summary(N)["rejected"] + replaycorpus.expected(100)[0][
-        "garbage"]
+    assert (
+        summary["rejected"]
+        == _expected_summary(N)["rejected"] + replaycorpus.expected(100)[0]["garbage"]
+    )
 
 
 def test_cli_json_is_one_object(corpus: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -83,15 +88,24 @@ def test_cli_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         replaycorpus.write_corpus(out, 50)
     assert main(["replay", str(path)]) == 0
     out = capsys.readouterr().out
-    for label in ("orders", "in scope", "not-appropriate", "rejected messages", "Flags by rule",
-                  "CT_BEFORE_MRI", "REFER_SARCOMA_CENTRE", "1234 ORDERING DOC"):
+    for label in (
+        "orders",
+        "in scope",
+        "not-appropriate",
+        "rejected messages",
+        "Flags by rule",
+        "CT_BEFORE_MRI",
+        "REFER_SARCOMA_CENTRE",
+        "1234 ORDERING DOC",
+    ):
         assert label in out
     assert "\x1b[" not in out  # no colour codes when stdout is not a terminal
 
 
 @pytest.mark.parametrize("bad", ["missing.hl7", "."])
-def test_unreadable_file_exits_2_and_says_why(bad: str, tmp_path: Path, corpus: Path,
-                                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_unreadable_file_exits_2_and_says_why(
+    bad: str, tmp_path: Path, corpus: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     path = str(tmp_path / bad)
     assert main(["replay", "--json", path, str(corpus)]) == 2
     captured = capsys.readouterr()
@@ -101,18 +115,24 @@ def test_unreadable_file_exits_2_and_says_why(bad: str, tmp_path: Path, corpus: 
     assert summary["messages"] == N  # the readable file was still replayed
 
 
-def test_oversized_message_is_rejected_not_kept(tmp_path: Path,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_oversized_message_is_rejected_not_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(replay, "MAX_MESSAGE_BYTES", 2048)
     monkeypatch.setattr(replay, "CHUNK_BYTES", 512)
     path = tmp_path / "big.hl7"
     big = replaycorpus.message(0, "flagged").replace(b"Left thigh", b"x" * 10_000 + b" Left thigh")
-    path.write_bytes(replaycorpus.message(1, "appropriate") + big
-                     + replaycorpus.message(2, "out-of-scope"))
+    path.write_bytes(
+        replaycorpus.message(1, "appropriate") + big + replaycorpus.message(2, "out-of-scope")
+    )
     code, summary = _replay_json([str(path)])
     assert code == 0
-    assert (summary["messages"], summary["orders"], summary["rejected"], summary["oversized"]) \
-        == (3, 2, 1, 1)
+    assert (summary["messages"], summary["orders"], summary["rejected"], summary["oversized"]) == (
+        3,
+        2,
+        1,
+        1,
+    )
 
 
 def test_history_forgets_the_least_recently_used_patient() -> None:

@@ -34,6 +34,7 @@ PATIENT_IDS = ("PAT001", "PAT002", "PAT003", "PAT004")
 
 # -- stores --------------------------------------------------------------------------------------
 
+
 @pytest.fixture(params=["memory", "fakeredis", pytest.param("redis", marks=pytest.mark.redis)])
 def store(request: pytest.FixtureRequest) -> AdvisoryStore:
     if request.param == "memory":
@@ -61,59 +62,77 @@ def ids(rows: list[AdvisoryRecord]) -> list[str]:
 
 # -- the query layer -------------------------------------------------------------------------
 
-def test_list_is_newest_first_and_pages(store: AdvisoryStore,
-                                        recs: dict[str, AdvisoryRecord]) -> None:
-    assert ids(query(store, AdvisoryQuery(), 0, None)) == ["C1", "C2", "C3", "C4", "C5", "C6",
-                                                          "C7"]
+
+def test_list_is_newest_first_and_pages(
+    store: AdvisoryStore, recs: dict[str, AdvisoryRecord]
+) -> None:
+    assert ids(query(store, AdvisoryQuery(), 0, None)) == ["C1", "C2", "C3", "C4", "C5", "C6", "C7"]
     assert ids(query(store, AdvisoryQuery(), 2, 3)) == ["C3", "C4", "C5"]
 
 
-@pytest.mark.parametrize(("filters", "expected"), [
-    (Filters(rule="CT_BEFORE_MRI"), ["C1", "C2", "C6"]),
-    (Filters(rule="ct_before_mri"), ["C1", "C2", "C6"]),
-    (Filters(verdict="appropriate"), ["C3"]),
-    (Filters(provider="smith"), ["C2", "C6"]),
-    (Filters(facility="clinic"), ["C2", "C7"]),
-    (Filters(delivery="undelivered"), ["C4"]),
-    (Filters(disposition="open", rule="PET_INITIAL"), ["C7"]),
-    (Filters(rule="CT_BEFORE_MRI", provider="SMITH", facility="HOSP"), ["C6"]),
-])
-def test_filters(store: AdvisoryStore, recs: dict[str, AdvisoryRecord], filters: Filters,
-                 expected: list[str]) -> None:
+@pytest.mark.parametrize(
+    ("filters", "expected"),
+    [
+        (Filters(rule="CT_BEFORE_MRI"), ["C1", "C2", "C6"]),
+        (Filters(rule="ct_before_mri"), ["C1", "C2", "C6"]),
+        (Filters(verdict="appropriate"), ["C3"]),
+        (Filters(provider="smith"), ["C2", "C6"]),
+        (Filters(facility="clinic"), ["C2", "C7"]),
+        (Filters(delivery="undelivered"), ["C4"]),
+        (Filters(disposition="open", rule="PET_INITIAL"), ["C7"]),
+        (Filters(rule="CT_BEFORE_MRI", provider="SMITH", facility="HOSP"), ["C6"]),
+    ],
+)
+def test_filters(
+    store: AdvisoryStore, recs: dict[str, AdvisoryRecord], filters: Filters, expected: list[str]
+) -> None:
     assert ids(query(store, filters.query(), 0, None)) == expected
 
 
-def test_date_range_is_local_days_until_inclusive(store: AdvisoryStore,
-                                                  recs: dict[str, AdvisoryRecord]) -> None:
+def test_date_range_is_local_days_until_inclusive(
+    store: AdvisoryStore, recs: dict[str, AdvisoryRecord]
+) -> None:
     today = datetime.now(local_tz()).date()
     week_ago = (today - timedelta(days=7)).isoformat()
     assert ids(query(store, Filters(since=week_ago).query(), 0, None)) == [
-        "C1", "C2", "C3", "C4", "C5"]
+        "C1",
+        "C2",
+        "C3",
+        "C4",
+        "C5",
+    ]
     until = (today - timedelta(days=1)).isoformat()
     assert ids(query(store, Filters(until=until).query(), 0, None)) == ["C6", "C7"]
-    assert ids(query(store, Filters(since=today.isoformat(), until=today.isoformat()).query(),
-                     0, None))[:1] == ["C1"]
+    assert ids(
+        query(store, Filters(since=today.isoformat(), until=today.isoformat()).query(), 0, None)
+    )[:1] == ["C1"]
 
 
-@pytest.mark.parametrize(("filters", "message"), [
-    (Filters(since="yesterday"), "since"),
-    (Filters(verdict="bad"), "verdict"),
-    (Filters(delivery="lost"), "delivery"),
-    (Filters(since="2026-11-20", until="2026-11-01"), "until"),
-])
+@pytest.mark.parametrize(
+    ("filters", "message"),
+    [
+        (Filters(since="yesterday"), "since"),
+        (Filters(verdict="bad"), "verdict"),
+        (Filters(delivery="lost"), "delivery"),
+        (Filters(since="2026-11-20", until="2026-11-01"), "until"),
+    ],
+)
 def test_bad_filters_say_which(filters: Filters, message: str) -> None:
     with pytest.raises(FilterError, match=message):
         filters.query()
 
 
-def test_decisions_append_to_the_audit_trail(store: AdvisoryStore,
-                                             recs: dict[str, AdvisoryRecord]) -> None:
+def test_decisions_append_to_the_audit_trail(
+    store: AdvisoryStore, recs: dict[str, AdvisoryRecord]
+) -> None:
     rid = recs["C1"].id
     decide(store, rid, make_decision("accepted", "alice"))
     rec = decide(store, rid, make_decision("overridden", "bob", "mri-unavailable", "no slot"))
     assert rec.disposition == "overridden"
     assert [(d.state, d.reviewer, d.reason_code) for d in rec.audit] == [
-        ("accepted", "alice", ""), ("overridden", "bob", "mri-unavailable")]
+        ("accepted", "alice", ""),
+        ("overridden", "bob", "mri-unavailable"),
+    ]
     again = store.get(rid)
     assert again is not None and len(again.audit) == 2 and again.audit[1].text == "no slot"
     assert again.audit[0].at <= again.audit[1].at
@@ -122,21 +141,25 @@ def test_decisions_append_to_the_audit_trail(store: AdvisoryStore,
         decide(store, "nope", make_decision("accepted", "alice"))
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (("overridden", "alice"), "needs a reason code"),
-    (("overridden", "alice", "because"), "unknown reason code"),
-    (("overridden", "alice", "other"), "needs a text"),
-    (("accepted", "alice", "other"), "only with overridden"),
-    (("maybe", "alice"), "must be one of"),
-    (("accepted", " "), "reviewer"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("overridden", "alice"), "needs a reason code"),
+        (("overridden", "alice", "because"), "unknown reason code"),
+        (("overridden", "alice", "other"), "needs a text"),
+        (("accepted", "alice", "other"), "only with overridden"),
+        (("maybe", "alice"), "must be one of"),
+        (("accepted", " "), "reviewer"),
+    ],
+)
 def test_incomplete_decisions_are_refused(args: tuple[str, ...], message: str) -> None:
     with pytest.raises(DecisionError, match=message):
         make_decision(*args)
 
 
 def test_summary_counts_weeks_rules_providers_and_override_share(
-        store: AdvisoryStore, recs: dict[str, AdvisoryRecord]) -> None:
+    store: AdvisoryStore, recs: dict[str, AdvisoryRecord]
+) -> None:
     s = summarise_store(store, AdvisoryQuery())
     assert s.flagged == len(FLAGGED) and s.overridden == 0 and s.override_share == 0
     assert s.rules[0] == "CT_BEFORE_MRI" and s.rule_total("CT_BEFORE_MRI") == 3
@@ -151,7 +174,8 @@ def test_summary_counts_weeks_rules_providers_and_override_share(
 
 
 def test_protocol_worklist_is_todays_in_scope_mri_and_ct(
-        store: AdvisoryStore, recs: dict[str, AdvisoryRecord]) -> None:
+    store: AdvisoryStore, recs: dict[str, AdvisoryRecord]
+) -> None:
     today = datetime.now(local_tz()).date()
     assert ids(protocol_worklist(store, today)) == ["C3", "C2", "C1"]  # oldest first
     rows = {r.label: r for r in driving_facts(recs["C3"].result.facts)}
@@ -166,12 +190,20 @@ def test_hl7_segments_one_per_line_whatever_the_ends() -> None:
     assert hl7_segments(raw) == ["MSH|^~\\&|A", "PID|1||X", "OBR|1"]
 
 
-def test_detail_text_has_facts_sources_audit_and_raw(store: AdvisoryStore,
-                                                     recs: dict[str, AdvisoryRecord]) -> None:
+def test_detail_text_has_facts_sources_audit_and_raw(
+    store: AdvisoryStore, recs: dict[str, AdvisoryRecord]
+) -> None:
     rec = decide(store, recs["C1"].id, make_decision("false-positive", "alice", text="MRI done"))
     text = detail_text(rec)
-    for part in ("FLAG CT_BEFORE_MRI", "ACR22", "size_cm = 6 cm <- OBR-31", "alice: false-positive",
-                 "HL7 received:", "PID|1||PAT001", "OBX|1|CWE|76515-6"):
+    for part in (
+        "FLAG CT_BEFORE_MRI",
+        "ACR22",
+        "size_cm = 6 cm <- OBR-31",
+        "alice: false-positive",
+        "HL7 received:",
+        "PID|1||PAT001",
+        "OBX|1|CWE|76515-6",
+    ):
         assert part in text
 
 
@@ -183,8 +215,9 @@ def test_chart_escapes_names() -> None:
 
 # -- the page (Flask test client) ----------------------------------------------------------------
 
-SETTINGS = Settings(review_users={"alice": "correct horse"}, review_token="tok-123",
-                    review_secret="s" * 32)
+SETTINGS = Settings(
+    review_users={"alice": "correct horse"}, review_token="tok-123", review_secret="s" * 32
+)
 
 
 def csrf(body: str) -> str:
@@ -195,8 +228,7 @@ def csrf(body: str) -> str:
 
 def login(client: Any, user: str = "alice", password: str = "correct horse") -> Any:
     token = csrf(client.get("/login").get_data(as_text=True))
-    return client.post("/login", data={"user": user, "password": password,
-                                       "csrf_token": token})
+    return client.post("/login", data={"user": user, "password": password, "csrf_token": token})
 
 
 @pytest.fixture
@@ -210,11 +242,19 @@ def client(mem: tuple[MemoryStore, dict[str, AdvisoryRecord]]) -> Any:
     return create_app(mem[0], SETTINGS).test_client()
 
 
-def test_every_page_but_login_needs_a_session(client: Any,
-                                              mem: tuple[MemoryStore, dict[str, Any]]) -> None:
+def test_every_page_but_login_needs_a_session(
+    client: Any, mem: tuple[MemoryStore, dict[str, Any]]
+) -> None:
     rid = mem[1]["C1"].id
-    for path in ("/", "/?rule=CT_BEFORE_MRI", f"/advisories/{rid}", "/summary", "/protocol",
-                 "/advisories/unknown", "/refused"):
+    for path in (
+        "/",
+        "/?rule=CT_BEFORE_MRI",
+        f"/advisories/{rid}",
+        "/summary",
+        "/protocol",
+        "/advisories/unknown",
+        "/refused",
+    ):
         resp = client.get(path)
         assert resp.status_code == 302, path
         assert resp.headers["Location"].startswith("/login"), path
@@ -251,28 +291,35 @@ def test_login_returns_only_to_local_pages(client: Any) -> None:
     resp = client.get("/summary?weeks=4")
     assert resp.headers["Location"] == "/login?next=/summary?weeks%3D4"
     token = csrf(client.get("/login?next=/summary").get_data(as_text=True))
-    resp = client.post("/login?next=//evil.example/x", data={
-        "user": "alice", "password": "correct horse", "csrf_token": token})
+    resp = client.post(
+        "/login?next=//evil.example/x",
+        data={"user": "alice", "password": "correct horse", "csrf_token": token},
+    )
     assert resp.headers["Location"] == "/"
 
 
-def test_posts_without_csrf_token_are_refused(client: Any,
-                                              mem: tuple[MemoryStore, dict[str, Any]]) -> None:
+def test_posts_without_csrf_token_are_refused(
+    client: Any, mem: tuple[MemoryStore, dict[str, Any]]
+) -> None:
     resp = client.post("/login", data={"user": "alice", "password": "correct horse"})
     assert resp.status_code == 400 and "security token" in resp.get_data(as_text=True)
     login(client)
     rid = mem[1]["C1"].id
-    resp = client.post(f"/advisories/{rid}/decision",
-                       data={"state": "overridden", "reason_code": "other", "text": "x"})
+    resp = client.post(
+        f"/advisories/{rid}/decision",
+        data={"state": "overridden", "reason_code": "other", "text": "x"},
+    )
     assert resp.status_code == 400
-    resp = client.post(f"/advisories/{rid}/decision",
-                       data={"state": "accepted", "csrf_token": "forged"})
+    resp = client.post(
+        f"/advisories/{rid}/decision", data={"state": "accepted", "csrf_token": "forged"}
+    )
     assert resp.status_code == 400
     assert mem[0].get(rid).audit == []  # type: ignore[union-attr]
 
 
-def test_detail_shows_facts_sources_raw_hl7_escaped(client: Any, mem: tuple[MemoryStore, Any]
-                                                    ) -> None:
+def test_detail_shows_facts_sources_raw_hl7_escaped(
+    client: Any, mem: tuple[MemoryStore, Any]
+) -> None:
     store, recs = mem
     rec = recs["C1"]
     store._records[rec.id] = rec.model_copy(update={"raw_in": rec.raw_in + "NTE|1||<b>x</b>\r"})
@@ -283,8 +330,15 @@ def test_detail_shows_facts_sources_raw_hl7_escaped(client: Any, mem: tuple[Memo
     pre = re.search(r'<pre class="hl7">(.*?)</pre>', body, re.S)
     assert pre and pre.group(1).splitlines()[0].startswith("MSH|")
     assert len(pre.group(1).splitlines()) == 5  # MSH PID ORC OBR NTE, one per line
-    for part in ("CT_BEFORE_MRI", "ACR22", "OBR-31", "OBR-4 code (CPT4)", "6 cm",
-                 "73720", "Deep to fascia"):
+    for part in (
+        "CT_BEFORE_MRI",
+        "ACR22",
+        "OBR-31",
+        "OBR-4 code (CPT4)",
+        "6 cm",
+        "73720",
+        "Deep to fascia",
+    ):
         assert part in body, part
     assert client.get("/advisories/nope").status_code == 404
 
@@ -294,17 +348,26 @@ def test_decision_form_appends_and_validates(client: Any, mem: tuple[MemoryStore
     rid = recs["C2"].id
     login(client)
     page = client.get(f"/advisories/{rid}").get_data(as_text=True)
-    resp = client.post(f"/advisories/{rid}/decision",
-                       data={"state": "overridden", "csrf_token": csrf(page)})
+    resp = client.post(
+        f"/advisories/{rid}/decision", data={"state": "overridden", "csrf_token": csrf(page)}
+    )
     assert resp.status_code == 400 and "needs a reason code" in resp.get_data(as_text=True)
     for state, reason in (("accepted", "mri-unavailable"), ("overridden", "mri-unavailable")):
-        resp = client.post(f"/advisories/{rid}/decision", data={
-            "state": state, "reason_code": reason, "text": "<i>n</i>",
-            "csrf_token": csrf(page)})
+        resp = client.post(
+            f"/advisories/{rid}/decision",
+            data={
+                "state": state,
+                "reason_code": reason,
+                "text": "<i>n</i>",
+                "csrf_token": csrf(page),
+            },
+        )
         assert resp.status_code == 302
     audit = store.get(rid).audit
     assert [(d.state, d.reviewer, d.reason_code) for d in audit] == [
-        ("accepted", "alice", ""), ("overridden", "alice", "mri-unavailable")]
+        ("accepted", "alice", ""),
+        ("overridden", "alice", "mri-unavailable"),
+    ]
     body = client.get(f"/advisories/{rid}").get_data(as_text=True)
     assert "MRI not available in time" in body and "&lt;i&gt;n&lt;/i&gt;" in body
     assert "Recorded: overridden" in body
@@ -318,8 +381,9 @@ def test_list_filters_and_paging(client: Any, mem: tuple[MemoryStore, Any]) -> N
     assert "since: &#39;notadate&#39; is not a date" in body
     store, recs = mem
     for i in range(55):
-        rec = recs["C5"].model_copy(update={"id": f"x{i}", "received_at":
-                                            datetime.now(UTC) - timedelta(days=30, minutes=i)})
+        rec = recs["C5"].model_copy(
+            update={"id": f"x{i}", "received_at": datetime.now(UTC) - timedelta(days=30, minutes=i)}
+        )
         store.put(rec)
     page1 = client.get("/").get_data(as_text=True)
     assert 'rel="next"' in page1 and 'rel="prev"' not in page1
@@ -338,8 +402,9 @@ def test_summary_and_protocol_pages(client: Any, mem: tuple[MemoryStore, Any]) -
     assert "break-after: page" in client.get("/static/review.css").get_data(as_text=True)
 
 
-def test_no_patient_identifier_reaches_a_log(client: Any, mem: tuple[MemoryStore, Any],
-                                             caplog: pytest.LogCaptureFixture) -> None:
+def test_no_patient_identifier_reaches_a_log(
+    client: Any, mem: tuple[MemoryStore, Any], caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.DEBUG)
     login(client)
     for rec in mem[1].values():
@@ -358,9 +423,16 @@ def _broken(advisory_id: str) -> AdvisoryRecord:
 # -- the page in a real browser ------------------------------------------------------------------
 
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 @pytest.fixture
@@ -389,8 +461,9 @@ def live_server(redis_url: str) -> Iterator[tuple[str, RedisStore, dict[str, Adv
 
 @pytest.mark.browser
 @pytest.mark.redis
-def test_review_in_headless_chromium(chromium: Path, live_server: tuple[str, RedisStore, Any]
-                                     ) -> None:
+def test_review_in_headless_chromium(
+    chromium: Path, live_server: tuple[str, RedisStore, Any]
+) -> None:
     from playwright.sync_api import expect, sync_playwright
 
     url, store, recs = live_server
@@ -464,15 +537,21 @@ def test_review_in_headless_chromium(chromium: Path, live_server: tuple[str, Red
 
 
 def test_refused_messages_are_listed_behind_the_login(
-        client: Any, mem: tuple[MemoryStore, dict[str, Any]]) -> None:
+    client: Any, mem: tuple[MemoryStore, dict[str, Any]]
+) -> None:
     from datetime import UTC, datetime
 
     from worker.store import RejectedEntry
 
-    mem[0].keep_rejected(RejectedEntry(control_id="BAD1", ack_code="AE",
-                                       reason="MSH-9 message type is missing at MSH-9",
-                                       received_at=datetime.now(UTC),
-                                       raw="MSH|^~\\&|X|Y|||2026||<script>|BAD1|P|2.3"))
+    mem[0].keep_rejected(
+        RejectedEntry(
+            control_id="BAD1",
+            ack_code="AE",
+            reason="MSH-9 message type is missing at MSH-9",
+            received_at=datetime.now(UTC),
+            raw="MSH|^~\\&|X|Y|||2026||<script>|BAD1|P|2.3",
+        )
+    )
     assert client.get("/refused").status_code == 302
     login(client)
     body = client.get("/refused").get_data(as_text=True)

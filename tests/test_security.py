@@ -65,12 +65,40 @@ def _openssl(*args: str, cwd: Path) -> None:
 def _leaf(d: Path, name: str, ca: str, usage: str) -> None:
     (d / f"{name}.ext").write_text(
         "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=critical,CA:FALSE\n"
-        f"keyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage={usage}\n")
-    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out",
-             f"{name}.csr", "-subj", f"/CN=ordercheck test {name}", cwd=d)
-    _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key",
-             "-CAcreateserial", "-out", f"{name}.pem", "-days", "2", "-sha256",
-             "-extfile", f"{name}.ext", cwd=d)
+        f"keyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage={usage}\n"
+    )
+    _openssl(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        f"{name}.key",
+        "-out",
+        f"{name}.csr",
+        "-subj",
+        f"/CN=ordercheck test {name}",
+        cwd=d,
+    )
+    _openssl(
+        "x509",
+        "-req",
+        "-in",
+        f"{name}.csr",
+        "-CA",
+        f"{ca}.pem",
+        "-CAkey",
+        f"{ca}.key",
+        "-CAcreateserial",
+        "-out",
+        f"{name}.pem",
+        "-days",
+        "2",
+        "-sha256",
+        "-extfile",
+        f"{name}.ext",
+        cwd=d,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -79,22 +107,49 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
         pytest.skip("the openssl command is not installed")
     d = tmp_path_factory.mktemp("certs")
     for ca in ("ca", "rogue"):
-        _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{ca}.key",
-                 "-out", f"{ca}.pem", "-days", "2", "-sha256", "-subj", f"/CN=ordercheck {ca}",
-                 "-addext", "basicConstraints=critical,CA:TRUE",
-                 "-addext", "keyUsage=critical,keyCertSign,cRLSign",
-                 "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost", cwd=d)
+        _openssl(
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            f"{ca}.key",
+            "-out",
+            f"{ca}.pem",
+            "-days",
+            "2",
+            "-sha256",
+            "-subj",
+            f"/CN=ordercheck {ca}",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost",
+            cwd=d,
+        )
     _leaf(d, "server", "ca", "serverAuth")
     _leaf(d, "client", "ca", "clientAuth")
-    return Certs(d / "ca.pem", d / "server.pem", d / "server.key", d / "client.pem",
-                 d / "client.key", d / "rogue.pem", d / "rogue.key")
+    return Certs(
+        d / "ca.pem",
+        d / "server.pem",
+        d / "server.key",
+        d / "client.pem",
+        d / "client.key",
+        d / "rogue.pem",
+        d / "rogue.key",
+    )
 
 
 def client_context(certs: Certs, cert: bool = False, rogue: bool = False) -> ssl.SSLContext:
     ctx = ssl.create_default_context(cafile=str(certs.ca))
     if cert:
-        ctx.load_cert_chain(str(certs.rogue_cert if rogue else certs.client_cert),
-                            str(certs.rogue_key if rogue else certs.client_key))
+        ctx.load_cert_chain(
+            str(certs.rogue_cert if rogue else certs.client_cert),
+            str(certs.rogue_key if rogue else certs.client_key),
+        )
     return ctx
 
 
@@ -136,8 +191,13 @@ class Running:
 
 
 def listen(**changes: Any) -> Settings:
-    return Settings(listen_port=0, delivery_backoff=0.05, delivery_backoff_max=0.2,
-                    advisory_ack_timeout=2.0, **changes)
+    return Settings(
+        listen_port=0,
+        delivery_backoff=0.05,
+        delivery_backoff_max=0.2,
+        advisory_ack_timeout=2.0,
+        **changes,
+    )
 
 
 @pytest.fixture
@@ -162,8 +222,13 @@ def order(control: str, **kw: Any) -> bytes:
 
 
 def exchange(port: int, message: bytes, ctx: ssl.SSLContext | None = None) -> tuple[str, bytes]:
-    with MLLPClient("127.0.0.1", port, ssl=ctx, connect_timeout=WAIT,
-                    server_hostname="127.0.0.1" if ctx else None) as client:
+    with MLLPClient(
+        "127.0.0.1",
+        port,
+        ssl=ctx,
+        connect_timeout=WAIT,
+        server_hostname="127.0.0.1" if ctx else None,
+    ) as client:
         reply = client.send(message, timeout=WAIT)
     return ack_fields(reply)[0], reply
 
@@ -182,20 +247,24 @@ def closed_by_server(sock: socket.socket, timeout: float = WAIT) -> bool:
 
 
 # ------------------------------------------------------------------------------ TLS listener
-def test_listener_tls_refuses_plain_text_and_serves_tls(running: list[Running],
-                                                         certs: Certs) -> None:
+def test_listener_tls_refuses_plain_text_and_serves_tls(
+    running: list[Running], certs: Certs
+) -> None:
     r = start(running, listen(tls_cert=certs.server_cert, tls_key=certs.server_key))
     with pytest.raises(MLLPError):
         exchange(r.port, order("TLS-PLAIN"))
     assert exchange(r.port, order("TLS-OK"), client_context(certs))[0] == "AA"
     with pytest.raises(MLLPError):  # a client that does not trust the server's CA
-        exchange(r.port, order("TLS-ROGUE"), ssl.create_default_context(
-            cafile=str(certs.rogue_cert)))
+        exchange(
+            r.port, order("TLS-ROGUE"), ssl.create_default_context(cafile=str(certs.rogue_cert))
+        )
 
 
 def test_listener_client_certificate_required(running: list[Running], certs: Certs) -> None:
-    r = start(running, listen(tls_cert=certs.server_cert, tls_key=certs.server_key,
-                              tls_client_ca=certs.ca))
+    r = start(
+        running,
+        listen(tls_cert=certs.server_cert, tls_key=certs.server_key, tls_client_ca=certs.ca),
+    )
     with pytest.raises(MLLPError):
         exchange(r.port, order("MTLS-NOCERT"), client_context(certs))
     with pytest.raises(MLLPError):
@@ -207,8 +276,10 @@ def test_listener_client_certificate_required(running: list[Running], certs: Cer
 def test_advisory_delivered_over_tls(running: list[Running], certs: Certs) -> None:
     ris = FakeOrderingSystem(ssl=server_context(certs)).start()
     try:
-        r = start(running, listen(advisory_host="127.0.0.1", advisory_port=ris.port,
-                                  advisory_tls_ca=certs.ca))
+        r = start(
+            running,
+            listen(advisory_host="127.0.0.1", advisory_port=ris.port, advisory_tls_ca=certs.ca),
+        )
         assert exchange(r.port, order("PUBTLS1"))[0] == "AA"
         wait_until(lambda: "PPUBTLS1" in ris.by_placer(), WAIT, "the advisory over TLS")
         rec = r.service.stores.store.get(advisory_id("EPIC", "HOSP", "PUBTLS1", 0))
@@ -222,6 +293,7 @@ def test_publisher_checks_the_ordering_systems_certificate(certs: Certs) -> None
     message = b"MSH|^~\\&|ORDERCHECK|ORDERCHECK|RIS|HOSP|20261125||ORU^R01|OCX1|P|2.5.1\r"
     route = Route(host="127.0.0.1", port=ris.port)
     try:
+
         def send(**tls: Path) -> bool:
             publisher = Publisher(Settings.model_validate({"advisory_ack_timeout": 3.0, **tls}))
             try:
@@ -229,11 +301,17 @@ def test_publisher_checks_the_ordering_systems_certificate(certs: Certs) -> None
             finally:
                 publisher.close()
 
-        assert send(advisory_tls_ca=certs.ca, advisory_tls_cert=certs.client_cert,
-                    advisory_tls_key=certs.client_key)
+        assert send(
+            advisory_tls_ca=certs.ca,
+            advisory_tls_cert=certs.client_cert,
+            advisory_tls_key=certs.client_key,
+        )
         assert not send(advisory_tls_ca=certs.ca)  # the ordering system wants a certificate
-        assert not send(advisory_tls_ca=certs.rogue_cert, advisory_tls_cert=certs.client_cert,
-                        advisory_tls_key=certs.client_key)  # not the server we trust
+        assert not send(
+            advisory_tls_ca=certs.rogue_cert,
+            advisory_tls_cert=certs.client_cert,
+            advisory_tls_key=certs.client_key,
+        )  # not the server we trust
         assert not send()  # plain text to a TLS port
         assert len(ris.advisories()) == 1
     finally:
@@ -291,8 +369,10 @@ def test_connection_limit(running: list[Running]) -> None:
 
 def test_idle_connections_time_out(running: list[Running]) -> None:
     r = start(running, listen(idle_timeout=0.5))
-    with socket.create_connection(("127.0.0.1", r.port), timeout=WAIT) as idle, \
-            socket.create_connection(("127.0.0.1", r.port), timeout=WAIT) as stalled:
+    with (
+        socket.create_connection(("127.0.0.1", r.port), timeout=WAIT) as idle,
+        socket.create_connection(("127.0.0.1", r.port), timeout=WAIT) as stalled,
+    ):
         stalled.sendall(frame(order("IDLE-1"))[:40])  # a frame that never ends
         started = time.monotonic()
         assert closed_by_server(idle, timeout=5)
@@ -303,10 +383,15 @@ def test_idle_connections_time_out(running: list[Running]) -> None:
 
 # ------------------------------------------------------------------------------------ Redis
 def _record(rec_id: str, received_at: datetime) -> AdvisoryRecord:
-    result = CheckResult(message_control_id=rec_id, message_type="ORM^O01",
-                         verdict="not-appropriate", guideline_version="test")
-    return AdvisoryRecord(id=rec_id, received_at=received_at, result=result,
-                          raw_in="MSH|...", raw_out="MSH|...")
+    result = CheckResult(
+        message_control_id=rec_id,
+        message_type="ORM^O01",
+        verdict="not-appropriate",
+        guideline_version="test",
+    )
+    return AdvisoryRecord(
+        id=rec_id, received_at=received_at, result=result, raw_in="MSH|...", raw_out="MSH|..."
+    )
 
 
 def test_redis_with_password(tmp_path: Path) -> None:
@@ -330,12 +415,11 @@ def test_redis_with_password(tmp_path: Path) -> None:
 
 
 def test_purge_command_with_a_wrong_password_fails_cleanly(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     server = RedisServer(tmp_path / "redis", aof=False, password="s3cret-pw").start()
     try:
-        monkeypatch.setenv("ORDERCHECK_REDIS_URL",
-                           f"redis://:wrong-pw@127.0.0.1:{server.port}/0")
+        monkeypatch.setenv("ORDERCHECK_REDIS_URL", f"redis://:wrong-pw@127.0.0.1:{server.port}/0")
         assert cli_main(["purge"]) == 2
         err = capsys.readouterr().err
         assert "AuthenticationError" in err and "Traceback" not in err
@@ -351,12 +435,36 @@ def test_redis_over_tls_with_password(tmp_path: Path, certs: Certs) -> None:
     workdir = tmp_path / "redis-tls"
     workdir.mkdir()
     proc = subprocess.Popen(
-        ["redis-server", "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
-         "--tls-cert-file", str(certs.server_cert), "--tls-key-file", str(certs.server_key),
-         "--tls-ca-cert-file", str(certs.ca), "--tls-auth-clients", "no",
-         "--requirepass", "s3cret-pw", "--save", "", "--appendonly", "no",
-         "--dir", str(workdir), "--logfile", str(workdir / "redis.log")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [
+            "redis-server",
+            "--port",
+            "0",
+            "--tls-port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--tls-cert-file",
+            str(certs.server_cert),
+            "--tls-key-file",
+            str(certs.server_key),
+            "--tls-ca-cert-file",
+            str(certs.ca),
+            "--tls-auth-clients",
+            "no",
+            "--requirepass",
+            "s3cret-pw",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(workdir),
+            "--logfile",
+            str(workdir / "redis.log"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         url = f"rediss://:s3cret-pw@127.0.0.1:{port}/0?ssl_ca_certs={certs.ca}"
 
@@ -372,8 +480,7 @@ def test_redis_over_tls_with_password(tmp_path: Path, certs: Certs) -> None:
         store = RedisStore(redis.Redis.from_url(url, socket_timeout=5))
         assert store.put(_record("tls1", datetime.now(UTC)))
         assert store.get("tls1") is not None
-        plain = redis.Redis.from_url(f"redis://:s3cret-pw@127.0.0.1:{port}/0",
-                                     socket_timeout=2)
+        plain = redis.Redis.from_url(f"redis://:s3cret-pw@127.0.0.1:{port}/0", socket_timeout=2)
         with pytest.raises(redis.ConnectionError):
             plain.ping()  # plain text to the TLS port
         rogue = f"rediss://:s3cret-pw@127.0.0.1:{port}/0?ssl_ca_certs={certs.rogue_cert}"
@@ -387,8 +494,8 @@ def test_redis_over_tls_with_password(tmp_path: Path, certs: Certs) -> None:
 # ---------------------------------------------------------------------------------- purge
 @pytest.mark.redis
 def test_purge_command_deletes_what_is_older_than_retention(
-        redis_url: str, monkeypatch: pytest.MonkeyPatch,
-        capsys: pytest.CaptureFixture[str]) -> None:
+    redis_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     import redis
 
     store = RedisStore(redis.Redis.from_url(redis_url))
@@ -396,8 +503,15 @@ def test_purge_command_deletes_what_is_older_than_retention(
     store.put(_record("old", now - timedelta(days=40)))
     store.put(_record("new", now - timedelta(days=5)))
     for control, days in (("R-OLD", 40), ("R-NEW", 5)):
-        store.keep_rejected(RejectedEntry(control_id=control, ack_code="AR", reason="test",
-                                          received_at=now - timedelta(days=days), raw="MSH|"))
+        store.keep_rejected(
+            RejectedEntry(
+                control_id=control,
+                ack_code="AR",
+                reason="test",
+                received_at=now - timedelta(days=days),
+                raw="MSH|",
+            )
+        )
     monkeypatch.setenv("ORDERCHECK_REDIS_URL", redis_url)
     monkeypatch.setenv("ORDERCHECK_RETENTION_DAYS", "30")
     assert cli_main(["purge"]) == 0
@@ -409,7 +523,8 @@ def test_purge_command_deletes_what_is_older_than_retention(
 
 
 def test_purge_command_on_the_embedded_default_says_where_the_data_is(
-        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.delenv("ORDERCHECK_REDIS_URL", raising=False)
     assert cli_main(["purge"]) == 2
     assert "embedded" in capsys.readouterr().err
@@ -496,15 +611,26 @@ def test_no_patient_identifier_in_logs_or_metrics(running: list[Running]) -> Non
     root.setLevel(logging.DEBUG)
     ris = FakeOrderingSystem()  # down at first: delivery failures and retries get logged
     try:
-        r = start(running, listen(allowed_senders=["EPIC", "RIS"], advisory_host="127.0.0.1",
-                                  advisory_port=ris.port, max_frame_bytes=2048))
+        r = start(
+            running,
+            listen(
+                allowed_senders=["EPIC", "RIS"],
+                advisory_host="127.0.0.1",
+                advisory_port=ris.port,
+                max_frame_bytes=2048,
+            ),
+        )
         p = PATIENTS
         messages = [
             # a flagged CT (advisory), an MRI (appropriate), an MRI result, a resend of the CT
             _with_patient(order("PII-CT"), *p[0]),
             _with_patient(order("PII-MRI", procedure="73720^MRI LE WO W^CPT4"), *p[1]),
-            _with_patient(order("PII-ORU", msg_type="ORU^R01", sender="RIS",
-                                procedure="73720^MRI LE WO W^CPT4"), *p[1]),
+            _with_patient(
+                order(
+                    "PII-ORU", msg_type="ORU^R01", sender="RIS", procedure="73720^MRI LE WO W^CPT4"
+                ),
+                *p[1],
+            ),
             _with_patient(order("PII-CT"), *p[0]),
             # refused: sender not allowed, wrong version, wrong processing id, unreadable
             _with_patient(order("PII-AL", sender="ROGUE"), *p[2]),
@@ -521,16 +647,27 @@ def test_no_patient_identifier_in_logs_or_metrics(running: list[Running]) -> Non
         with MLLPClient("127.0.0.1", r.port, connect_timeout=WAIT) as client:
             for m in messages[:4]:
                 client.send(m, timeout=WAIT)
-            wait_until(lambda: r.service.stores.store.get(
-                advisory_id("EPIC", "HOSP", "PII-CT", 0)) is not None, WAIT, "the CT checked")
-            wait_until(lambda: any("retry" in rec.getMessage() for rec in capture.records),
-                       WAIT, "a failed delivery")
+            wait_until(
+                lambda: (
+                    r.service.stores.store.get(advisory_id("EPIC", "HOSP", "PII-CT", 0)) is not None
+                ),
+                WAIT,
+                "the CT checked",
+            )
+            wait_until(
+                lambda: any("retry" in rec.getMessage() for rec in capture.records),
+                WAIT,
+                "a failed delivery",
+            )
             ris.start()
             for m in messages[4:-1]:
                 client.send(m, timeout=WAIT)
             client._sock.sendall(frame(messages[-1]))  # type: ignore[union-attr]  # no reply
-        wait_until(lambda: {"PPII-CT", "PPII-MRI"} <= set(ris.by_placer()), WAIT,
-                   "the advisories delivered")
+        wait_until(
+            lambda: {"PPII-CT", "PPII-MRI"} <= set(ris.by_placer()),
+            WAIT,
+            "the advisories delivered",
+        )
         r.stop()
         running.remove(r)
     finally:
@@ -540,8 +677,13 @@ def test_no_patient_identifier_in_logs_or_metrics(running: list[Running]) -> Non
 
     assert len(capture.records) > 20  # the run did log: DEBUG from the listener up
     needles = _needles()
-    leaks = [(rec.name, rec.getMessage()[:120], n) for rec in capture.records
-             for text in _texts(rec) for n in needles if n.lower() in text.lower()]
+    leaks = [
+        (rec.name, rec.getMessage()[:120], n)
+        for rec in capture.records
+        for text in _texts(rec)
+        for n in needles
+        if n.lower() in text.lower()
+    ]
     assert leaks == []
     metrics = generate_latest(REGISTRY).decode()
     assert [n for n in needles if n.lower() in metrics.lower()] == []

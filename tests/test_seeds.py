@@ -11,8 +11,17 @@ from conftest import ROOT, SEEDS, SHARED
 
 from worker.cli import main
 
-CONTRACT_FIELDS = {"message_control_id", "message_type", "placer_order_number", "verdict",
-                   "flags", "advice", "preferred_procedure", "protocol", "error"}
+CONTRACT_FIELDS = {
+    "message_control_id",
+    "message_type",
+    "placer_order_number",
+    "verdict",
+    "flags",
+    "advice",
+    "preferred_procedure",
+    "protocol",
+    "error",
+}
 
 
 def run_json(paths: list[Path], capsys: pytest.CaptureFixture[str]) -> list[dict[str, Any]]:

@@ -50,31 +50,61 @@ def _processor(knowledge: Knowledge) -> tuple[Processor, Recorder, Any]:
     store = RedisStore(client)
     stores.store, stores.history, stores.dedup = store, RedisHistory(client), RedisDedup(store)
     publisher = Recorder()
-    processor = Processor(Settings(redis_url=None), knowledge, stores,
-                          publisher, lambda i, a, d: None, client)  # type: ignore[arg-type]
+    processor = Processor(
+        Settings(redis_url=None), knowledge, stores, publisher, lambda i, a, d: None, client
+    )  # type: ignore[arg-type]
     return processor, publisher, client
 
 
 def _batch() -> list[bytes]:
     return [
-        order_message(control_id="B1", placer="PB1", patient_id="S1^^^H^MR",
-                      reason="^Left thigh mass 6 cm deep"),
-        order_message(control_id="B2", placer="PB2", patient_id="S2^^^H^MR",
-                      procedure="73720^MRI LE WO W^CPT4", reason="^thigh mass, XR done"),
-        order_message(control_id="B3", placer="PB3", patient_id="S1^^^H^MR",  # same patient
-                      procedure="20206^BIOPSY MUSCLE PERCUTANEOUS^CPT4",
-                      reason="^core biopsy left thigh mass 6 cm"),
-        order_message(control_id="B4", placer="PB4", patient_id="S3^^^H^MR",
-                      procedure="71260^CT CHEST W^CPT4", reason="^cough"),  # out of scope
-        order_message(control_id="B5", msg_type="ORU^R01", placer="PB5",
-                      patient_id="S4^^^H^MR", procedure="73720^MRI LE WO W^CPT4",
-                      reason="^thigh mass"),  # a result: history, no advisory
-        order_message(control_id="B6", placer="PB6", patient_id="S5^^^H^MR",
-                      order_status="CM", procedure="73720^MRI LE WO W^CPT4",
-                      reason="^thigh mass"),  # a completed order writes history
+        order_message(
+            control_id="B1",
+            placer="PB1",
+            patient_id="S1^^^H^MR",
+            reason="^Left thigh mass 6 cm deep",
+        ),
+        order_message(
+            control_id="B2",
+            placer="PB2",
+            patient_id="S2^^^H^MR",
+            procedure="73720^MRI LE WO W^CPT4",
+            reason="^thigh mass, XR done",
+        ),
+        order_message(
+            control_id="B3",
+            placer="PB3",
+            patient_id="S1^^^H^MR",  # same patient
+            procedure="20206^BIOPSY MUSCLE PERCUTANEOUS^CPT4",
+            reason="^core biopsy left thigh mass 6 cm",
+        ),
+        order_message(
+            control_id="B4",
+            placer="PB4",
+            patient_id="S3^^^H^MR",
+            procedure="71260^CT CHEST W^CPT4",
+            reason="^cough",
+        ),  # out of scope
+        order_message(
+            control_id="B5",
+            msg_type="ORU^R01",
+            placer="PB5",
+            patient_id="S4^^^H^MR",
+            procedure="73720^MRI LE WO W^CPT4",
+            reason="^thigh mass",
+        ),  # a result: history, no advisory
+        order_message(
+            control_id="B6",
+            placer="PB6",
+            patient_id="S5^^^H^MR",
+            order_status="CM",
+            procedure="73720^MRI LE WO W^CPT4",
+            reason="^thigh mass",
+        ),  # a completed order writes history
         b"MSH|^~\\&|X\rgarbage",
-        order_message(control_id="B8", placer="PB8", patient_id="",
-                      reason="^Right thigh lump 7 cm"),  # no patient id: no lock
+        order_message(
+            control_id="B8", placer="PB8", patient_id="", reason="^Right thigh lump 7 cm"
+        ),  # no patient id: no lock
     ]
 
 
@@ -96,7 +126,9 @@ def test_process_batch_gives_what_process_gives_one_by_one(knowledge: Knowledge)
         assert a is not None and b is not None
         assert a.delivery == "delivered" and a.delivery_attempts == 1 and a.delivered_at
         assert (a.result.verdict, [f.code for f in a.result.flags]) == (
-            b.result.verdict, [f.code for f in b.result.flags])
+            b.result.verdict,
+            [f.code for f in b.result.flags],
+        )
     assert client.xlen("oc:advisories") == 4
     assert not list(client.scan_iter("oc:lock:*"))  # every patient lock released
     # Run again (a redelivered task): nothing new is sent or streamed.
@@ -106,7 +138,8 @@ def test_process_batch_gives_what_process_gives_one_by_one(knowledge: Knowledge)
 
 
 def test_process_batch_clears_the_journal_of_what_it_processed_in_its_last_write(
-        knowledge: Knowledge, monkeypatch: pytest.MonkeyPatch) -> None:
+    knowledge: Knowledge, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from worker.journal import Journal
 
     processor, _, client = _processor(knowledge)
@@ -123,7 +156,8 @@ def test_process_batch_clears_the_journal_of_what_it_processed_in_its_last_write
 
     monkeypatch.setattr(processor, "process", failing)
     ids, failed = processor.process_batch(
-        items, lambda pipe, done: journal.queue_done(pipe, [items[i][0] for i in done]))
+        items, lambda pipe, done: journal.queue_done(pipe, [items[i][0] for i in done])
+    )
     assert list(failed) == [4] and len(ids) == 4
     assert journal.take_stale(-1) == [items[4]]  # only the failed message is left
     for rec_id in ids:
@@ -131,8 +165,9 @@ def test_process_batch_clears_the_journal_of_what_it_processed_in_its_last_write
         assert record is not None and record.delivery == "delivered"
 
 
-def test_a_batch_of_orders_takes_three_round_trips(knowledge: Knowledge,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_batch_of_orders_takes_three_round_trips(
+    knowledge: Knowledge, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Locks and histories, then records, then delivery states with the journal's clean-up."""
     from worker.journal import Journal
 
@@ -150,7 +185,8 @@ def test_a_batch_of_orders_takes_three_round_trips(knowledge: Knowledge,
 
     monkeypatch.setattr(pipeline_class, "execute", counted)
     ids, failed = processor.process_batch(
-        items, lambda pipe, done: journal.queue_done(pipe, [items[i][0] for i in done]))
+        items, lambda pipe, done: journal.queue_done(pipe, [items[i][0] for i in done])
+    )
     assert failed == {} and len(ids) == 3 and len(publisher.sent) == 3
     assert len(writes) == 3
     assert writes[-1].count("HSET") == 3 and writes[-1][-2:] == ["HDEL", "ZREM"]
@@ -158,7 +194,8 @@ def test_a_batch_of_orders_takes_three_round_trips(knowledge: Knowledge,
 
 
 def test_one_log_line_per_checked_message_counts_its_deliveries(
-        knowledge: Knowledge, caplog: pytest.LogCaptureFixture) -> None:
+    knowledge: Knowledge, caplog: pytest.LogCaptureFixture
+) -> None:
     import json
 
     from worker.logs import JSONFormatter
@@ -166,17 +203,22 @@ def test_one_log_line_per_checked_message_counts_its_deliveries(
     processor, publisher, _ = _processor(knowledge)
     with caplog.at_level(logging.INFO, logger="ordercheck"):
         processor.process_batch([(m, 1_700_000_000.0) for m in _batch()[:2]])
-    lines = [json.loads(JSONFormatter().format(r)) for r in caplog.records
-             if r.name == "ordercheck.pipeline"]
-    assert sorted((line["msg"], line["control_id"], line["advisories"], line["delivered"])
-                  for line in lines) == [("checked", "B1", 1, 1), ("checked", "B2", 1, 1)]
+    lines = [
+        json.loads(JSONFormatter().format(r))
+        for r in caplog.records
+        if r.name == "ordercheck.pipeline"
+    ]
+    assert sorted(
+        (line["msg"], line["control_id"], line["advisories"], line["delivered"]) for line in lines
+    ) == [("checked", "B1", 1, 1), ("checked", "B2", 1, 1)]
     assert len(publisher.sent) == 2
 
 
 def test_a_patient_locked_by_another_worker_is_waited_for(knowledge: Knowledge) -> None:
     processor, publisher, client = _processor(knowledge)
-    msg = order_message(control_id="L1", placer="PL1", patient_id="LK1^^^H^MR",
-                        reason="^Left thigh mass 6 cm deep")
+    msg = order_message(
+        control_id="L1", placer="PL1", patient_id="LK1^^^H^MR", reason="^Left thigh mass 6 cm deep"
+    )
     client.set(_lock_name(["H|LK1"]), b"other", px=300)
     assert client.exists(_lock_name(["H|LK1"]))
     started = time.monotonic()
@@ -187,8 +229,10 @@ def test_a_patient_locked_by_another_worker_is_waited_for(knowledge: Knowledge) 
 
 def test_add_advisory_writes_once_and_all_together(knowledge: Knowledge) -> None:
     processor, _, client = _processor(knowledge)
-    [rec_id] = processor.process(order_message(control_id="A1", patient_id="AA1^^^H^MR",
-                                               reason="^thigh mass 6 cm"), 1_700_000_000.0)
+    [rec_id] = processor.process(
+        order_message(control_id="A1", patient_id="AA1^^^H^MR", reason="^thigh mass 6 cm"),
+        1_700_000_000.0,
+    )
     store = processor.stores.store
     record = store.get(rec_id)
     assert record is not None and record.raw_out and record.delivery == "delivered"
@@ -242,8 +286,13 @@ def test_listener_batch_queues_once_and_answers_resends_with_the_first_ack() -> 
 
 def test_listener_batch_refused_when_the_broker_is_down() -> None:
     dedup = MemoryDedup()
-    ingest = Ingestor(Settings(redis_url=None), dedup, Queue(dedup).never, lambda r: None,
-                      Queue(dedup, fail=True).many)
+    ingest = Ingestor(
+        Settings(redis_url=None),
+        dedup,
+        Queue(dedup).never,
+        lambda r: None,
+        Queue(dedup, fail=True).many,
+    )
     msg = order_message(control_id="D1", reason="^thigh mass")
     replies = ingest.handle_batch([msg, msg])
     assert [ack_fields(r or b"")[0] for r in replies] == ["AR", "AR"]
@@ -294,20 +343,24 @@ def _two_frames_apart(**options: Any) -> tuple[list[int], float]:
 
 @pytest.mark.parametrize(("behind", "expected"), [(False, [1, 1]), (True, [2])])
 def test_batcher_waits_to_batch_only_while_the_workers_are_behind(
-        behind: bool, expected: list[int]) -> None:
+    behind: bool, expected: list[int]
+) -> None:
     # the second frame comes well inside the 0.2 s wait, well after an idle batch
     sizes, _ = _two_frames_apart(behind=lambda: behind, behind_linger=0.2)
     assert sizes == expected
 
 
-@pytest.mark.parametrize(("peers", "linger", "at_least", "at_most"),
-                         [(2, 5.0, 0.0, 2.0), (3, 0.3, 0.29, 5.0)])
+@pytest.mark.parametrize(
+    ("peers", "linger", "at_least", "at_most"), [(2, 5.0, 0.0, 2.0), (3, 0.3, 0.29, 5.0)]
+)
 def test_batcher_stops_waiting_once_every_connection_has_a_frame_waiting(
-        peers: int, linger: float, at_least: float, at_most: float) -> None:
+    peers: int, linger: float, at_least: float, at_most: float
+) -> None:
     """Each connection sends its next frame only after its ACK: with as many frames waiting as
     connections open, no other frame can come, so the wait for a fuller batch ends."""
-    sizes, elapsed = _two_frames_apart(behind=lambda: True, behind_linger=linger,
-                                       peers=lambda: peers)
+    sizes, elapsed = _two_frames_apart(
+        behind=lambda: True, behind_linger=linger, peers=lambda: peers
+    )
     assert sizes == [2]
     assert at_least <= elapsed < at_most
 
@@ -339,11 +392,20 @@ def test_acks_for_resends_go_in_the_queueing_transaction() -> None:
     client = fakeredis.FakeRedis()
     store = RedisStore(client)
     dedup = RedisDedup(store)
-    enqueue = journaled_direct(Journal(client), "ordercheck.validate_batch", "q", 60,
-                               record_acks=lambda pipe, acks: store.queue_dedup_set_many(
-                                   pipe, acks, 3600))
-    ingest = Ingestor(Settings(redis_url=None), dedup, lambda d, a: None, lambda r: None,
-                      enqueue_with_acks=enqueue)
+    enqueue = journaled_direct(
+        Journal(client),
+        "ordercheck.validate_batch",
+        "q",
+        60,
+        record_acks=lambda pipe, acks: store.queue_dedup_set_many(pipe, acks, 3600),
+    )
+    ingest = Ingestor(
+        Settings(redis_url=None),
+        dedup,
+        lambda d, a: None,
+        lambda r: None,
+        enqueue_with_acks=enqueue,
+    )
     msgs = [order_message(control_id=f"T{n}", reason="^thigh mass") for n in range(3)]
     replies, remember = ingest.handle_batch_early(msgs)
     assert client.llen("q") == 1  # one task for the batch
@@ -356,8 +418,13 @@ def test_acks_for_resends_go_in_the_queueing_transaction() -> None:
         def pipeline(self, transaction: bool = True) -> Any:
             raise ConnectionError("broker down")
 
-    refused = Ingestor(Settings(redis_url=None), dedup, lambda d, a: None, lambda r: None,
-                       enqueue_with_acks=journaled_direct(Journal(Down()), "t", "q", 60))
+    refused = Ingestor(
+        Settings(redis_url=None),
+        dedup,
+        lambda d, a: None,
+        lambda r: None,
+        enqueue_with_acks=journaled_direct(Journal(Down()), "t", "q", 60),
+    )
     other = order_message(control_id="T9", reason="^thigh mass")
     [reply] = refused.handle_batch([other])
     assert ack_fields(reply or b"")[0] == "AR"
@@ -384,7 +451,8 @@ class Silent(Recorder):
 
 @pytest.mark.parametrize("concurrency", [1, 4])
 def test_a_destination_that_failed_is_not_tried_again_in_the_same_batch(
-        knowledge: Knowledge, concurrency: int) -> None:
+    knowledge: Knowledge, concurrency: int
+) -> None:
     """A silent ordering system costs a batch one ACK timeout: one send, or with concurrent
     deliveries the first few at once (they wait for each other here), then none."""
     client = fakeredis.FakeRedis()
@@ -394,10 +462,23 @@ def test_a_destination_that_failed_is_not_tried_again_in_the_same_batch(
     stores.store, stores.history, stores.dedup = store, RedisHistory(client), RedisDedup(store)
     publisher = Silent(together=concurrency)
     retries: list[tuple[str, int, float]] = []
-    processor = Processor(settings, knowledge, stores, publisher,  # type: ignore[arg-type]
-                          lambda i, a, d: retries.append((i, a, d)), client)
-    batch = [order_message(control_id=f"D{n}", placer=f"PD{n}", patient_id=f"D{n}^^^H^MR",
-                           reason="^Left thigh mass 6 cm deep") for n in range(6)]
+    processor = Processor(
+        settings,
+        knowledge,
+        stores,
+        publisher,  # type: ignore[arg-type]
+        lambda i, a, d: retries.append((i, a, d)),
+        client,
+    )
+    batch = [
+        order_message(
+            control_id=f"D{n}",
+            placer=f"PD{n}",
+            patient_id=f"D{n}^^^H^MR",
+            reason="^Left thigh mass 6 cm deep",
+        )
+        for n in range(6)
+    ]
     ids, failed = processor.process_batch([(m, time.time()) for m in batch])
     assert not failed and len(ids) == 6
     assert len(publisher.sent) == concurrency  # in flight at once; the rest are not tried
@@ -420,13 +501,17 @@ def test_a_destination_that_failed_is_not_tried_again_in_the_same_batch(
     assert len(publisher.sent) == 1
 
 
-@pytest.mark.parametrize("patterns", [
-    [r"\bmass(?:es)?\b", r"sarcomas?\b", r"\blumps?\b", r"\bfoo|bar", r"\(l\)", r"\bl\b"],
-    [r"\bleft\b", r"\blt\.", r"\b(?:l|lt)\s*(?=thigh)", r"\(l\)", r"\blft\b"],
-    [r"[|(]x", r"\by\b", r"[\]|]z"],
-])
+@pytest.mark.parametrize(
+    "patterns",
+    [
+        [r"\bmass(?:es)?\b", r"sarcomas?\b", r"\blumps?\b", r"\bfoo|bar", r"\(l\)", r"\bl\b"],
+        [r"\bleft\b", r"\blt\.", r"\b(?:l|lt)\s*(?=thigh)", r"\(l\)", r"\blft\b"],
+        [r"[|(]x", r"\by\b", r"[\]|]z"],
+    ],
+)
 def test_term_lists_compile_to_the_same_matches_with_a_shared_word_boundary(
-        patterns: list[str]) -> None:
+    patterns: list[str],
+) -> None:
     """compile_terms shares one \\b among consecutive anchored patterns of a mixed list (a
     scan ten times faster); what it matches, and where, stays that of the plain alternation."""
     from worker.guideline import compile_terms
@@ -434,9 +519,18 @@ def test_term_lists_compile_to_the_same_matches_with_a_shared_word_boundary(
     plain = re.compile("|".join(f"(?:{p})" for p in patterns))
     fast = compile_terms(patterns, "test")
     assert fast.pattern != plain.pattern
-    texts = ["liposarcoma of the (l) thigh, lumps", "l thigh mass", "left lt. lft", "foo bar",
-             "xfoo barx", "a|x (x y ]z |z", "masses, no lump", "ltthigh (L) l",
-             "clumps of a bleft, al thigh", "gyl theft, xy"]  # mid-word: no boundary
+    texts = [
+        "liposarcoma of the (l) thigh, lumps",
+        "l thigh mass",
+        "left lt. lft",
+        "foo bar",
+        "xfoo barx",
+        "a|x (x y ]z |z",
+        "masses, no lump",
+        "ltthigh (L) l",
+        "clumps of a bleft, al thigh",
+        "gyl theft, xy",
+    ]  # mid-word: no boundary
     for text in texts:
         assert [m.span() for m in fast.finditer(text)] == [m.span() for m in plain.finditer(text)]
 
@@ -457,8 +551,7 @@ def test_publisher_opens_a_connection_per_send_at_once_and_reuses_them() -> None
 
         ris.delay = 0.2  # the two sends overlap
         with ThreadPoolExecutor(2) as pool:
-            outcomes = list(pool.map(lambda n: publisher.send(route, message(n), f"C{n}"),
-                                     [1, 2]))
+            outcomes = list(pool.map(lambda n: publisher.send(route, message(n), f"C{n}"), [1, 2]))
         assert all(o.ok for o in outcomes)
         assert ris.connection_count == 2
         ris.delay = 0.0

@@ -29,25 +29,44 @@ def task_message(task: str, args: list[Any], queue: str, time_limit: int | None)
     """The queued form of `task.apply_async(args)` on *queue* (the payload kombu LPUSHes)."""
     task_id = str(uuid.uuid4())
     body = json.dumps([args, {}, _EMBED]).encode("utf-8")
-    return json.dumps({
-        "body": base64.b64encode(body).decode("ascii"),
-        "content-encoding": "utf-8",
-        "content-type": "application/json",
-        "headers": {
-            "lang": "py", "task": task, "id": task_id, "shadow": None, "eta": None,
-            "expires": None, "group": None, "group_index": None, "retries": 0,
-            "timelimit": [time_limit, None], "root_id": task_id, "parent_id": None,
-            # Celery puts a repr of the arguments here for its logs: never patient data.
-            "argsrepr": f"<{_count(args)} messages>", "kwargsrepr": "{}", "origin": _ORIGIN,
-            "ignore_result": True, "replaced_task_nesting": 0, "stamped_headers": None,
-            "stamps": {},
-        },
-        "properties": {
-            "correlation_id": task_id, "reply_to": "", "delivery_mode": 2,
-            "delivery_info": {"exchange": "", "routing_key": queue}, "priority": 0,
-            "body_encoding": "base64", "delivery_tag": str(uuid.uuid4()),
-        },
-    })
+    return json.dumps(
+        {
+            "body": base64.b64encode(body).decode("ascii"),
+            "content-encoding": "utf-8",
+            "content-type": "application/json",
+            "headers": {
+                "lang": "py",
+                "task": task,
+                "id": task_id,
+                "shadow": None,
+                "eta": None,
+                "expires": None,
+                "group": None,
+                "group_index": None,
+                "retries": 0,
+                "timelimit": [time_limit, None],
+                "root_id": task_id,
+                "parent_id": None,
+                # Celery puts a repr of the arguments here for its logs: never patient data.
+                "argsrepr": f"<{_count(args)} messages>",
+                "kwargsrepr": "{}",
+                "origin": _ORIGIN,
+                "ignore_result": True,
+                "replaced_task_nesting": 0,
+                "stamped_headers": None,
+                "stamps": {},
+            },
+            "properties": {
+                "correlation_id": task_id,
+                "reply_to": "",
+                "delivery_mode": 2,
+                "delivery_info": {"exchange": "", "routing_key": queue},
+                "priority": 0,
+                "body_encoding": "base64",
+                "delivery_tag": str(uuid.uuid4()),
+            },
+        }
+    )
 
 
 def _count(args: list[Any]) -> int:

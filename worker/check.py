@@ -49,8 +49,9 @@ class MessageOutcome:
 class Checker:
     """Checks orders against the guideline, sharing one patient history."""
 
-    def __init__(self, knowledge: Knowledge, history: History,
-                 site: SiteSettings | None = None) -> None:
+    def __init__(
+        self, knowledge: Knowledge, history: History, site: SiteSettings | None = None
+    ) -> None:
         self.kn = knowledge
         self.history = history
         self.site = site or SiteSettings()
@@ -58,8 +59,10 @@ class Checker:
     # -- entry points ------------------------------------------------------------------------
     def check_file_bytes(self, data: bytes, source: str = "") -> list[MessageOutcome]:
         """Every message of a file or stream, in order."""
-        return [self.check_message(raw, line, f"{source}:{line}" if source else "")
-                for line, raw in split_messages(data)]
+        return [
+            self.check_message(raw, line, f"{source}:{line}" if source else "")
+            for line, raw in split_messages(data)
+        ]
 
     def check_message(self, data: bytes, line: int = 1, source: str = "") -> MessageOutcome:
         """One message: never raises for bad input; a message that cannot be read is rejected."""
@@ -78,34 +81,53 @@ class Checker:
         keys = parsed.patient.keys()
         if kind in RESULT_TYPES:
             recorded = self._record_results(parsed, keys)
-            what = f"{recorded} final result(s) recorded in the patient's history" if recorded \
+            what = (
+                f"{recorded} final result(s) recorded in the patient's history"
+                if recorded
                 else "no final imaging result to record"
-            return MessageOutcome([self._plain(parsed, source, f"{header.type_label} result: "
-                                               f"{what}; results are not evaluated")],
-                                  parsed=parsed, recorded=recorded)
+            )
+            return MessageOutcome(
+                [
+                    self._plain(
+                        parsed,
+                        source,
+                        f"{header.type_label} result: {what}; results are not evaluated",
+                    )
+                ],
+                parsed=parsed,
+                recorded=recorded,
+            )
         if kind not in ORDER_TYPES:
-            return MessageOutcome([self._plain(parsed, source,
-                                               f"{header.type_label or kind} is not an order")],
-                                  parsed=parsed)
+            return MessageOutcome(
+                [self._plain(parsed, source, f"{header.type_label or kind} is not an order")],
+                parsed=parsed,
+            )
         if not parsed.orders:
-            return MessageOutcome([self._plain(parsed, source, "the message holds no order")],
-                                  parsed=parsed)
+            return MessageOutcome(
+                [self._plain(parsed, source, "the message holds no order")], parsed=parsed
+            )
         facts = [extract(o, parsed, self.kn, parsed.orders) for o in parsed.orders]
         recorded = 0
         for order, f in zip(parsed.orders, facts, strict=True):  # history first: same message
             if order.order_status == "CM" and f.procedure_class in _HISTORY_CLASSES and keys:
-                self.history.add(keys, self._entry(order, f, header.control_id,
-                                                   "completed-order"))
+                self.history.add(keys, self._entry(order, f, header.control_id, "completed-order"))
                 recorded += 1
         past = self.history.entries(keys) if keys else []
-        results = [self.evaluate(parsed, order, f, past, source)
-                   for order, f in zip(parsed.orders, facts, strict=True)]
-        return MessageOutcome(results, parsed=parsed, orders=list(parsed.orders),
-                              recorded=recorded)
+        results = [
+            self.evaluate(parsed, order, f, past, source)
+            for order, f in zip(parsed.orders, facts, strict=True)
+        ]
+        return MessageOutcome(results, parsed=parsed, orders=list(parsed.orders), recorded=recorded)
 
     # -- evaluation --------------------------------------------------------------------------
-    def evaluate(self, parsed: ParsedMessage, order: Order, facts: OrderFacts,
-                 history: list[HistoryEntry], source: str = "") -> CheckResult:
+    def evaluate(
+        self,
+        parsed: ParsedMessage,
+        order: Order,
+        facts: OrderFacts,
+        history: list[HistoryEntry],
+        source: str = "",
+    ) -> CheckResult:
         """The verdict for one order, given its facts and the patient's history."""
         result = self._base(parsed, source)
         result.placer_order_number = order.placer_number
@@ -118,40 +140,60 @@ class Checker:
             result.reason = f"Not evaluated: {why}."
             return result
         meta = self.kn.guideline.guideline
-        ctx = RuleContext(facts=facts, history=history, site=self.site, knowledge=self.kn,
-                          red_flags=facts.red_flags(meta.red_flag_size_cm))
+        ctx = RuleContext(
+            facts=facts,
+            history=history,
+            site=self.site,
+            knowledge=self.kn,
+            red_flags=facts.red_flags(meta.red_flag_size_cm),
+        )
         findings = run_rules(ctx)
         result.in_scope = True
         preferred_key = "MRI_WWO"
         reasons: list[str] = []
         for f in findings:
             rule = self.kn.rule(f.rule_id)
-            result.rule_ids.append(f.rule_id if f.exception is None
-                                   else f"{f.rule_id}.{f.exception}")
+            result.rule_ids.append(
+                f.rule_id if f.exception is None else f"{f.rule_id}.{f.exception}"
+            )
             if f.exception is not None:
                 exc = rule.exceptions[f.exception]
-                result.advice.append(Advice(code=f.exception, text=f"{exc.advice} ({f.detail})",
-                                            citations=self.kn.cite(exc.citations)))
+                result.advice.append(
+                    Advice(
+                        code=f.exception,
+                        text=f"{exc.advice} ({f.detail})",
+                        citations=self.kn.cite(exc.citations),
+                    )
+                )
                 preferred_key = exc.preferred
                 reasons.append(exc.title)
             elif f.kind == "flag":
                 # The action a flag asks for goes in its reason: `advice` holds only the
                 # rules that do not change the verdict (design.md contract).
-                result.flags.append(Flag(code=f.rule_id, severity=rule.severity,
-                                         reason=f"{rule.reason} Found: {f.detail}. {rule.advice}",
-                                         citations=self.kn.cite(rule.citations)))
+                result.flags.append(
+                    Flag(
+                        code=f.rule_id,
+                        severity=rule.severity,
+                        reason=f"{rule.reason} Found: {f.detail}. {rule.advice}",
+                        citations=self.kn.cite(rule.citations),
+                    )
+                )
                 preferred_key = rule.preferred or preferred_key
                 reasons.append(f"{rule.title}: {f.detail}")
             else:
-                result.advice.append(Advice(code=f.rule_id, text=f"{rule.advice} ({f.detail})",
-                                            citations=self.kn.cite(rule.citations)))
+                result.advice.append(
+                    Advice(
+                        code=f.rule_id,
+                        text=f"{rule.advice} ({f.detail})",
+                        citations=self.kn.cite(rule.citations),
+                    )
+                )
         result.verdict = "not-appropriate" if result.flags else "appropriate"
         result.preferred_procedure = _procedure(self.kn.guideline.procedures[preferred_key])
         result.protocol = self._protocol(facts, ct=preferred_key.startswith("CT"))
         flags_txt = "; ".join(reasons) if reasons else "no flag"
         red = ", ".join(ctx.red_flags) or "none stated"
-        result.reason = (f"In scope: {why}. {flags_txt[0].upper()}{flags_txt[1:]}. "
-                         f"Red flags: {red}.")
+        result.reason = f"In scope: {why}. {flags_txt[0].upper()}{flags_txt[1:]}. Red flags: {red}."
         return result
 
     def _protocol(self, facts: OrderFacts, ct: bool) -> list[str]:
@@ -178,25 +220,40 @@ class Checker:
                 continue
             f = extract(order, parsed, self.kn)
             if f.procedure_class in _HISTORY_CLASSES:
-                self.history.add(order_keys, self._entry(order, f, parsed.header.control_id,
-                                                         "result"))
+                self.history.add(
+                    order_keys, self._entry(order, f, parsed.header.control_id, "result")
+                )
                 count += 1
         return count
 
     @staticmethod
-    def _entry(order: Order, facts: OrderFacts, control_id: str,
-               source: Literal["result", "completed-order"]) -> HistoryEntry:
-        return HistoryEntry(procedure_class=facts.procedure_class, region=facts.region,
-                            laterality=facts.laterality, at=order.ordered_at,
-                            control_id=control_id, source=source)
+    def _entry(
+        order: Order,
+        facts: OrderFacts,
+        control_id: str,
+        source: Literal["result", "completed-order"],
+    ) -> HistoryEntry:
+        return HistoryEntry(
+            procedure_class=facts.procedure_class,
+            region=facts.region,
+            laterality=facts.laterality,
+            at=order.ordered_at,
+            control_id=control_id,
+            source=source,
+        )
 
     # -- results without evaluation ----------------------------------------------------------
     def _base(self, parsed: ParsedMessage, source: str) -> CheckResult:
         h = parsed.header
-        return CheckResult(message_control_id=h.control_id, message_type=h.type_label,
-                           verdict="no-criteria-apply", guideline_version=self.kn.version,
-                           sending_application=h.sending_application,
-                           sending_facility=h.sending_facility, source=source)
+        return CheckResult(
+            message_control_id=h.control_id,
+            message_type=h.type_label,
+            verdict="no-criteria-apply",
+            guideline_version=self.kn.version,
+            sending_application=h.sending_application,
+            sending_facility=h.sending_facility,
+            source=source,
+        )
 
     def _plain(self, parsed: ParsedMessage, source: str, reason: str) -> CheckResult:
         result = self._base(parsed, source)
@@ -209,10 +266,15 @@ class Checker:
     def _rejected(self, data: bytes, exc: HL7ParseError, source: str) -> CheckResult:
         where = f"{source}: " if source else ""
         head = peek_msh(data)
-        return CheckResult(message_control_id=head.control_id,
-                           message_type=head.message_type, verdict="rejected",
-                           guideline_version=self.kn.version, error=f"{where}{exc}",
-                           reason="The message could not be read.", source=source)
+        return CheckResult(
+            message_control_id=head.control_id,
+            message_type=head.message_type,
+            verdict="rejected",
+            guideline_version=self.kn.version,
+            error=f"{where}{exc}",
+            reason="The message could not be read.",
+            source=source,
+        )
 
 
 def _procedure(p: ProcedureDef) -> Procedure:

@@ -10,11 +10,14 @@ from worker import __version__
 
 
 def _add_check(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("check", help="check HL7 files against the guideline and print results",
-                       description="Read files holding one or more HL7 v2 messages (CR, LF or "
-                       "CRLF segment ends, optional MLLP framing), in order, sharing one patient "
-                       "history, and print one result per order. Exit 0 when every file was "
-                       "read, 2 when a file could not be read.")
+    p = sub.add_parser(
+        "check",
+        help="check HL7 files against the guideline and print results",
+        description="Read files holding one or more HL7 v2 messages (CR, LF or "
+        "CRLF segment ends, optional MLLP framing), in order, sharing one patient "
+        "history, and print one result per order. Exit 0 when every file was "
+        "read, 2 when a file could not be read.",
+    )
     p.add_argument("--json", action="store_true", help="JSON Lines, one object per order")
     p.add_argument("paths", nargs="+", metavar="PATH", help="HL7 file ('-' for standard input)")
 
@@ -23,8 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ordercheck",
         description="Checks HL7 v2 imaging orders against the guideline for an adult soft-tissue "
-                    "mass of the thigh. Advisories support a clinician's decision; they never "
-                    "block or change an order.")
+        "mass of the thigh. Advisories support a clinician's decision; they never "
+        "block or change an order.",
+    )
     parser.add_argument("--version", action="version", version=f"ordercheck {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_check(sub)

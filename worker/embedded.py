@@ -42,8 +42,7 @@ class RetryScheduler:
     def add(self, advisory_id: str, attempt: int, delay: float) -> None:
         with self._cond:
             self._seq += 1
-            heapq.heappush(self._heap, (time.monotonic() + delay, self._seq, advisory_id,
-                                        attempt))
+            heapq.heappush(self._heap, (time.monotonic() + delay, self._seq, advisory_id, attempt))
             self._cond.notify()
 
     def pending(self) -> int:
@@ -53,8 +52,7 @@ class RetryScheduler:
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not self._stopped and (not self._heap
-                                             or self._heap[0][0] > time.monotonic()):
+                while not self._stopped and (not self._heap or self._heap[0][0] > time.monotonic()):
                     timeout = self._heap[0][0] - time.monotonic() if self._heap else None
                     self._cond.wait(timeout)
                 if self._stopped:
@@ -78,8 +76,9 @@ class EmbeddedRuntime:
     def __init__(self, settings: Settings, knowledge: Knowledge) -> None:
         self.stores = Stores(settings.model_copy(update={"redis_url": None}))
         self.scheduler = RetryScheduler()
-        self.processor = Processor(settings, knowledge, self.stores, Publisher(settings),
-                                   self.scheduler.add)
+        self.processor = Processor(
+            settings, knowledge, self.stores, Publisher(settings), self.scheduler.add
+        )
         self.queue: queue.Queue[object] = queue.Queue(maxsize=100_000)
         self._worker = threading.Thread(target=self._run, name="ordercheck-worker", daemon=True)
 

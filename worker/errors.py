@@ -30,8 +30,9 @@ class HL7ParseError(HL7Error, ValueError):
     segment: the segment id (e.g. "MSH"), field: the 1-based field number, both optional.
     """
 
-    def __init__(self, reason: str, segment: str | None = None, field: int | None = None,
-                 code: str = "100") -> None:
+    def __init__(
+        self, reason: str, segment: str | None = None, field: int | None = None, code: str = "100"
+    ) -> None:
         self.reason = reason
         self.segment = segment
         self.field = field

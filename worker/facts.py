@@ -26,11 +26,32 @@ from worker.models import (
 from worker.text import affirmed, affirmed_hits, clause_bounds, folded, largest_size_cm
 
 _CLASS_ORDER: tuple[ProcedureClass, ...] = (
-    "biopsy", "excision", "pet", "other", "mra", "cta", "mri", "ct", "us", "radiograph",
-    "guidance")
+    "biopsy",
+    "excision",
+    "pet",
+    "other",
+    "mra",
+    "cta",
+    "mri",
+    "ct",
+    "us",
+    "radiograph",
+    "guidance",
+)
 _REGION_ORDER: tuple[Region, ...] = (
-    "whole_body", "thigh", "knee", "hip", "ankle", "lower_extremity", "chest", "abdomen",
-    "pelvis", "spine", "head", "upper_extremity")
+    "whole_body",
+    "thigh",
+    "knee",
+    "hip",
+    "ankle",
+    "lower_extremity",
+    "chest",
+    "abdomen",
+    "pelvis",
+    "spine",
+    "head",
+    "upper_extremity",
+)
 _LIMB_REGIONS = {"thigh", "lower_extremity", "knee", "hip", "ankle", "unknown"}
 _ONE_LETTER = re.compile(r"^\W*\w\W*$")
 _ICD10_IN_TEXT = re.compile(r"(?<![\w.])[A-TV-Z]\d{2}\.\d{1,4}[A-Z]?(?![\w.])")
@@ -38,6 +59,7 @@ _ICD10_IN_TEXT = re.compile(r"(?<![\w.])[A-TV-Z]\d{2}\.\d{1,4}[A-Z]?(?![\w.])")
 
 # A size written as a lower bound: "> 5 cm", "more than 5 cm" (at the threshold, a red flag).
 _ABOVE_WORDS = (">", "more", "greater", "over", "larger", "bigger", "exceed")
+
 
 def procedure_text(order: Order) -> str:
     """The ordered procedure's text (OBR-4.2/.5, OBR-44); free text sent in the code component
@@ -67,7 +89,7 @@ def contrast_from_text(text: str, kn: Knowledge) -> Contrast:
     without = list(kn.contrast["without"].finditer(text))
     blanked = text
     for m in without:
-        blanked = blanked[:m.start()] + " " * (m.end() - m.start()) + blanked[m.end():]
+        blanked = blanked[: m.start()] + " " * (m.end() - m.start()) + blanked[m.end() :]
     strong = kn.contrast["with"].search(blanked)
     if without and strong:
         return "without_and_with"
@@ -95,8 +117,11 @@ def laterality_from_text(text: str, kn: Knowledge, allow_letters: bool) -> Later
     letter_site = kn.laterality["letter_site"]
     for side in ("bilateral", "left", "right"):
         for m in kn.laterality[side].finditer(text):
-            if allow_letters or not _ONE_LETTER.match(m.group(0)) or letter_site.match(
-                    text, m.start() + len(m.group(0).rstrip())):
+            if (
+                allow_letters
+                or not _ONE_LETTER.match(m.group(0))
+                or letter_site.match(text, m.start() + len(m.group(0).rstrip()))
+            ):
                 found.add(side)
                 break
     if "bilateral" in found or {"left", "right"} <= found:
@@ -122,8 +147,9 @@ class _Collector:
     def note(self, fact: str, value: str, source: str) -> None:
         self.evidence.append(Evidence(fact=fact, value=value[:120], source=source))
 
-    def first_affirmed(self, fact: str, pattern: re.Pattern[str], texts: list[TextSource],
-                       kn: Knowledge) -> bool:
+    def first_affirmed(
+        self, fact: str, pattern: re.Pattern[str], texts: list[TextSource], kn: Knowledge
+    ) -> bool:
         for src in texts:
             if src.negated:
                 continue
@@ -133,9 +159,17 @@ class _Collector:
                 return True
         return False
 
-    def first_study(self, fact: str, pattern: re.Pattern[str], texts: list[TextSource],
-                    kn: Knowledge, planned: bool = False, side: Laterality = "unknown",
-                    study: bool = True, elsewhere: re.Pattern[str] | None = None) -> bool:
+    def first_study(
+        self,
+        fact: str,
+        pattern: re.Pattern[str],
+        texts: list[TextSource],
+        kn: Knowledge,
+        planned: bool = False,
+        side: Laterality = "unknown",
+        study: bool = True,
+        elsewhere: re.Pattern[str] | None = None,
+    ) -> bool:
         """Like first_affirmed, for a study or an object that must concern this thigh: read as
         a study (*study*: "XR negative" is a done XR), without the planned ones (*planned*),
         and not when its clause names the side opposite *side* or a body part *elsewhere*."""
@@ -160,8 +194,9 @@ def _opposite(side: Laterality) -> Laterality | None:
     return "right" if side == "left" else "left" if side == "right" else None
 
 
-def _code_meaning(order: Order, kn: Knowledge
-                  ) -> tuple[ProcedureCodeDef | CodeMapEntry | None, Coded | None]:
+def _code_meaning(
+    order: Order, kn: Knowledge
+) -> tuple[ProcedureCodeDef | CodeMapEntry | None, Coded | None]:
     """The most specific coded meaning of the ordered procedure (biopsy codes win)."""
     hits = []
     for p in order.procedures:
@@ -179,8 +214,9 @@ def _code_meaning(order: Order, kn: Knowledge
     return hits[0]
 
 
-def extract(order: Order, message: ParsedMessage, kn: Knowledge,
-            siblings: list[Order] | None = None) -> OrderFacts:
+def extract(
+    order: Order, message: ParsedMessage, kn: Knowledge, siblings: list[Order] | None = None
+) -> OrderFacts:
     """The facts of one order. Pure: reads only its arguments."""
     col = _Collector()
     facts = OrderFacts()
@@ -188,13 +224,17 @@ def extract(order: Order, message: ParsedMessage, kn: Knowledge,
     facts.procedure_text = proc_text
     meaning, coded = _code_meaning(order, kn)
     text_class = classify_text(proc_text, kn) if proc_text else None
-    guided = bool(proc_text) and kn.procedure_class["guidance"].search(
-        folded(proc_text)) is not None
+    guided = (
+        bool(proc_text) and kn.procedure_class["guidance"].search(folded(proc_text)) is not None
+    )
     cls: ProcedureClass | None = None
     if meaning is not None and coded is not None:
         facts.procedure_code = f"{coded.system or '?'} {coded.code}".strip()
-        col.note("procedure_class", f"{coded.code} {coded.text}".strip(),
-                 f"OBR-4 code ({coded.system or 'no system'})")
+        col.note(
+            "procedure_class",
+            f"{coded.code} {coded.text}".strip(),
+            f"OBR-4 code ({coded.system or 'no system'})",
+        )
         cls = meaning.class_
         facts.contrast = meaning.contrast
         facts.region = meaning.region
@@ -221,11 +261,15 @@ def extract(order: Order, message: ParsedMessage, kn: Knowledge,
     elif facts.procedure_class in ("radiograph", "us", "biopsy", "excision", "pet"):
         facts.contrast = "none" if facts.contrast == "unspecified" else facts.contrast
     text_region = region_from_text(proc_text, kn)
-    if text_region is not None and (facts.region == "unknown" or (
-            facts.region == "lower_extremity" and text_region == "thigh")):
+    if text_region is not None and (
+        facts.region == "unknown" or (facts.region == "lower_extremity" and text_region == "thigh")
+    ):
         facts.region = text_region
-    if facts.region in ("knee", "hip", "ankle") and facts.procedure_class in ("mri", "us") \
-            and meaning is None:
+    if (
+        facts.region in ("knee", "hip", "ankle")
+        and facts.procedure_class in ("mri", "us")
+        and meaning is None
+    ):
         facts.joint_code = True  # a joint examination ordered by text
 
     order_texts = list(order.texts)
@@ -233,11 +277,19 @@ def extract(order: Order, message: ParsedMessage, kn: Knowledge,
     with_proc = ([TextSource(source="OBR-4", text=proc_text)] if proc_text else []) + indication
     codes = [c for src in indication for c in src.codes]
     # ICD-10-CM codes written in the text ("Dx R22.42 left thigh mass"): with their dot only.
-    codes += [Coded(code=m.group(0), system="I10") for src in indication if not src.negated
-              for m in _ICD10_IN_TEXT.finditer(src.text)]
-    diagnoses = [(c, d) for c in codes for d in kn.lookup_diagnosis(c.code)
-                 if c.system.upper() in ("", *kn.codes.systems.get("I10", []), "I10")
-                 or kn.system_alias.get(c.system.upper()) == "I10"]
+    codes += [
+        Coded(code=m.group(0), system="I10")
+        for src in indication
+        if not src.negated
+        for m in _ICD10_IN_TEXT.finditer(src.text)
+    ]
+    diagnoses = [
+        (c, d)
+        for c in codes
+        for d in kn.lookup_diagnosis(c.code)
+        if c.system.upper() in ("", *kn.codes.systems.get("I10", []), "I10")
+        or kn.system_alias.get(c.system.upper()) == "I10"
+    ]
 
     # Laterality: procedure text, diagnosis codes, then indication text.
     side = laterality_from_text(proc_text, kn, allow_letters=True) if proc_text else None
@@ -254,32 +306,43 @@ def extract(order: Order, message: ParsedMessage, kn: Knowledge,
 
     # Indication: a soft-tissue mass of the thigh.
     facts.trauma = col.first_affirmed("trauma", kn.terms["trauma"], with_proc, kn) or any(
-        d.meaning == "trauma" for _, d in diagnoses)
+        d.meaning == "trauma" for _, d in diagnoses
+    )
     strong = col.first_affirmed("mass", kn.terms["mass_strong"], with_proc, kn)
     # A weak word (swelling, lesion) is no mass next to a trauma, another cause of swelling,
     # or a mass word negated ("thigh swelling, no discrete mass on US").
-    weak = (not strong and not facts.trauma
-            and not col.first_affirmed("other_cause", kn.terms["other_cause"], with_proc, kn)
-            and not any(kn.terms["mass_strong"].search(folded(src.text)) for src in with_proc)
-            and col.first_affirmed("mass", kn.terms["mass_weak"], with_proc, kn))
+    weak = (
+        not strong
+        and not facts.trauma
+        and not col.first_affirmed("other_cause", kn.terms["other_cause"], with_proc, kn)
+        and not any(kn.terms["mass_strong"].search(folded(src.text)) for src in with_proc)
+        and col.first_affirmed("mass", kn.terms["mass_weak"], with_proc, kn)
+    )
     coded_mass = [c for c, d in diagnoses if d.meaning == "mass"]
     if coded_mass:
         col.note("mass", coded_mass[0].code, "ICD-10-CM code")
     text_mass = strong or weak
-    facts.mass = text_mass or bool(coded_mass) or (
-        any(d.meaning == "mass_if_text" for _, d in diagnoses) and text_mass)
-    facts.bone_lesion = col.first_affirmed("bone_lesion", kn.terms["bone_lesion"], with_proc,
-                                           kn) and not any(
-        kn.terms["soft_tissue"].search(folded(s.text)) for s in with_proc)
+    facts.mass = (
+        text_mass
+        or bool(coded_mass)
+        or (any(d.meaning == "mass_if_text" for _, d in diagnoses) and text_mass)
+    )
+    facts.bone_lesion = col.first_affirmed(
+        "bone_lesion", kn.terms["bone_lesion"], with_proc, kn
+    ) and not any(kn.terms["soft_tissue"].search(folded(s.text)) for s in with_proc)
     # "PET/CT skull base to mid-thigh" names the field of view, not the site of the mass.
     site_texts = indication if facts.region == "whole_body" else with_proc
-    thigh_hit = next(((s, m) for s in site_texts
-                      if (m := kn.terms["thigh_site"].search(folded(s.text)))), None)
+    thigh_hit = next(
+        ((s, m) for s in site_texts if (m := kn.terms["thigh_site"].search(folded(s.text)))), None
+    )
     if thigh_hit is not None:
         src, m = thigh_hit
-        col.note("thigh_site", src.text[m.start():m.end()], src.source)
-    facts.thigh_site = (thigh_hit is not None or facts.region == "thigh"
-                        or any(d.site == "thigh" for _, d in diagnoses))
+        col.note("thigh_site", src.text[m.start() : m.end()], src.source)
+    facts.thigh_site = (
+        thigh_hit is not None
+        or facts.region == "thigh"
+        or any(d.site == "thigh" for _, d in diagnoses)
+    )
 
     # Size, depth, radiograph findings and red flags.
     for src in with_proc:
@@ -288,22 +351,38 @@ def extract(order: Order, message: ParsedMessage, kn: Knowledge,
             facts.size_cm = size[0]
             facts.size_stated_above = size[1].lower().startswith(_ABOVE_WORDS)
             col.note("size_cm", size[1], src.source)
-    for fact in ("deep", "superficial", "calcification", "bony_involvement", "growing",
-                 "painful", "recurrence", "haemorrhage", "vascular", "mineralisation_request"):
+    for fact in (
+        "deep",
+        "superficial",
+        "calcification",
+        "bony_involvement",
+        "growing",
+        "painful",
+        "recurrence",
+        "haemorrhage",
+        "vascular",
+        "mineralisation_request",
+    ):
         setattr(facts, fact, col.first_affirmed(fact, kn.terms[fact], indication, kn))
     if not facts.haemorrhage and any(d.meaning == "haemorrhage" for _, d in diagnoses):
         facts.haemorrhage = True
         col.note("haemorrhage", "M79.81", "ICD-10-CM code")
     facts.radiograph_documented = col.first_study(
-        "radiograph_documented", kn.terms["radiograph_done"], indication, kn)
+        "radiograph_documented", kn.terms["radiograph_done"], indication, kn
+    )
     for sib in siblings or []:
         if sib is not order and classify_text(procedure_text(sib), kn) == "radiograph":
             facts.radiograph_documented = True
             col.note("radiograph_documented", procedure_text(sib), "OBR-4 of another order")
     # An MRI documented in the order: done (not planned), and not of the other thigh.
     facts.prior_mri_documented = col.first_study(
-        "prior_mri_documented", kn.terms["prior_mri"], indication, kn, planned=True,
-        side=facts.laterality)
+        "prior_mri_documented",
+        kn.terms["prior_mri"],
+        indication,
+        kn,
+        planned=True,
+        side=facts.laterality,
+    )
     if facts.procedure_class == "pet":  # staging or a known diagnosis: evidence PET_INITIAL reads
         col.first_affirmed("known_diagnosis", kn.terms["known_diagnosis"], indication, kn)
 
@@ -313,18 +392,28 @@ def extract(order: Order, message: ParsedMessage, kn: Knowledge,
     if device_hit and not _conditional_device(indication, kn):
         contra.append("device")
     elif any(d.meaning == "device" for _, d in diagnoses) and not _conditional_device(
-            indication, kn):
+        indication, kn
+    ):
         contra.append("device")
         col.note("mri_contraindication", "Z95", "ICD-10-CM code")
     if col.first_affirmed("mri_contraindication", kn.terms["habitus"], indication, kn):
         contra.append("habitus")
-    if col.first_study("mri_contraindication", kn.terms["metal"], indication, kn,
-                       side=facts.laterality, study=False, elsewhere=kn.terms["metal_elsewhere"]):
+    if col.first_study(
+        "mri_contraindication",
+        kn.terms["metal"],
+        indication,
+        kn,
+        side=facts.laterality,
+        study=False,
+        elsewhere=kn.terms["metal_elsewhere"],
+    ):
         contra.append("metal")  # metal at the site: not in the other limb, not in the skull
     if not contra and any(
-            affirmed(kn.terms["general"], src.text, kn) is not None
-            and affirmed(kn.terms["not_contraindication"], src.text, kn) is None
-            for src in indication if not src.negated):
+        affirmed(kn.terms["general"], src.text, kn) is not None
+        and affirmed(kn.terms["not_contraindication"], src.text, kn) is None
+        for src in indication
+        if not src.negated
+    ):
         contra.append("other")  # "cannot have MRI", unless the reason given is claustrophobia
         col.note("mri_contraindication", "MRI contraindicated", "order text")
     facts.mri_contraindications = contra  # type: ignore[assignment]
@@ -337,8 +426,9 @@ def extract(order: Order, message: ParsedMessage, kn: Knowledge,
             groups = [g for g in m.groups() if g]
             value = next((g for g in groups if g[0].isdigit()), None)
             below = any(g.strip() == "<" for g in groups)
-            if value is not None and (float(value) < threshold
-                                      or (below and float(value) <= threshold)):
+            if value is not None and (
+                float(value) < threshold or (below and float(value) <= threshold)
+            ):
                 cautions.append("egfr")
                 col.note("contrast_caution", m.group(0), src.source)
                 break
@@ -368,9 +458,11 @@ _NOT_CONDITIONAL = re.compile(r"\b(?:non|not)[\s-]+(?:mri?[\s-]+)?(?:conditional
 def _conditional_device(texts: list[TextSource], kn: Knowledge) -> bool:
     """A device said to be MR conditional (and not "non-conditional") is no contraindication."""
     for src in texts:
-        if kn.terms["device"].search(folded(src.text)) and affirmed(
-                kn.terms["device_conditional"], src.text, kn) and not _NOT_CONDITIONAL.search(
-                folded(src.text)):
+        if (
+            kn.terms["device"].search(folded(src.text))
+            and affirmed(kn.terms["device_conditional"], src.text, kn)
+            and not _NOT_CONDITIONAL.search(folded(src.text))
+        ):
             return True
     return False
 

@@ -20,8 +20,14 @@ from worker.errors import GuidelineError
 from worker.models import Contrast, Laterality, ProcedureClass, Region
 
 RULE_IDS = (
-    "CT_BEFORE_MRI", "BIOPSY_BEFORE_MRI", "PET_INITIAL", "MRI_ADD_CONTRAST",
-    "MRI_NO_PRECONTRAST", "RADIOGRAPH_FIRST", "REFER_SARCOMA_CENTRE", "CONTRAST_CAUTION",
+    "CT_BEFORE_MRI",
+    "BIOPSY_BEFORE_MRI",
+    "PET_INITIAL",
+    "MRI_ADD_CONTRAST",
+    "MRI_NO_PRECONTRAST",
+    "RADIOGRAPH_FIRST",
+    "REFER_SARCOMA_CENTRE",
+    "CONTRAST_CAUTION",
     "CODING_JOINT_CODE",
 )
 
@@ -94,8 +100,10 @@ class GuidelineFile(_Strict):
             raise ValueError(f"rules not implemented by any validator: {', '.join(unknown)}")
         for rule_id, rule in self.rules.items():
             refs = [(f"rules.{rule_id}", rule.preferred, rule.citations)]
-            refs += [(f"rules.{rule_id}.exceptions.{k}", e.preferred, e.citations)
-                     for k, e in rule.exceptions.items()]
+            refs += [
+                (f"rules.{rule_id}.exceptions.{k}", e.preferred, e.citations)
+                for k, e in rule.exceptions.items()
+            ]
             for where, preferred, citations in refs:
                 if preferred is not None and preferred not in self.procedures:
                     raise ValueError(f"{where}: unknown preferred procedure {preferred!r}")
@@ -142,8 +150,9 @@ class ProcedureCodeDef(_Strict):
 
 class DiagnosisDef(_Strict):
     prefixes: list[str] = Field(min_length=1)
-    meaning: Literal["mass", "mass_if_text", "device", "dialysis", "pregnancy", "trauma",
-                     "haemorrhage"]
+    meaning: Literal[
+        "mass", "mass_if_text", "device", "dialysis", "pregnancy", "trauma", "haemorrhage"
+    ]
     site: Literal["thigh", "lower_limb", "other"]
     laterality: Laterality = "unknown"
 
@@ -200,14 +209,48 @@ class VocabularyFile(_Strict):
     contrast: dict[Literal["without_and_with", "without", "with", "with_weak"], list[str]]
     region: dict[Region, list[str]]
     laterality: dict[Literal["left", "right", "bilateral", "letter_site"], list[str]]
-    indication: dict[Literal["mass_strong", "mass_weak", "trauma", "other_cause", "bone_lesion",
-                             "soft_tissue", "thigh_site"], list[str]]
-    findings: dict[Literal["calcification", "bony_involvement", "radiograph_done", "prior_mri",
-                           "deep", "superficial", "growing", "painful", "recurrence",
-                           "haemorrhage", "vascular", "known_diagnosis"], list[str]]
-    contraindication: dict[Literal["device", "device_conditional", "general", "habitus", "metal",
-                                   "metal_elsewhere", "not_contraindication",
-                                   "mineralisation_request"], list[str]]
+    indication: dict[
+        Literal[
+            "mass_strong",
+            "mass_weak",
+            "trauma",
+            "other_cause",
+            "bone_lesion",
+            "soft_tissue",
+            "thigh_site",
+        ],
+        list[str],
+    ]
+    findings: dict[
+        Literal[
+            "calcification",
+            "bony_involvement",
+            "radiograph_done",
+            "prior_mri",
+            "deep",
+            "superficial",
+            "growing",
+            "painful",
+            "recurrence",
+            "haemorrhage",
+            "vascular",
+            "known_diagnosis",
+        ],
+        list[str],
+    ]
+    contraindication: dict[
+        Literal[
+            "device",
+            "device_conditional",
+            "general",
+            "habitus",
+            "metal",
+            "metal_elsewhere",
+            "not_contraindication",
+            "mineralisation_request",
+        ],
+        list[str],
+    ]
     caution: CautionDef
 
 
@@ -216,8 +259,7 @@ _ESCAPE_OR_CHAR = re.compile(r"\\.|.", re.DOTALL)
 
 def _lower_pattern(pattern: str) -> str:
     """*pattern* with its literal letters in lower case; escapes (\\B, \\S, \\W) are kept."""
-    return "".join(t if t.startswith("\\") else t.lower()
-                   for t in _ESCAPE_OR_CHAR.findall(pattern))
+    return "".join(t if t.startswith("\\") else t.lower() for t in _ESCAPE_OR_CHAR.findall(pattern))
 
 
 def fold(text: str) -> str:
@@ -246,6 +288,7 @@ def _alternation(patterns: list[str]) -> str:
     boundary: \\b(?:a|b) is exactly \\ba|\\bb (ordered choice, zero width), but the regex
     engine then skips mid-word positions once per run instead of once per pattern (a list
     with one unanchored pattern scanned about ten times slower)."""
+
     def anchored(p: str) -> bool:
         return p.startswith("\\b") and _top_level_bar(p) is None
 
@@ -295,8 +338,13 @@ def _top_level_bar(pattern: str) -> int | None:
 class Knowledge:
     """Everything the extractor and the rules read, validated and indexed once."""
 
-    def __init__(self, guideline: GuidelineFile, codes: CodesFile, vocab: VocabularyFile,
-                 code_map: CodeMapFile) -> None:
+    def __init__(
+        self,
+        guideline: GuidelineFile,
+        codes: CodesFile,
+        vocab: VocabularyFile,
+        code_map: CodeMapFile,
+    ) -> None:
         self.guideline = guideline
         self.codes = codes
         self.vocab = vocab
@@ -317,7 +365,8 @@ class Knowledge:
             self.local[(local.system.upper(), local.code.strip().upper())] = local
         self.diagnoses: list[tuple[str, DiagnosisDef]] = sorted(
             ((p.replace(".", "").upper(), d) for d in codes.diagnosis for p in d.prefixes),
-            key=lambda item: -len(item[0]))
+            key=lambda item: -len(item[0]),
+        )
         v = vocab
         self.negation_before = compile_terms(v.negation.before, "negation.before")
         self.negation_after = compile_terms(v.negation.after, "negation.after")
@@ -327,8 +376,9 @@ class Knowledge:
         self.negation_scope_break = compile_terms(v.negation.scope_break, "negation.scope_break")
         self.negation_planned = compile_terms(v.negation.planned, "negation.planned")
         self.negation_pseudo = compile_terms(v.negation.pseudo, "negation.pseudo")
-        self.procedure_class = {k: compile_terms(p, f"procedure_class.{k}")
-                                for k, p in v.procedure_class.items()}
+        self.procedure_class = {
+            k: compile_terms(p, f"procedure_class.{k}") for k, p in v.procedure_class.items()
+        }
         self.contrast = {k: compile_terms(p, f"contrast.{k}") for k, p in v.contrast.items()}
         self.region = {k: compile_terms(p, f"region.{k}") for k, p in v.region.items()}
         self.laterality = {k: compile_terms(p, f"laterality.{k}") for k, p in v.laterality.items()}
@@ -405,22 +455,27 @@ def _validate(model: type[BaseModel], data: dict[str, Any], label: str) -> Any:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "(top level)"
         raise GuidelineError(
-            f"{label}: entry {where}: {first['msg']} ({exc.error_count()} error(s))") from None
+            f"{label}: entry {where}: {first['msg']} ({exc.error_count()} error(s))"
+        ) from None
 
 
 def load_knowledge(code_map: Path | None = None, data_dir: Path | None = None) -> Knowledge:
     """Read and validate the guideline files (and a site code map). Raises GuidelineError."""
     base: Any = data_dir if data_dir is not None else resources.files("worker") / "data"
     files = {}
-    for name, model in (("guideline.toml", GuidelineFile), ("codes.toml", CodesFile),
-                        ("vocabulary.toml", VocabularyFile)):
+    for name, model in (
+        ("guideline.toml", GuidelineFile),
+        ("codes.toml", CodesFile),
+        ("vocabulary.toml", VocabularyFile),
+    ):
         files[name] = _validate(model, _read_toml(base / name, name), name)
     map_path: Any = code_map if code_map is not None else base / "codemap.toml"
     map_label = str(code_map) if code_map is not None else "codemap.toml"
     cmap = _validate(CodeMapFile, _read_toml(map_path, map_label), map_label)
     try:
-        return Knowledge(files["guideline.toml"], files["codes.toml"], files["vocabulary.toml"],
-                         cmap)
+        return Knowledge(
+            files["guideline.toml"], files["codes.toml"], files["vocabulary.toml"], cmap
+        )
     except ValueError as exc:
         raise GuidelineError(f"guideline data: {exc}") from None
 

@@ -44,7 +44,7 @@ class InMemoryHistory:
                 self._data.move_to_end(key)
             if entry not in bucket:
                 bucket.append(entry)
-                del bucket[:-self._max]
+                del bucket[: -self._max]
 
     def entries(self, patient_keys: list[str]) -> list[HistoryEntry]:
         out: list[HistoryEntry] = []

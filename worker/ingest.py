@@ -83,9 +83,14 @@ class Ingestor:
     a batch of one.
     """
 
-    def __init__(self, settings: Settings, dedup: DedupTable, enqueue: Enqueue,
-                 keep_rejected: KeepRejected,
-                 enqueue_with_acks: EnqueueWithAcks | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        dedup: DedupTable,
+        enqueue: Enqueue,
+        keep_rejected: KeepRejected,
+        enqueue_with_acks: EnqueueWithAcks | None = None,
+    ) -> None:
         """enqueue_with_acks, when given, queues each batch in one call instead of *enqueue* per
         message: the ACKs are built first and recorded for resends in the queueing transaction
         (no write after). Without it, the ACKs are recorded after they are returned."""
@@ -107,8 +112,9 @@ class Ingestor:
         remember()
         return replies
 
-    def handle_batch_early(self, frames: list[bytes]
-                           ) -> tuple[list[bytes | None], Callable[[], None]]:
+    def handle_batch_early(
+        self, frames: list[bytes]
+    ) -> tuple[list[bytes | None], Callable[[], None]]:
         """handle_batch(), less the write of the new ACKs to the resend table, returned as a
         function to call once the ACKs are on their way (and before the next batch): the ACKs
         then wait for one round trip to Redis fewer. Until it has run, a resend of one of these
@@ -139,8 +145,9 @@ class Ingestor:
         for a, prev in zip(accepted, previous, strict=True):
             if prev is not None:
                 metrics.RESENDS.inc()
-                log.info("resend answered with the first ACK",
-                         extra={"control_id": a.target.control_id})
+                log.info(
+                    "resend answered with the first ACK", extra={"control_id": a.target.control_id}
+                )
                 replies[a.index] = self._answer(a.target, prev, accepted=True, started=started)
             elif a.key in first:
                 repeats.append(a)
@@ -148,8 +155,15 @@ class Ingestor:
                 first[a.key] = a
                 fresh.append(a)
         codes = {a.key: ack_code(a.target, "accept") for a in fresh}
-        acks = {a.key: build_ack(a.target, codes[a.key], application=self.settings.application,
-                                 facility=self.settings.facility) for a in fresh}
+        acks = {
+            a.key: build_ack(
+                a.target,
+                codes[a.key],
+                application=self.settings.application,
+                facility=self.settings.facility,
+            )
+            for a in fresh
+        }
         failed = self._queue(frames, fresh, received_at, acks)
         for a in fresh:
             if a.index in failed:
@@ -158,13 +172,13 @@ class Ingestor:
                 continue
             code = codes[a.key]
             log.info("queued", extra={"control_id": a.target.control_id})
-            replies[a.index] = self._answer(a.target, acks[a.key], accepted=True,
-                                            started=started, code=code)
+            replies[a.index] = self._answer(
+                a.target, acks[a.key], accepted=True, started=started, code=code
+            )
         for a in repeats:
             ack = acks.get(a.key)
             if ack is None:  # the first one could not be queued: neither was this one
-                replies[a.index] = self._unavailable(a.target, failed[first[a.key].index],
-                                                     started)
+                replies[a.index] = self._unavailable(a.target, failed[first[a.key].index], started)
                 continue
             metrics.RESENDS.inc()
             replies[a.index] = self._answer(a.target, ack, accepted=True, started=started)
@@ -176,13 +190,15 @@ class Ingestor:
             try:
                 self.dedup.set_many(list(acks.items()), self.settings.dedup_ttl_seconds)
             except Exception:  # queued already: the worker is idempotent, a resend is harmless
-                log.warning("could not record the ACKs for resends",
-                            extra={"advisories": len(acks)})
+                log.warning(
+                    "could not record the ACKs for resends", extra={"advisories": len(acks)}
+                )
 
         return replies, remember
 
-    def _screen(self, index: int, frame: bytes, received_at: float, started: float
-                ) -> _Accepted | bytes | None:
+    def _screen(
+        self, index: int, frame: bytes, received_at: float, started: float
+    ) -> _Accepted | bytes | None:
         """MSH checks: an _Accepted to queue, or the final answer (an AR/AE ACK, or None)."""
         try:
             raw = parse_message(frame)
@@ -191,38 +207,62 @@ class Ingestor:
             head = peek_msh(frame)
             if head.message_type.startswith("ACK"):
                 return None
-            target = AckTarget(head.sending_application, head.sending_facility,
-                               head.receiving_application, head.receiving_facility,
-                               head.control_id, head.trigger_event, head.processing_id or "P",
-                               head.version or "2.5.1", head.enhanced)
+            target = AckTarget(
+                head.sending_application,
+                head.sending_facility,
+                head.receiving_application,
+                head.receiving_facility,
+                head.control_id,
+                head.trigger_event,
+                head.processing_id or "P",
+                head.version or "2.5.1",
+                head.enhanced,
+            )
             error = AckError(exc.code, str(exc), exc.segment or "", exc.field)
             return self._refuse(target, "error", error, frame, received_at, started)
         if header.message_type == "ACK":
             log.info("ignored an ACK", extra={"control_id": header.control_id})
             return None
-        target = AckTarget(header.sending_application, header.sending_facility,
-                           header.receiving_application, header.receiving_facility,
-                           header.control_id, header.trigger_event, header.processing_id,
-                           header.version, bool(header.accept_ack_type
-                                                or header.application_ack_type),
-                           header.accept_ack_type)
-        problem = self._check_header(header.message_type, header.trigger_event,
-                                     header.processing_id, header.version,
-                                     header.sending_application, header.sending_facility)
+        target = AckTarget(
+            header.sending_application,
+            header.sending_facility,
+            header.receiving_application,
+            header.receiving_facility,
+            header.control_id,
+            header.trigger_event,
+            header.processing_id,
+            header.version,
+            bool(header.accept_ack_type or header.application_ack_type),
+            header.accept_ack_type,
+        )
+        problem = self._check_header(
+            header.message_type,
+            header.trigger_event,
+            header.processing_id,
+            header.version,
+            header.sending_application,
+            header.sending_facility,
+        )
         if problem is not None:
             return self._refuse(target, "reject", problem, frame, received_at, started)
         key = dedup_key(header.sending_application, header.sending_facility, header.control_id)
         return _Accepted(index, target, key)
 
-    def _queue(self, frames: list[bytes], fresh: list[_Accepted], received_at: float,
-               acks: dict[str, bytes]) -> dict[int, Exception]:
+    def _queue(
+        self,
+        frames: list[bytes],
+        fresh: list[_Accepted],
+        received_at: float,
+        acks: dict[str, bytes],
+    ) -> dict[int, Exception]:
         """Queue the fresh messages; returns the frame indexes that could not be, and why."""
         if not fresh:
             return {}
         if self.enqueue_with_acks is not None:
             try:
-                self.enqueue_with_acks([(frames[a.index], received_at) for a in fresh],
-                                       list(acks.items()))
+                self.enqueue_with_acks(
+                    [(frames[a.index], received_at) for a in fresh], list(acks.items())
+                )
             except Exception as exc:
                 return {a.index: exc for a in fresh}
             return {}
@@ -234,12 +274,20 @@ class Ingestor:
                 failed[a.index] = exc
         return failed
 
-    def _check_header(self, kind: str, event: str, processing_id: str, version: str,
-                      application: str, facility: str) -> AckError | None:
+    def _check_header(
+        self,
+        kind: str,
+        event: str,
+        processing_id: str,
+        version: str,
+        application: str,
+        facility: str,
+    ) -> AckError | None:
         s = self.settings
         if processing_id and processing_id not in s.processing_ids:  # empty: read, as by check
-            return AckError("202", f"processing id {processing_id!r} is not accepted (MSH-11)",
-                            "MSH", 11)
+            return AckError(
+                "202", f"processing id {processing_id!r} is not accepted (MSH-11)", "MSH", 11
+            )
         if version and version not in s.versions:  # an empty MSH-12 is read, as by `check`
             return AckError("203", f"version {version!r} is not supported (MSH-12)", "MSH", 12)
         if kind not in ACCEPTED_EVENTS:
@@ -247,28 +295,41 @@ class Ingestor:
         if event and event not in ACCEPTED_EVENTS[kind]:
             return AckError("201", f"event {kind}^{event} is not supported (MSH-9)", "MSH", 9)
         if not s.sender_allowed(application, facility):
-            return AckError("207", "sending application/facility is not allowed (MSH-3/MSH-4)",
-                            "MSH", 3)
+            return AckError(
+                "207", "sending application/facility is not allowed (MSH-3/MSH-4)", "MSH", 3
+            )
         return None
 
-    def _refuse(self, target: AckTarget, outcome: str, error: AckError, frame: bytes,
-                received_at: float, started: float) -> bytes | None:
+    def _refuse(
+        self,
+        target: AckTarget,
+        outcome: str,
+        error: AckError,
+        frame: bytes,
+        received_at: float,
+        started: float,
+    ) -> bytes | None:
         code = ack_code(target, outcome)
         metrics.REJECTED.labels(code=code, reason=error.code).inc()
-        log.warning("refused", extra={"control_id": target.control_id, "ack": code,
-                                      "err": error.code})
+        log.warning(
+            "refused", extra={"control_id": target.control_id, "ack": code, "err": error.code}
+        )
         try:
-            self.keep_rejected(Rejected(target.control_id, code, str(error.text), frame,
-                                        received_at))
+            self.keep_rejected(
+                Rejected(target.control_id, code, str(error.text), frame, received_at)
+            )
         except Exception:
-            log.warning("could not keep a refused message for review",
-                        extra={"control_id": target.control_id})
+            log.warning(
+                "could not keep a refused message for review",
+                extra={"control_id": target.control_id},
+            )
         ack = build_ack(target, code, error, self.settings.application, self.settings.facility)
         return self._answer(target, ack, accepted=False, started=started, code=code)
 
     def _unavailable(self, target: AckTarget, exc: Exception, started: float) -> bytes | None:
-        log.error("broker unavailable: %s", type(exc).__name__,
-                  extra={"control_id": target.control_id})
+        log.error(
+            "broker unavailable: %s", type(exc).__name__, extra={"control_id": target.control_id}
+        )
         error = AckError("207", "message could not be queued; resend later")
         code = ack_code(target, "reject")
         metrics.REJECTED.labels(code=code, reason="207").inc()
@@ -276,8 +337,9 @@ class Ingestor:
         return self._answer(target, ack, accepted=False, started=started, code=code)
 
     @staticmethod
-    def _answer(target: AckTarget, ack: bytes, accepted: bool, started: float,
-                code: str = "") -> bytes | None:
+    def _answer(
+        target: AckTarget, ack: bytes, accepted: bool, started: float, code: str = ""
+    ) -> bytes | None:
         """Apply enhanced mode's MSH-15 (AL always, NE never, ER errors, SU successes)."""
         metrics.ACK_LATENCY.observe(time.perf_counter() - started)
         if code:

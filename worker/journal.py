@@ -44,8 +44,12 @@ class Journal:
         self.hash = f"{prefix}inflight"
         self.index = f"{prefix}inflight:at"
 
-    def add(self, messages: Messages, push: tuple[str, str] | None = None,
-            also: Callable[[Any], None] | None = None) -> int:
+    def add(
+        self,
+        messages: Messages,
+        push: tuple[str, str] | None = None,
+        also: Callable[[Any], None] | None = None,
+    ) -> int:
         """Record *messages* (one round trip, all or nothing); raises when Redis did not.
 
         push: (list key, value) to LPUSH in the same transaction: the broker message that
@@ -55,8 +59,13 @@ class Journal:
         now = time.time()
         keys = [message_key(d) for d, _ in messages]
         pipe = self.r.pipeline(transaction=True)
-        pipe.hset(self.hash, mapping={key: json.dumps([d.decode("latin-1"), at])
-                                      for key, (d, at) in zip(keys, messages, strict=True)})
+        pipe.hset(
+            self.hash,
+            mapping={
+                key: json.dumps([d.decode("latin-1"), at])
+                for key, (d, at) in zip(keys, messages, strict=True)
+            },
+        )
         pipe.zadd(self.index, dict.fromkeys(keys, now))
         if push is not None:
             pipe.lpush(*push)
@@ -74,8 +83,9 @@ class Journal:
             self.queue_done(pipe, messages)
             pipe.execute()
         except Exception as exc:
-            log.warning("could not clear processed messages from the journal: %s",
-                        type(exc).__name__)
+            log.warning(
+                "could not clear processed messages from the journal: %s", type(exc).__name__
+            )
 
     def queue_done(self, pipe: Any, messages: list[bytes]) -> None:
         """done()'s writes, added to *pipe* (the caller executes it)."""
@@ -91,8 +101,10 @@ class Journal:
         """Messages queued more than *grace* seconds ago and not processed since; they are
         marked queued now (the caller queues them again)."""
         now = time.time()
-        keys = [k.decode() for k in self.r.zrangebyscore(self.index, "-inf", now - grace,
-                                                         start=0, num=limit)]
+        keys = [
+            k.decode()
+            for k in self.r.zrangebyscore(self.index, "-inf", now - grace, start=0, num=limit)
+        ]
         if not keys:
             return []
         values = self.r.hmget(self.hash, keys)
@@ -109,10 +121,14 @@ class Journal:
         return out
 
 
-def journaled_direct(journal: Journal, task: str, queue: str, time_limit: int | None,
-                     on_queued: Callable[[int], None] | None = None,
-                     record_acks: Callable[[Any, list[tuple[str, bytes]]], None] | None = None
-                     ) -> Callable[[Messages, list[tuple[str, bytes]]], None]:
+def journaled_direct(
+    journal: Journal,
+    task: str,
+    queue: str,
+    time_limit: int | None,
+    on_queued: Callable[[int], None] | None = None,
+    record_acks: Callable[[Any, list[tuple[str, bytes]]], None] | None = None,
+) -> Callable[[Messages, list[tuple[str, bytes]]], None]:
     """An enqueue that journals the messages and queues them as one Celery task (*task* on
     *queue*) in a single Redis transaction (see worker/broker.py); raises if it failed.
     on_queued: called with the queue's length after each push (the workers' backlog).
@@ -122,19 +138,25 @@ def journaled_direct(journal: Journal, task: str, queue: str, time_limit: int | 
         batch = [[d.decode("latin-1"), at] for d, at in messages]
         also = None
         if acks and record_acks is not None:
+
             def also(pipe: Any) -> None:
                 record_acks(pipe, acks)
-        length = journal.add(messages,
-                             push=(queue, task_message(task, [batch], queue, time_limit)),
-                             also=also)
+
+        length = journal.add(
+            messages, push=(queue, task_message(task, [batch], queue, time_limit)), also=also
+        )
         if on_queued is not None:
             on_queued(length)
 
     return enqueue
 
 
-def requeue_stale(journal: Journal, enqueue_many: Callable[[Messages], None], grace: float,
-                  queue_length: Callable[[], int]) -> int:
+def requeue_stale(
+    journal: Journal,
+    enqueue_many: Callable[[Messages], None],
+    grace: float,
+    queue_length: Callable[[], int],
+) -> int:
     """Queue again the journal's messages older than *grace* seconds, when the broker's queue
     is empty (a backlog is waiting, not lost). Returns how many were queued."""
     if queue_length() > 0:
@@ -142,6 +164,5 @@ def requeue_stale(journal: Journal, enqueue_many: Callable[[Messages], None], gr
     stale = journal.take_stale(grace)
     if stale:
         enqueue_many(stale)
-        log.warning("queued %d accepted messages again that no worker processed",
-                    len(stale))
+        log.warning("queued %d accepted messages again that no worker processed", len(stale))
     return len(stale)

@@ -11,8 +11,20 @@ import json
 import logging
 import time
 
-SAFE_FIELDS = ("control_id", "advisory", "advisories", "delivered", "attempt", "ack", "err",
-               "trigger", "peer", "frames", "bytes_in", "bytes_out")
+SAFE_FIELDS = (
+    "control_id",
+    "advisory",
+    "advisories",
+    "delivered",
+    "attempt",
+    "ack",
+    "err",
+    "trigger",
+    "peer",
+    "frames",
+    "bytes_in",
+    "bytes_out",
+)
 
 
 class JSONFormatter(logging.Formatter):

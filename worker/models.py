@@ -12,18 +12,41 @@ from pydantic import BaseModel, ConfigDict, Field
 
 Verdict = Literal["appropriate", "not-appropriate", "no-criteria-apply", "rejected"]
 ProcedureClass = Literal[
-    "radiograph", "us", "ct", "cta", "mri", "mra", "pet", "biopsy", "excision", "guidance",
-    "other", "unknown",
+    "radiograph",
+    "us",
+    "ct",
+    "cta",
+    "mri",
+    "mra",
+    "pet",
+    "biopsy",
+    "excision",
+    "guidance",
+    "other",
+    "unknown",
 ]
 Contrast = Literal["without", "with", "without_and_with", "none", "unspecified"]
 Region = Literal[
-    "thigh", "lower_extremity", "knee", "hip", "ankle", "whole_body", "chest", "abdomen",
-    "pelvis", "head", "spine", "upper_extremity", "other", "unknown",
+    "thigh",
+    "lower_extremity",
+    "knee",
+    "hip",
+    "ankle",
+    "whole_body",
+    "chest",
+    "abdomen",
+    "pelvis",
+    "head",
+    "spine",
+    "upper_extremity",
+    "other",
+    "unknown",
 ]
 Laterality = Literal["left", "right", "bilateral", "unknown"]
 
 
 PAINFUL = "painful"  # a red flag for referral, not for adding contrast (MRI_ADD_CONTRAST)
+
 
 class _Model(BaseModel):
     model_config = ConfigDict(frozen=False, extra="forbid")
@@ -162,10 +185,12 @@ class OrderFacts(_Model):
     radiograph_documented: bool = False
     prior_mri_documented: bool = False
     mri_contraindications: list[Literal["device", "habitus", "metal", "other"]] = Field(
-        default_factory=list)
+        default_factory=list
+    )
     mineralisation_request: bool = False
     contrast_cautions: list[Literal["egfr", "dialysis", "pregnancy", "gadolinium_reaction"]] = (
-        Field(default_factory=list))
+        Field(default_factory=list)
+    )
     haemorrhage: bool = False
     vascular: bool = False
     ordering_provider: str = ""
@@ -174,8 +199,10 @@ class OrderFacts(_Model):
     def red_flags(self, size_threshold_cm: float) -> list[str]:
         """Red flags of a soft-tissue mass (guideline.md section 4, "any one")."""
         flags: list[str] = []
-        if self.size_cm is not None and (self.size_cm > size_threshold_cm or (
-                self.size_stated_above and self.size_cm >= size_threshold_cm)):
+        if self.size_cm is not None and (
+            self.size_cm > size_threshold_cm
+            or (self.size_stated_above and self.size_cm >= size_threshold_cm)
+        ):
             above = "over " if self.size_stated_above else ""
             flags.append(f"larger than {size_threshold_cm:g} cm ({above}{self.size_cm:g} cm)")
         if self.deep:

@@ -103,9 +103,15 @@ class _ReadAhead:
 class Processor:
     """Checks queued messages and delivers their advisories (one per worker process)."""
 
-    def __init__(self, settings: Settings, knowledge: Knowledge, stores: Stores,
-                 publisher: Publisher, schedule_retry: ScheduleRetry,
-                 redis_client: Any | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        knowledge: Knowledge,
+        stores: Stores,
+        publisher: Publisher,
+        schedule_retry: ScheduleRetry,
+        redis_client: Any | None = None,
+    ) -> None:
         self.settings = settings
         self.kn = knowledge
         self.stores = stores
@@ -116,8 +122,7 @@ class Processor:
         self._senders: ThreadPoolExecutor | None = None  # see _finish_all
 
     # -- one message ---------------------------------------------------------------------------
-    def process(self, data: bytes, received_at: float, down: set[str] | None = None
-                ) -> list[str]:
+    def process(self, data: bytes, received_at: float, down: set[str] | None = None) -> list[str]:
         """Check one message; returns the ids of the advisories it produced.
 
         down: the destinations that failed earlier in the same batch (see deliver()).
@@ -128,8 +133,7 @@ class Processor:
         except HL7ParseError as exc:  # the listener checked it; keep it visible anyway
             log.warning("unreadable message reached a worker: %s", exc.code)
             return []
-        job = _Job(0, raw, parsed, parsed.patient.keys(),
-                   datetime.fromtimestamp(received_at, UTC))
+        job = _Job(0, raw, parsed, parsed.patient.keys(), datetime.fromtimestamp(received_at, UTC))
         with self._patient_lock(job.keys) as lock:
             self._check(job, lock.history)
             if job.keys and job.recorded:
@@ -139,33 +143,55 @@ class Processor:
 
     def _check(self, job: _Job, history: list[HistoryEntry] | None) -> None:
         """Check the message of *job* and build its advisory records (job.records)."""
-        checker = self.checker if history is None else Checker(
-            self.kn, _ReadAhead(self.stores.history, job.keys, history), self.checker.site)
+        checker = (
+            self.checker
+            if history is None
+            else Checker(
+                self.kn, _ReadAhead(self.stores.history, job.keys, history), self.checker.site
+            )
+        )
         outcome = checker.check_parsed(job.parsed)
         job.recorded = outcome.recorded
         header = job.parsed.header
         meta = self.kn.guideline.guideline
-        for index, (order, result) in enumerate(zip(outcome.orders, outcome.results,
-                                                    strict=False)):
+        for index, (order, result) in enumerate(zip(outcome.orders, outcome.results, strict=False)):
             metrics.CHECKED.labels(verdict=result.verdict).inc()
             if result.verdict not in IN_SCOPE and not self.settings.advisory_for_no_criteria:
                 continue
             if result.verdict == "rejected":
                 continue
-            rec_id = advisory_id(header.sending_application, header.sending_facility,
-                                 header.control_id, index)
-            out = build_advisory(job.raw, order, result, control_id=advisory_control_id(rec_id),
-                                 application=self.settings.application,
-                                 facility=self.settings.facility,
-                                 fmt=self.settings.advisory_format, guideline_id=meta.id,
-                                 disclaimer=meta.disclaimer)
-            job.records.append(AdvisoryRecord(id=rec_id, received_at=job.received,
-                                              result=result, order_index=index,
-                                              raw_in=job.raw.text, raw_out=out.decode("utf-8")))
+            rec_id = advisory_id(
+                header.sending_application, header.sending_facility, header.control_id, index
+            )
+            out = build_advisory(
+                job.raw,
+                order,
+                result,
+                control_id=advisory_control_id(rec_id),
+                application=self.settings.application,
+                facility=self.settings.facility,
+                fmt=self.settings.advisory_format,
+                guideline_id=meta.id,
+                disclaimer=meta.disclaimer,
+            )
+            job.records.append(
+                AdvisoryRecord(
+                    id=rec_id,
+                    received_at=job.received,
+                    result=result,
+                    order_index=index,
+                    raw_in=job.raw.text,
+                    raw_out=out.decode("utf-8"),
+                )
+            )
 
-    def _finish(self, job: _Job, added: list[bool],
-                marks: list[tuple[str, dict[str, Any]]] | None = None,
-                down: set[str] | None = None) -> list[str]:
+    def _finish(
+        self,
+        job: _Job,
+        added: list[bool],
+        marks: list[tuple[str, dict[str, Any]]] | None = None,
+        down: set[str] | None = None,
+    ) -> list[str]:
         """Deliver the records of *job* that are new (or stored but still pending)."""
         ids: list[str] = []
         delivered = 0
@@ -180,18 +206,32 @@ class Processor:
                 record = stored
             ids.append(record.id)
             if record.delivery == "pending":
-                delivered += self.deliver(record.id, attempt=record.delivery_attempts + 1,
-                                          record=record, marks=marks, down=down, quiet=True)
+                delivered += self.deliver(
+                    record.id,
+                    attempt=record.delivery_attempts + 1,
+                    record=record,
+                    marks=marks,
+                    down=down,
+                    quiet=True,
+                )
         # One line per message (its advisories' deliveries included): logging is a tenth of a
         # worker's CPU time.
-        log.info("checked", extra={"control_id": job.parsed.header.control_id,
-                                   "advisories": len(ids), "delivered": delivered})
+        log.info(
+            "checked",
+            extra={
+                "control_id": job.parsed.header.control_id,
+                "advisories": len(ids),
+                "delivered": delivered,
+            },
+        )
         return ids
 
     # -- several messages ----------------------------------------------------------------------
-    def process_batch(self, items: list[tuple[bytes, float]],
-                      on_done: Callable[[Any, list[int]], None] | None = None
-                      ) -> tuple[list[str], dict[int, Exception]]:
+    def process_batch(
+        self,
+        items: list[tuple[bytes, float]],
+        on_done: Callable[[Any, list[int]], None] | None = None,
+    ) -> tuple[list[str], dict[int, Exception]]:
         """Check several messages (a listener batch) with the same outcome as process() on each,
         in three round trips to Redis for all of them instead of three each: the patient locks
         and histories together, then the records, indexes, stream entries and lock releases
@@ -216,8 +256,9 @@ class Processor:
             except HL7ParseError as exc:
                 log.warning("unreadable message reached a worker: %s", exc.code)
                 continue
-            job = _Job(i, raw, parsed, parsed.patient.keys(),
-                       datetime.fromtimestamp(received_at, UTC))
+            job = _Job(
+                i, raw, parsed, parsed.patient.keys(), datetime.fromtimestamp(received_at, UTC)
+            )
             name = _lock_name(job.keys) if job.keys else ""
             if not self._batchable(job) or (name and name in locks):
                 alone.append(i)
@@ -255,15 +296,19 @@ class Processor:
 
     def _batchable(self, job: _Job) -> bool:
         client = self.redis
-        return (client is not None and isinstance(self.stores.store, RedisStore)
-                and self.stores.store.r is client
-                and isinstance(self.stores.history, RedisHistory)
-                and self.stores.history.r is client
-                and job.parsed.header.message_type in ORDER_TYPES
-                and not any(o.order_status == "CM" for o in job.parsed.orders))
+        return (
+            client is not None
+            and isinstance(self.stores.store, RedisStore)
+            and self.stores.store.r is client
+            and isinstance(self.stores.history, RedisHistory)
+            and self.stores.history.r is client
+            and job.parsed.header.message_type in ORDER_TYPES
+            and not any(o.order_status == "CM" for o in job.parsed.orders)
+        )
 
-    def _write(self, marks: list[tuple[str, dict[str, Any]]],
-               also: Callable[[Any], None] | None) -> None:
+    def _write(
+        self, marks: list[tuple[str, dict[str, Any]]], also: Callable[[Any], None] | None
+    ) -> None:
         """Write delivery states (*marks*) and *also*'s writes in one round trip."""
         if not marks and also is None:
             return
@@ -274,9 +319,9 @@ class Processor:
             also(pipe)
         pipe.execute()
 
-    def _process_together(self, jobs: list[_Job], down: set[str],
-                          marks: list[tuple[str, dict[str, Any]]]
-                          ) -> tuple[list[str], list[int]]:
+    def _process_together(
+        self, jobs: list[_Job], down: set[str], marks: list[tuple[str, dict[str, Any]]]
+    ) -> tuple[list[str], list[int]]:
         """process() for messages that only read history, one per patient; returns the ids and
         the positions of the messages left for process() (their patient was locked). The
         delivery states are appended to *marks*, for the caller to write (also when this
@@ -323,12 +368,21 @@ class Processor:
         starts = [0]
         for job in jobs:
             starts.append(starts[-1] + len(job.records))
-        return self._finish_all([(job, [bool(a) for a in added[a:b]])
-                                 for job, a, b in zip(jobs, starts, starts[1:], strict=False)],
-                                marks, down), later
+        return self._finish_all(
+            [
+                (job, [bool(a) for a in added[a:b]])
+                for job, a, b in zip(jobs, starts, starts[1:], strict=False)
+            ],
+            marks,
+            down,
+        ), later
 
-    def _finish_all(self, jobs: list[tuple[_Job, list[bool]]],
-                    marks: list[tuple[str, dict[str, Any]]], down: set[str]) -> list[str]:
+    def _finish_all(
+        self,
+        jobs: list[tuple[_Job, list[bool]]],
+        marks: list[tuple[str, dict[str, Any]]],
+        down: set[str],
+    ) -> list[str]:
         """_finish() for messages of different patients, up to delivery_concurrency at once:
         each waits for the ordering system's ACK on its own connection, so a batch's
         deliveries take about one ACK's time, not one per advisory. Every message is
@@ -336,10 +390,13 @@ class Processor:
         if self.settings.delivery_concurrency <= 1 or len(jobs) <= 1:
             return [i for job, added in jobs for i in self._finish(job, added, marks, down)]
         if self._senders is None:
-            self._senders = ThreadPoolExecutor(max_workers=self.settings.delivery_concurrency,
-                                               thread_name_prefix="ordercheck-deliver")
-        futures = [self._senders.submit(self._finish, job, added, marks, down)
-                   for job, added in jobs]
+            self._senders = ThreadPoolExecutor(
+                max_workers=self.settings.delivery_concurrency,
+                thread_name_prefix="ordercheck-deliver",
+            )
+        futures = [
+            self._senders.submit(self._finish, job, added, marks, down) for job, added in jobs
+        ]
         ids: list[str] = []
         error: BaseException | None = None
         for future in futures:
@@ -351,14 +408,19 @@ class Processor:
             raise error
         return ids
 
-    def _add(self, records: list[AdvisoryRecord], keys: list[str], lock: _PatientLock
-             ) -> list[bool]:
+    def _add(
+        self, records: list[AdvisoryRecord], keys: list[str], lock: _PatientLock
+    ) -> list[bool]:
         """Store the new records (add_advisory), releasing the patient lock in the same round
         trip when it is ours; True for each record that was new."""
         store = self.stores.store
         client = self.redis
-        if (client is None or lock.token is None or not isinstance(store, RedisStore)
-                or store.r is not client):
+        if (
+            client is None
+            or lock.token is None
+            or not isinstance(store, RedisStore)
+            or store.r is not client
+        ):
             return [store.add_advisory(record, keys) for record in records]
         pipe = client.pipeline(transaction=False)
         for record in records:
@@ -366,12 +428,19 @@ class Processor:
         pipe.eval(_UNLOCK, 1, lock.name, lock.token)
         replies = pipe.execute()
         lock.released = True
-        return [bool(r) for r in replies[:len(records)]]
+        return [bool(r) for r in replies[: len(records)]]
 
     # -- delivery ------------------------------------------------------------------------------
-    def deliver(self, rec_id: str, attempt: int, record: AdvisoryRecord | None = None,
-                retry: bool = True, marks: list[tuple[str, dict[str, Any]]] | None = None,
-                down: set[str] | None = None, quiet: bool = False) -> bool:
+    def deliver(
+        self,
+        rec_id: str,
+        attempt: int,
+        record: AdvisoryRecord | None = None,
+        retry: bool = True,
+        marks: list[tuple[str, dict[str, Any]]] | None = None,
+        down: set[str] | None = None,
+        quiet: bool = False,
+    ) -> bool:
         """One delivery attempt; schedules the next one or marks the advisory undelivered.
 
         retry: False for a single attempt (an operator's resend): no retry is scheduled.
@@ -391,14 +460,20 @@ class Processor:
         r = record.result
         route = self.publisher.route(r.sending_application, r.sending_facility)
         if route is None:
-            mark_delivery(store, rec_id, "not-sent", attempt - 1,
-                          "no destination configured for this sender")
+            mark_delivery(
+                store, rec_id, "not-sent", attempt - 1, "no destination configured for this sender"
+            )
             return False
         destination = f"{route.host}:{route.port}"
         if retry and down is not None and destination in down:
-            mark_delivery(store, rec_id, "pending", attempt - 1,
-                          "not tried: the destination failed earlier in the same batch",
-                          destination)
+            mark_delivery(
+                store,
+                rec_id,
+                "pending",
+                attempt - 1,
+                "not tried: the destination failed earlier in the same batch",
+                destination,
+            )
             self.schedule_retry(rec_id, attempt, self.settings.delivery_backoff)
             return False
         message = record.raw_out.encode("utf-8")
@@ -410,8 +485,7 @@ class Processor:
             else:
                 marks.append((rec_id, fields))
             metrics.DELIVERED.inc()
-            metrics.DELIVERY_LATENCY.observe(max(0.0, time.time()
-                                                 - record.received_at.timestamp()))
+            metrics.DELIVERY_LATENCY.observe(max(0.0, time.time() - record.received_at.timestamp()))
             if not quiet:
                 log.info("delivered", extra={"advisory": rec_id, "attempt": attempt})
             return True
@@ -419,16 +493,17 @@ class Processor:
         if down is not None:
             down.add(destination)
         if not retry or attempt > self.settings.delivery_retries:
-            mark_delivery(store, rec_id, "undelivered", attempt, outcome.error,
-                          outcome.destination)
+            mark_delivery(store, rec_id, "undelivered", attempt, outcome.error, outcome.destination)
             metrics.UNDELIVERED.inc()
             log.error("undelivered after %d attempts", attempt, extra={"advisory": rec_id})
             return False
         mark_delivery(store, rec_id, "pending", attempt, outcome.error, outcome.destination)
-        delay = min(self.settings.delivery_backoff * 2 ** (attempt - 1),
-                    self.settings.delivery_backoff_max)
-        log.warning("delivery failed, retry in %.1fs", delay,
-                    extra={"advisory": rec_id, "attempt": attempt})
+        delay = min(
+            self.settings.delivery_backoff * 2 ** (attempt - 1), self.settings.delivery_backoff_max
+        )
+        log.warning(
+            "delivery failed, retry in %.1fs", delay, extra={"advisory": rec_id, "attempt": attempt}
+        )
         self.schedule_retry(rec_id, attempt + 1, delay)
         return False
 
@@ -439,8 +514,9 @@ class Processor:
             return False
         self.stores.store.update(rec_id, delivery="pending")
         record = record.model_copy(update={"delivery": "pending"})
-        return self.deliver(rec_id, attempt=record.delivery_attempts + 1, record=record,
-                            retry=False)
+        return self.deliver(
+            rec_id, attempt=record.delivery_attempts + 1, record=record, retry=False
+        )
 
     # -- re-check after a newer result ----------------------------------------------------------
     def _recheck(self, keys: list[str], trigger: str, now: datetime) -> None:
@@ -468,19 +544,30 @@ class Processor:
             facts = extract(order, parsed, self.kn, parsed.orders)
             result = self.checker.evaluate(parsed, order, facts, history)
             if result.verdict == rec.result.verdict and [f.code for f in result.flags] == [
-                    f.code for f in rec.result.flags]:
+                f.code for f in rec.result.flags
+            ]:
                 continue
             revision = rec.revision + 1
             control = f"{advisory_control_id(rec_id)[:17]}C{revision}"[:20]
             meta = self.kn.guideline.guideline
-            out = build_advisory(raw, order, result, control_id=control,
-                                 application=self.settings.application,
-                                 facility=self.settings.facility,
-                                 fmt=self.settings.advisory_format, guideline_id=meta.id,
-                                 disclaimer=meta.disclaimer, status="C")
-            note = Disposition(state=rec.disposition, reviewer="ordercheck",
-                               text=f"re-checked after message {trigger}: "
-                                    f"{rec.result.verdict} -> {result.verdict}")
+            out = build_advisory(
+                raw,
+                order,
+                result,
+                control_id=control,
+                application=self.settings.application,
+                facility=self.settings.facility,
+                fmt=self.settings.advisory_format,
+                guideline_id=meta.id,
+                disclaimer=meta.disclaimer,
+                status="C",
+            )
+            note = Disposition(
+                state=rec.disposition,
+                reviewer="ordercheck",
+                text=f"re-checked after message {trigger}: "
+                f"{rec.result.verdict} -> {result.verdict}",
+            )
             revised = self.stores.store.revise(rec_id, result, out.decode("utf-8"), note)
             log.info("advisory revised", extra={"advisory": rec_id, "trigger": trigger})
             self.deliver(rec_id, attempt=1, record=revised)
@@ -498,8 +585,7 @@ class Processor:
         lock.name = _lock_name(keys)
         token = uuid.uuid4().hex.encode()
         history = self.stores.history
-        read_ahead = history if isinstance(history, RedisHistory) and history.r is client \
-            else None
+        read_ahead = history if isinstance(history, RedisHistory) and history.r is client else None
         pipe = client.pipeline(transaction=False)
         pipe.set(lock.name, token, nx=True, ex=LOCK_SECONDS)
         if read_ahead is not None:
@@ -510,8 +596,9 @@ class Processor:
             if read_ahead is not None:
                 lock.history = read_ahead.parse_entries(replies[1])
         else:  # another worker has this patient: wait for it (the history is read later)
-            lock.fallback = client.lock(lock.name, timeout=LOCK_SECONDS, sleep=0.01,
-                                            blocking_timeout=LOCK_SECONDS)
+            lock.fallback = client.lock(
+                lock.name, timeout=LOCK_SECONDS, sleep=0.01, blocking_timeout=LOCK_SECONDS
+            )
             if not lock.fallback.acquire():
                 lock.fallback = None
         try:

@@ -44,9 +44,10 @@ class Publisher:
             return None
         ctx = ssl.create_default_context(cafile=str(settings.advisory_tls_ca))
         if settings.advisory_tls_cert is not None:
-            ctx.load_cert_chain(str(settings.advisory_tls_cert),
-                                str(settings.advisory_tls_key) if settings.advisory_tls_key
-                                else None)
+            ctx.load_cert_chain(
+                str(settings.advisory_tls_cert),
+                str(settings.advisory_tls_key) if settings.advisory_tls_key else None,
+            )
         return ctx
 
     def route(self, application: str, facility: str) -> Route | None:
@@ -60,9 +61,13 @@ class Publisher:
             idle = self._idle.get(key)
             client = idle.pop() if idle else None
         if client is None:
-            client = MLLPClient(route.host, route.port, ssl=self._ssl,
-                                connect_timeout=self.settings.advisory_ack_timeout,
-                                server_hostname=route.host if self._ssl else None)
+            client = MLLPClient(
+                route.host,
+                route.port,
+                ssl=self._ssl,
+                connect_timeout=self.settings.advisory_ack_timeout,
+                server_hostname=route.host if self._ssl else None,
+            )
         try:
             reply = client.send(message, timeout=self.settings.advisory_ack_timeout)
         except (MLLPError, OSError) as exc:
@@ -76,8 +81,7 @@ class Publisher:
             self._idle.setdefault(key, []).append(client)
         code, echoed = ack_fields(reply)
         if code not in ACCEPTED:
-            return DeliveryOutcome(False, f"ACK {code or 'missing'} from the ordering system",
-                                   dest)
+            return DeliveryOutcome(False, f"ACK {code or 'missing'} from the ordering system", dest)
         if echoed != control_id:
             return DeliveryOutcome(False, "ACK MSA-2 does not match the advisory MSH-10", dest)
         return DeliveryOutcome(True, "", dest)

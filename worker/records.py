@@ -59,13 +59,18 @@ class AdvisoryRecord(BaseModel):
     def flags_json(self) -> dict[str, object]:
         """The `ordercheck flags list --json` object: check --json fields plus ours."""
         data = self.result.model_dump(mode="json", exclude={"facts"})
-        data.update(id=self.id, received_at=self.received_at.isoformat(),
-                    delivery=self.delivery, disposition=self.disposition)
+        data.update(
+            id=self.id,
+            received_at=self.received_at.isoformat(),
+            delivery=self.delivery,
+            disposition=self.disposition,
+        )
         return data
 
 
-def advisory_id(sending_application: str, sending_facility: str, control_id: str,
-                order_index: int) -> str:
+def advisory_id(
+    sending_application: str, sending_facility: str, control_id: str, order_index: int
+) -> str:
     """A stable id per (MSH-3, MSH-4, MSH-10, order in message): a resend maps to the same id."""
     key = f"{sending_application}\x1f{sending_facility}\x1f{control_id}\x1f{order_index}"
     return hashlib.sha256(key.encode("utf-8")).hexdigest()[:20]

@@ -21,8 +21,13 @@ from worker.store import (
 def redis_client(url: str) -> Any:
     import redis
 
-    return redis.Redis.from_url(url, health_check_interval=30, socket_timeout=10,
-                                socket_connect_timeout=5, retry_on_timeout=True)
+    return redis.Redis.from_url(
+        url,
+        health_check_interval=30,
+        socket_timeout=10,
+        socket_connect_timeout=5,
+        retry_on_timeout=True,
+    )
 
 
 class Stores:

@@ -41,8 +41,7 @@ def listener_ssl(settings: Settings) -> ssl.SSLContext | None:
     if settings.tls_cert is None:
         return None
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.load_cert_chain(str(settings.tls_cert), str(settings.tls_key) if settings.tls_key
-                        else None)
+    ctx.load_cert_chain(str(settings.tls_cert), str(settings.tls_key) if settings.tls_key else None)
     if settings.tls_client_ca is not None:
         ctx.load_verify_locations(str(settings.tls_client_ca))
         ctx.verify_mode = ssl.CERT_REQUIRED
@@ -53,10 +52,15 @@ def _keeper(stores: Stores) -> Callable[[Rejected], None]:
     from datetime import UTC, datetime
 
     def keep(r: Rejected) -> None:
-        stores.store.keep_rejected(RejectedEntry(
-            control_id=r.control_id, ack_code=r.code, reason=r.reason,
-            received_at=datetime.fromtimestamp(r.received_at, UTC),
-            raw=r.raw.decode("utf-8", errors="replace")))
+        stores.store.keep_rejected(
+            RejectedEntry(
+                control_id=r.control_id,
+                ack_code=r.code,
+                reason=r.reason,
+                received_at=datetime.fromtimestamp(r.received_at, UTC),
+                raw=r.raw.decode("utf-8", errors="replace"),
+            )
+        )
 
     return keep
 
@@ -78,11 +82,16 @@ class Batcher:
     written to the resend table after they are returned, before the next batch is looked up.
     """
 
-    def __init__(self, handle_batch: Callable[[list[bytes]], tuple[list[bytes | None],
-                                                                   Callable[[], None]]],
-                 pool: ThreadPoolExecutor, max_batch: int = 100, linger: float = 0.002,
-                 behind: Callable[[], bool] | None = None, behind_linger: float = 0.0,
-                 peers: Callable[[], int] | None = None) -> None:
+    def __init__(
+        self,
+        handle_batch: Callable[[list[bytes]], tuple[list[bytes | None], Callable[[], None]]],
+        pool: ThreadPoolExecutor,
+        max_batch: int = 100,
+        linger: float = 0.002,
+        behind: Callable[[], bool] | None = None,
+        behind_linger: float = 0.0,
+        peers: Callable[[], int] | None = None,
+    ) -> None:
         self.handle_batch = handle_batch
         self.linger = linger
         self.behind = behind
@@ -100,8 +109,7 @@ class Batcher:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[bytes | None] = loop.create_future()
         self._pending.append((frame, future))
-        if (self._full is not None and not self._full.done()
-                and len(self._pending) >= self._full_at):
+        if self._full is not None and not self._full.done() and len(self._pending) >= self._full_at:
             self._full.set_result(None)
         if not self._inflight:
             self._inflight += 1
@@ -131,15 +139,20 @@ class Batcher:
             while self._pending:
                 if last >= 3 and 2 <= len(self._pending) < self.max_batch and self.linger:
                     await self._fill(self.linger)  # a burst: let the batch fill a little
-                elif (self.behind_linger and len(self._pending) < self.max_batch
-                      and self.behind is not None and self.behind()):
+                elif (
+                    self.behind_linger
+                    and len(self._pending) < self.max_batch
+                    and self.behind is not None
+                    and self.behind()
+                ):
                     await self._fill(self.behind_linger)  # workers behind: fewer tasks
-                batch = self._pending[:self.max_batch]
-                del self._pending[:self.max_batch]
+                batch = self._pending[: self.max_batch]
+                del self._pending[: self.max_batch]
                 last = len(batch)
                 try:
                     replies, remember = await loop.run_in_executor(
-                        self.pool, self.handle_batch, [frame for frame, _ in batch])
+                        self.pool, self.handle_batch, [frame for frame, _ in batch]
+                    )
                 except Exception as exc:  # a bug: each waiting connection sees it
                     for _, future in batch:
                         if not future.done():
@@ -181,10 +194,14 @@ class Service:
                 store.queue_dedup_set_many(pipe, acks, settings.dedup_ttl_seconds)
 
             # The message, its journal entry and its ACK for resends: one transaction.
-            journaled_many = journaled_direct(self.journal, tasks.validate_batch.name,
-                                              QUEUE, settings.task_time_limit,
-                                              on_queued=self._on_queued,
-                                              record_acks=record_acks)
+            journaled_many = journaled_direct(
+                self.journal,
+                tasks.validate_batch.name,
+                QUEUE,
+                settings.task_time_limit,
+                on_queued=self._on_queued,
+                record_acks=record_acks,
+            )
             enqueue_with_acks: EnqueueWithAcks | None = journaled_many
 
             def enqueue(data: bytes, received_at: float) -> None:
@@ -196,21 +213,33 @@ class Service:
             self.stores = self.embedded.stores
             enqueue = self.embedded.enqueue
             enqueue_with_acks = None
-        self.ingestor = Ingestor(settings, self.stores.dedup, enqueue, _keeper(self.stores),
-                                 enqueue_with_acks=enqueue_with_acks)
+        self.ingestor = Ingestor(
+            settings,
+            self.stores.dedup,
+            enqueue,
+            _keeper(self.stores),
+            enqueue_with_acks=enqueue_with_acks,
+        )
         # One thread: the batcher hands it one batch at a time (and one thread keeps one malloc
         # arena: the listener's memory stays flat over a long run).
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ordercheck-ingest")
-        self.batcher = Batcher(self.ingestor.handle_batch_early, self.pool,
-                               behind=lambda: self.queued > settings.batch_when_queued,
-                               behind_linger=settings.batch_linger_behind,
-                               peers=lambda: self.server.connection_count)
-        self.server = MLLPServer(self._on_frame, on_error=self._on_frame_error,
-                                 host=settings.listen_host, port=settings.listen_port,
-                                 max_frame_bytes=settings.max_frame_bytes,
-                                 idle_timeout=settings.idle_timeout,
-                                 max_connections=settings.max_connections,
-                                 ssl=listener_ssl(settings))
+        self.batcher = Batcher(
+            self.ingestor.handle_batch_early,
+            self.pool,
+            behind=lambda: self.queued > settings.batch_when_queued,
+            behind_linger=settings.batch_linger_behind,
+            peers=lambda: self.server.connection_count,
+        )
+        self.server = MLLPServer(
+            self._on_frame,
+            on_error=self._on_frame_error,
+            host=settings.listen_host,
+            port=settings.listen_port,
+            max_frame_bytes=settings.max_frame_bytes,
+            idle_timeout=settings.idle_timeout,
+            max_connections=settings.max_connections,
+            ssl=listener_ssl(settings),
+        )
         self.http: ThreadingHTTPServer | None = None
         self._background: list[asyncio.Task[None]] = []
 
@@ -219,9 +248,13 @@ class Service:
 
     async def _on_frame_error(self, error: FrameError) -> bytes | None:
         if error.kind is FrameErrorKind.OVERSIZE:
-            return build_ack(AckTarget(), "AR", AckError(
-                "207", f"frame larger than {self.settings.max_frame_bytes} bytes"),
-                self.settings.application, self.settings.facility)
+            return build_ack(
+                AckTarget(),
+                "AR",
+                AckError("207", f"frame larger than {self.settings.max_frame_bytes} bytes"),
+                self.settings.application,
+                self.settings.facility,
+            )
         return None  # junk between frames is ignored; the next frame is served
 
     def _on_queued(self, length: int) -> None:
@@ -243,15 +276,19 @@ class Service:
         if self.settings.memory_release_interval and release_free_memory():
             self._background.append(asyncio.create_task(self._release_memory()))
         if self.settings.metrics_port is not None:
-            self.http = start_http(self.settings.listen_host, self.settings.metrics_port,
-                                   self.health)
+            self.http = start_http(
+                self.settings.listen_host, self.settings.metrics_port, self.health
+            )
         mode = "redis" if self.settings.redis_url else "embedded"
-        log.warning("ordercheck listening on %s:%d (%s mode)", self.settings.listen_host,
-                    self.port, mode)
+        log.warning(
+            "ordercheck listening on %s:%d (%s mode)", self.settings.listen_host, self.port, mode
+        )
 
     def health(self) -> dict[str, Any]:
-        state: dict[str, Any] = {"listener": "ok",
-                                 "mode": "redis" if self.settings.redis_url else "embedded"}
+        state: dict[str, Any] = {
+            "listener": "ok",
+            "mode": "redis" if self.settings.redis_url else "embedded",
+        }
         if self.settings.redis_url:
             from worker.runtime import redis_client
 
@@ -263,8 +300,11 @@ class Service:
             state["workers"] = "ok" if self.celery and self.celery.poll() is None else "down"
         else:
             state["queue"] = self.embedded.queue.qsize()
-        state["status"] = "ok" if all(v == "ok" for k, v in state.items()
-                                      if k in ("redis", "workers")) else "degraded"
+        state["status"] = (
+            "ok"
+            if all(v == "ok" for k, v in state.items() if k in ("redis", "workers"))
+            else "degraded"
+        )
         return state
 
     async def _supervise(self, interval: float = 1.0) -> None:
@@ -272,8 +312,9 @@ class Service:
         while True:
             await asyncio.sleep(interval)
             if self.celery is not None and self.celery.poll() is not None:
-                log.error("celery worker exited with status %s; starting it again",
-                          self.celery.returncode)
+                log.error(
+                    "celery worker exited with status %s; starting it again", self.celery.returncode
+                )
                 self.celery = start_celery_worker(self.settings)
 
     async def _requeue_lost(self) -> None:
@@ -288,9 +329,14 @@ class Service:
         while True:
             await asyncio.sleep(min(60.0, grace / 4))
             try:
-                await loop.run_in_executor(None, requeue_stale, self.journal,
-                                           tasks.enqueue_many, grace,
-                                           lambda: int(client.llen(QUEUE)))
+                await loop.run_in_executor(
+                    None,
+                    requeue_stale,
+                    self.journal,
+                    tasks.enqueue_many,
+                    grace,
+                    lambda: int(client.llen(QUEUE)),
+                )
             except Exception as exc:  # Redis down: the next round
                 log.error("journal sweep failed: %s", type(exc).__name__)
 
@@ -307,9 +353,11 @@ class Service:
         while True:
             try:
                 removed = await loop.run_in_executor(
-                    None, purge_expired, self.stores.store, self.settings.retention_days)
-                log.info("purged %d advisories older than %d days", removed,
-                         self.settings.retention_days)
+                    None, purge_expired, self.stores.store, self.settings.retention_days
+                )
+                log.info(
+                    "purged %d advisories older than %d days", removed, self.settings.retention_days
+                )
             except Exception as exc:  # Redis down: try again at the next interval
                 log.error("purge failed: %s", type(exc).__name__)
             await asyncio.sleep(PURGE_INTERVAL)
@@ -359,15 +407,31 @@ def release_free_memory() -> bool:
 def start_celery_worker(settings: Settings) -> subprocess.Popen[bytes]:
     concurrency = settings.workers or os.cpu_count() or 1
     env = dict(os.environ)  # PROMETHEUS_MULTIPROC_DIR, when set, is shared with the listener
-    cmd = [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
-           "--concurrency", str(concurrency), "--pool", "prefork", "--loglevel", "WARNING",
-           "-Q", "ordercheck", "--without-gossip", "--without-mingle", "--without-heartbeat",
-           "-n", f"ordercheck-{os.getpid()}@%h"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "worker.celery_app",
+        "worker",
+        "--concurrency",
+        str(concurrency),
+        "--pool",
+        "prefork",
+        "--loglevel",
+        "WARNING",
+        "-Q",
+        "ordercheck",
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
+        "-n",
+        f"ordercheck-{os.getpid()}@%h",
+    ]
     return subprocess.Popen(cmd, env=env)
 
 
-def start_http(host: str, port: int, health: Callable[[], dict[str, Any]]
-               ) -> ThreadingHTTPServer:
+def start_http(host: str, port: int, health: Callable[[], dict[str, Any]]) -> ThreadingHTTPServer:
     """/health (JSON) and /metrics (Prometheus) on host:port, in a thread."""
     from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 
@@ -409,12 +473,17 @@ def start_review(settings: Settings, stores: Stores) -> Any:
     from worker.review import create_app
     from worker.review.server import ReviewServer
 
-    server = ReviewServer(create_app(stores.store, settings), settings.review_host,
-                          settings.review_port).start()
+    server = ReviewServer(
+        create_app(stores.store, settings), settings.review_host, settings.review_port
+    ).start()
     print(f"ordercheck: review page on {server.url}", file=sys.stderr, flush=True)
     if not settings.review_users and settings.review_token is None:
-        print("ordercheck: no ORDERCHECK_REVIEW_USERS or ORDERCHECK_REVIEW_TOKEN set: nobody "
-              "can log in to the review page", file=sys.stderr, flush=True)
+        print(
+            "ordercheck: no ORDERCHECK_REVIEW_USERS or ORDERCHECK_REVIEW_TOKEN set: nobody "
+            "can log in to the review page",
+            file=sys.stderr,
+            flush=True,
+        )
     return server
 
 
@@ -432,9 +501,12 @@ def run(settings: Settings, with_review: bool = False) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        print(f"ordercheck: listening on {settings.listen_host}:{service.port} "
-              f"({'redis' if settings.redis_url else 'embedded'} mode); Ctrl-C stops",
-              file=sys.stderr, flush=True)
+        print(
+            f"ordercheck: listening on {settings.listen_host}:{service.port} "
+            f"({'redis' if settings.redis_url else 'embedded'} mode); Ctrl-C stops",
+            file=sys.stderr,
+            flush=True,
+        )
         await stop.wait()
         await service.stop()
         if review is not None:

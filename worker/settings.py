@@ -24,8 +24,9 @@ class Route(BaseModel):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="ORDERCHECK_", env_nested_delimiter="__",
-                                      extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="ORDERCHECK_", env_nested_delimiter="__", extra="ignore"
+    )
 
     # Broker and store. None: the embedded default (one process, in memory, no Redis).
     redis_url: str | None = None
@@ -66,9 +67,24 @@ class Settings(BaseSettings):
     max_connections: int = Field(default=100, ge=1)
     allowed_senders: list[str] = Field(default_factory=list)  # "APP" or "APP|FACILITY"; empty: all
     processing_ids: list[str] = Field(default_factory=lambda: ["P", "T", "D"])  # MSH-11
-    versions: list[str] = Field(default_factory=lambda: [
-        "2.1", "2.2", "2.3", "2.3.1", "2.4", "2.5", "2.5.1", "2.6", "2.7", "2.7.1", "2.8", "2.8.1",
-        "2.8.2", "2.9"])
+    versions: list[str] = Field(
+        default_factory=lambda: [
+            "2.1",
+            "2.2",
+            "2.3",
+            "2.3.1",
+            "2.4",
+            "2.5",
+            "2.5.1",
+            "2.6",
+            "2.7",
+            "2.7.1",
+            "2.8",
+            "2.8.1",
+            "2.8.2",
+            "2.9",
+        ]
+    )
     tls_cert: Path | None = None  # PEM certificate chain for the listener (TLS when set)
     tls_key: Path | None = None
     tls_client_ca: Path | None = None  # when set, client certificates are required

@@ -26,8 +26,15 @@ from worker.errors import StoreError
 from worker.models import CheckResult, HistoryEntry
 from worker.records import AdvisoryQuery, AdvisoryRecord, Delivery, Disposition
 
-_MUTABLE = ("raw_out", "delivery", "delivery_attempts", "delivery_error", "delivered_at",
-            "destination", "disposition")
+_MUTABLE = (
+    "raw_out",
+    "delivery",
+    "delivery_attempts",
+    "delivery_error",
+    "delivered_at",
+    "destination",
+    "disposition",
+)
 
 
 def _sha(text: str) -> str:
@@ -57,8 +64,9 @@ class AdvisoryStore(Protocol):
     def dispose(self, advisory_id: str, disposition: Disposition) -> AdvisoryRecord:
         """Append a review decision to the audit trail and set the record's disposition."""
 
-    def iter_newest(self, since: datetime | None = None,
-                    until: datetime | None = None) -> Iterator[AdvisoryRecord]: ...
+    def iter_newest(
+        self, since: datetime | None = None, until: datetime | None = None
+    ) -> Iterator[AdvisoryRecord]: ...
 
     def publish(self, record: AdvisoryRecord) -> None:
         """Append the advisory as JSON to the stream for other consumers."""
@@ -75,8 +83,9 @@ class AdvisoryStore(Protocol):
     def patient_advisories(self, patient_keys: list[str], since: datetime) -> list[str]:
         """Ids of this patient's advisories received since *since*."""
 
-    def revise(self, advisory_id: str, result: CheckResult, raw_out: str,
-               note: Disposition) -> AdvisoryRecord:
+    def revise(
+        self, advisory_id: str, result: CheckResult, raw_out: str, note: Disposition
+    ) -> AdvisoryRecord:
         """Replace the result and advisory after a re-check; the note joins the audit trail."""
 
     def rejected(self, limit: int = 100) -> list[RejectedEntry]: ...
@@ -95,8 +104,9 @@ class RejectedEntry(BaseModel):
 REJECTED_KEEP = 10_000
 
 
-def query(store: AdvisoryStore, q: AdvisoryQuery, offset: int = 0,
-          limit: int | None = 50) -> list[AdvisoryRecord]:
+def query(
+    store: AdvisoryStore, q: AdvisoryQuery, offset: int = 0, limit: int | None = 50
+) -> list[AdvisoryRecord]:
     """The records matching *q*, newest first, one page."""
     out: list[AdvisoryRecord] = []
     skipped = 0
@@ -159,16 +169,19 @@ class MemoryStore:
         rec = self._records.get(advisory_id)
         if rec is None:
             raise StoreError("no such advisory")
-        rec = rec.model_copy(update={"disposition": disposition.state,
-                                     "audit": [*rec.audit, disposition]})
+        rec = rec.model_copy(
+            update={"disposition": disposition.state, "audit": [*rec.audit, disposition]}
+        )
         self._records[advisory_id] = rec
         return rec
 
-    def iter_newest(self, since: datetime | None = None,
-                    until: datetime | None = None) -> Iterator[AdvisoryRecord]:
+    def iter_newest(
+        self, since: datetime | None = None, until: datetime | None = None
+    ) -> Iterator[AdvisoryRecord]:
         for rec in sorted(self._records.values(), key=lambda r: r.received_at, reverse=True):
             if (since is None or rec.received_at >= since) and (
-                    until is None or rec.received_at < until):
+                until is None or rec.received_at < until
+            ):
                 yield rec
 
     def publish(self, record: AdvisoryRecord) -> None:
@@ -192,15 +205,23 @@ class MemoryStore:
             found.update(self._patients.get(_sha(key), {}))
         return sorted((i for i, at in found.items() if at >= since), key=lambda i: found[i])
 
-    def revise(self, advisory_id: str, result: CheckResult, raw_out: str,
-               note: Disposition) -> AdvisoryRecord:
+    def revise(
+        self, advisory_id: str, result: CheckResult, raw_out: str, note: Disposition
+    ) -> AdvisoryRecord:
         rec = self._records.get(advisory_id)
         if rec is None:
             raise StoreError("no such advisory")
-        rec = rec.model_copy(update={"result": result, "raw_out": raw_out,
-                                     "revision": rec.revision + 1, "delivery": "pending",
-                                     "delivery_attempts": 0, "delivery_error": "",
-                                     "audit": [*rec.audit, note]})
+        rec = rec.model_copy(
+            update={
+                "result": result,
+                "raw_out": raw_out,
+                "revision": rec.revision + 1,
+                "delivery": "pending",
+                "delivery_attempts": 0,
+                "delivery_error": "",
+                "audit": [*rec.audit, note],
+            }
+        )
         self._records[advisory_id] = rec
         return rec
 
@@ -283,8 +304,9 @@ class RedisStore:
         keys, args = self._add_call(record, patient_keys)
         return bool(self.r.eval(_ADD_ADVISORY, len(keys), *keys, *args))
 
-    def queue_add_advisory(self, pipe: Any, record: AdvisoryRecord,
-                           patient_keys: list[str]) -> None:
+    def queue_add_advisory(
+        self, pipe: Any, record: AdvisoryRecord, patient_keys: list[str]
+    ) -> None:
         """Queue add_advisory() on a redis-py pipeline of this store's client; its reply (1 new,
         0 present already) comes with the pipeline's. The record, its delivery state and
         advisory (raw_out), the index, the patient index and the stream entry are written
@@ -292,15 +314,25 @@ class RedisStore:
         keys, args = self._add_call(record, patient_keys)
         pipe.eval(_ADD_ADVISORY, len(keys), *keys, *args)  # EVAL: no SCRIPT EXISTS round trip
 
-    def _add_call(self, record: AdvisoryRecord, patient_keys: list[str], stream: bool = True
-                  ) -> tuple[list[str], list[Any]]:
+    def _add_call(
+        self, record: AdvisoryRecord, patient_keys: list[str], stream: bool = True
+    ) -> tuple[list[str], list[Any]]:
         mutable = self._mutable_fields(record.model_dump(mode="json", include=set(_MUTABLE)))
-        keys = [self._key(record.id), f"{self.p}adv:index", f"{self.p}advisories",
-                *(f"{self.p}patadv:{_sha(k)}" for k in patient_keys)]
+        keys = [
+            self._key(record.id),
+            f"{self.p}adv:index",
+            f"{self.p}advisories",
+            *(f"{self.p}patadv:{_sha(k)}" for k in patient_keys),
+        ]
         entry = json.dumps(record.flags_json()) if stream else ""
-        args: list[Any] = [record.id, _ts(record.received_at), entry,
-                           self.stream_maxlen, PATIENT_INDEX_TTL,
-                           record.model_dump_json(exclude=set(_MUTABLE) | {"audit"})]
+        args: list[Any] = [
+            record.id,
+            _ts(record.received_at),
+            entry,
+            self.stream_maxlen,
+            PATIENT_INDEX_TTL,
+            record.model_dump_json(exclude=set(_MUTABLE) | {"audit"}),
+        ]
         for name, value in mutable.items():
             args += [name, value]
         return keys, args
@@ -341,8 +373,9 @@ class RedisStore:
             unknown = set(fields) - set(_MUTABLE)
             if unknown:
                 raise StoreError(f"not updatable: {', '.join(sorted(unknown))}")
-            values = {k: (v.isoformat() if isinstance(v, datetime) else v)
-                      for k, v in fields.items()}
+            values = {
+                k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in fields.items()
+            }
             pipe.hset(self._key(advisory_id), mapping=self._mutable_fields(values))
             if fields.get("delivery") == "undelivered":
                 pipe.sadd(f"{self.p}adv:undelivered", advisory_id)
@@ -361,8 +394,9 @@ class RedisStore:
         assert rec is not None
         return rec
 
-    def iter_newest(self, since: datetime | None = None,
-                    until: datetime | None = None) -> Iterator[AdvisoryRecord]:
+    def iter_newest(
+        self, since: datetime | None = None, until: datetime | None = None
+    ) -> Iterator[AdvisoryRecord]:
         high: str | float = "+inf" if until is None else f"({_ts(until)}"
         low: str | float = "-inf" if since is None else _ts(since)
         start, page = 0, 200
@@ -386,8 +420,12 @@ class RedisStore:
         return sorted(i.decode() for i in self.r.smembers(f"{self.p}adv:undelivered"))
 
     def publish(self, record: AdvisoryRecord) -> None:
-        self.r.xadd(f"{self.p}advisories", {"advisory": json.dumps(record.flags_json())},
-                    maxlen=self.stream_maxlen, approximate=True)
+        self.r.xadd(
+            f"{self.p}advisories",
+            {"advisory": json.dumps(record.flags_json())},
+            maxlen=self.stream_maxlen,
+            approximate=True,
+        )
 
     def keep_rejected(self, entry: RejectedEntry) -> None:
         pipe = self.r.pipeline(transaction=False)
@@ -396,8 +434,10 @@ class RedisStore:
         pipe.execute()
 
     def rejected(self, limit: int = 100) -> list[RejectedEntry]:
-        return [RejectedEntry.model_validate_json(v)
-                for v in self.r.lrange(f"{self.p}rejected", 0, limit - 1)]
+        return [
+            RejectedEntry.model_validate_json(v)
+            for v in self.r.lrange(f"{self.p}rejected", 0, limit - 1)
+        ]
 
     def index_patient(self, patient_keys: list[str], advisory_id: str, at: datetime) -> None:
         pipe = self.r.pipeline(transaction=False)
@@ -416,18 +456,25 @@ class RedisStore:
             ids.extend(i.decode() for i in found if i.decode() not in ids)
         return ids
 
-    def revise(self, advisory_id: str, result: CheckResult, raw_out: str,
-               note: Disposition) -> AdvisoryRecord:
+    def revise(
+        self, advisory_id: str, result: CheckResult, raw_out: str, note: Disposition
+    ) -> AdvisoryRecord:
         rec = self.get(advisory_id)
         if rec is None:
             raise StoreError("no such advisory")
         revised = rec.model_copy(update={"result": result, "revision": rec.revision + 1})
         key = self._key(advisory_id)
         pipe = self.r.pipeline(transaction=True)
-        pipe.hset(key, mapping={"record": revised.model_dump_json(exclude=set(_MUTABLE)
-                                                                  | {"audit"}),
-                                "raw_out": raw_out, "delivery": "pending",
-                                "delivery_attempts": "0", "delivery_error": ""})
+        pipe.hset(
+            key,
+            mapping={
+                "record": revised.model_dump_json(exclude=set(_MUTABLE) | {"audit"}),
+                "raw_out": raw_out,
+                "delivery": "pending",
+                "delivery_attempts": "0",
+                "delivery_error": "",
+            },
+        )
         pipe.rpush(f"{key}:audit", note.model_dump_json())
         pipe.execute()
         out = self.get(advisory_id)
@@ -435,8 +482,11 @@ class RedisStore:
         return out
 
     def purge(self, before: datetime) -> int:
-        kept = [v for v in self.r.lrange(f"{self.p}rejected", 0, -1)
-                if RejectedEntry.model_validate_json(v).received_at >= before]
+        kept = [
+            v
+            for v in self.r.lrange(f"{self.p}rejected", 0, -1)
+            if RejectedEntry.model_validate_json(v).received_at >= before
+        ]
         pipe = self.r.pipeline(transaction=True)
         pipe.delete(f"{self.p}rejected")
         if kept:
@@ -533,8 +583,10 @@ class RedisHistory:
 
     @staticmethod
     def parse_entries(members: Any) -> list[HistoryEntry]:
-        return sorted((HistoryEntry.model_validate_json(m) for m in members),
-                      key=lambda e: (e.at is None, e.at or datetime.min, e.control_id))
+        return sorted(
+            (HistoryEntry.model_validate_json(m) for m in members),
+            key=lambda e: (e.at is None, e.at or datetime.min, e.control_id),
+        )
 
 
 def purge_expired(store: AdvisoryStore, retention_days: int, now: datetime | None = None) -> int:
@@ -543,11 +595,15 @@ def purge_expired(store: AdvisoryStore, retention_days: int, now: datetime | Non
     return store.purge((now or datetime.now(UTC)) - timedelta(days=retention_days))
 
 
-def delivery_fields(state: Delivery, attempts: int, error: str = "", destination: str = ""
-                    ) -> dict[str, Any]:
+def delivery_fields(
+    state: Delivery, attempts: int, error: str = "", destination: str = ""
+) -> dict[str, Any]:
     """The fields mark_delivery() sets (for store.update or store.update_many)."""
-    fields: dict[str, Any] = {"delivery": state, "delivery_attempts": attempts,
-                              "delivery_error": error}
+    fields: dict[str, Any] = {
+        "delivery": state,
+        "delivery_attempts": attempts,
+        "delivery_error": error,
+    }
     if destination:
         fields["destination"] = destination
     if state == "delivered":
@@ -555,6 +611,12 @@ def delivery_fields(state: Delivery, attempts: int, error: str = "", destination
     return fields
 
 
-def mark_delivery(store: AdvisoryStore, advisory_id: str, state: Delivery, attempts: int,
-                  error: str = "", destination: str = "") -> None:
+def mark_delivery(
+    store: AdvisoryStore,
+    advisory_id: str,
+    state: Delivery,
+    attempts: int,
+    error: str = "",
+    destination: str = "",
+) -> None:
     store.update(advisory_id, **delivery_fields(state, attempts, error, destination))

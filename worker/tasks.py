@@ -36,8 +36,9 @@ def processor() -> Processor:
     def schedule(advisory_id: str, attempt: int, delay: float) -> None:
         deliver.apply_async((advisory_id, attempt), countdown=delay)
 
-    return Processor(settings, load_knowledge(settings.code_map), stores, Publisher(settings),
-                     schedule, client)
+    return Processor(
+        settings, load_knowledge(settings.code_map), stores, Publisher(settings), schedule, client
+    )
 
 
 def _done(messages: list[str]) -> None:
@@ -77,8 +78,12 @@ def validate_batch(self: object, messages: list[tuple[str, float]]) -> int:
         return len(ids)
     failed = [messages[i] for i in sorted(errors)]
     error = next(iter(errors.values()))  # Redis or another dependency failed: run again later
-    log.error("validate failed: %s; retrying %d of %d messages", type(error).__name__,
-              len(failed), len(messages))
+    log.error(
+        "validate failed: %s; retrying %d of %d messages",
+        type(error).__name__,
+        len(failed),
+        len(messages),
+    )
     if len(failed) < len(messages):
         try:
             validate_batch.apply_async((failed,), countdown=2, retry=False)
@@ -114,8 +119,10 @@ def _retry(task: Any, exc: Exception, countdown: float) -> Exception:
             return retry
         except Reject as not_queued:
             if time.monotonic() + countdown > deadline:
-                log.error("could not queue the retry: %s; requeueing the message",
-                          type(not_queued.reason).__name__)
+                log.error(
+                    "could not queue the retry: %s; requeueing the message",
+                    type(not_queued.reason).__name__,
+                )
                 requeue: Exception = Reject(not_queued.reason, requeue=True)
                 return requeue
             time.sleep(countdown)
@@ -125,5 +132,6 @@ def enqueue_many(messages: list[tuple[bytes, float]]) -> None:
     """Hand messages to the broker as one task (raises when the broker did not accept it): the
     journal's requeue of messages no worker finished. The listener queues through
     worker/journal.py journaled_direct instead."""
-    validate_batch.apply_async(([(data.decode("latin-1"), at) for data, at in messages],),
-                               retry=False)
+    validate_batch.apply_async(
+        ([(data.decode("latin-1"), at) for data, at in messages],), retry=False
+    )

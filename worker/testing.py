@@ -64,8 +64,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str,
-               interval: float = 0.05) -> None:
+def wait_until(
+    predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.05
+) -> None:
     """Poll *predicate* every *interval* seconds until it is true; AssertionError after
     *timeout* seconds."""
     deadline = time.monotonic() + timeout
@@ -140,8 +141,14 @@ class FakeOrderingSystem:
     delay: seconds to wait before answering (the frame is kept first); answer: MSA-1.
     """
 
-    def __init__(self, port: int | None = None, *, ssl: _ssl.SSLContext | None = None,
-                 keep: bool = True, on_frame: Callable[[bytes], None] | None = None) -> None:
+    def __init__(
+        self,
+        port: int | None = None,
+        *,
+        ssl: _ssl.SSLContext | None = None,
+        keep: bool = True,
+        on_frame: Callable[[bytes], None] | None = None,
+    ) -> None:
         self.port = port or free_port()
         self.ssl = ssl
         self.keep = keep
@@ -160,14 +167,17 @@ class FakeOrderingSystem:
         with self._lock:
             self._count += 1
             if self.keep:
-                self._received.append(Advisory(control, _placer(message), message,
-                                               time.monotonic()))
+                self._received.append(
+                    Advisory(control, _placer(message), message, time.monotonic())
+                )
         if self.on_frame is not None:
             self.on_frame(message)
         if self.delay:
             await asyncio.sleep(self.delay)
-        return (f"MSH|^~\\&|RIS|HOSP|ORDERCHECK|ORDERCHECK|20261125000000||ACK^R01^ACK|"
-                f"R{control}|P|2.5.1\rMSA|{self.answer}|{control}\r").encode()
+        return (
+            f"MSH|^~\\&|RIS|HOSP|ORDERCHECK|ORDERCHECK|20261125000000||ACK^R01^ACK|"
+            f"R{control}|P|2.5.1\rMSA|{self.answer}|{control}\r"
+        ).encode()
 
     @property
     def running(self) -> bool:
@@ -181,8 +191,14 @@ class FakeOrderingSystem:
 
         def run() -> None:
             loop = asyncio.new_event_loop()
-            server = MLLPServer(self._handle, host=HOST, port=self.port, idle_timeout=60,
-                                max_connections=1000, ssl=self.ssl)
+            server = MLLPServer(
+                self._handle,
+                host=HOST,
+                port=self.port,
+                idle_timeout=60,
+                max_connections=1000,
+                ssl=self.ssl,
+            )
             try:
                 loop.run_until_complete(server.start())
             except BaseException as exc:
@@ -243,8 +259,9 @@ class Serve:
 
     TAIL_LINES = 400  # lines of stderr kept without a workdir
 
-    def __init__(self, env: Mapping[str, str], workdir: Path | None = None,
-                 port: int | None = None) -> None:
+    def __init__(
+        self, env: Mapping[str, str], workdir: Path | None = None, port: int | None = None
+    ) -> None:
         self.port = port or free_port()
         self.workdir = Path(workdir) if workdir is not None else None
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("ORDERCHECK_")}
@@ -274,22 +291,36 @@ class Serve:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             Path(self.env["PROMETHEUS_MULTIPROC_DIR"]).mkdir(parents=True, exist_ok=True)
             with self.log_path.open("ab") as log:
-                self.proc = subprocess.Popen(cmd, env=self.env, cwd=ROOT,
-                                             stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                             start_new_session=True)
+                self.proc = subprocess.Popen(
+                    cmd,
+                    env=self.env,
+                    cwd=ROOT,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=log,
+                    start_new_session=True,
+                )
         else:
-            self.proc = subprocess.Popen(cmd, env=self.env, cwd=ROOT, stdin=subprocess.DEVNULL,
-                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                         start_new_session=True)
+            self.proc = subprocess.Popen(
+                cmd,
+                env=self.env,
+                cwd=ROOT,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+            )
             assert self.proc.stderr is not None
-            self._reader = threading.Thread(target=self._read, args=(self.proc.stderr,),
-                                            name="serve-stderr", daemon=True)
+            self._reader = threading.Thread(
+                target=self._read, args=(self.proc.stderr,), name="serve-stderr", daemon=True
+            )
             self._reader.start()
         wait_until(self._listening, timeout, "ordercheck serve to listen")
         if self.env.get("ORDERCHECK_REDIS_URL"):
             want = int(self.env.get("ORDERCHECK_WORKERS") or os.cpu_count() or 1)
-            wait_until(lambda: len(self.pool_pids()) >= want, timeout,
-                       f"{want} Celery pool processes")
+            wait_until(
+                lambda: len(self.pool_pids()) >= want, timeout, f"{want} Celery pool processes"
+            )
             time.sleep(1.0)  # the pool's start-up: a pool process killed now takes celery down
         return self
 
@@ -320,8 +351,7 @@ class Serve:
 
     def pool_pids(self) -> list[int]:
         """Pids of the running Celery pool processes (children of the celery worker child)."""
-        return sorted(p for celery in children(self.pid) for p in children(celery)
-                      if alive(p))
+        return sorted(p for celery in children(self.pid) for p in children(celery) if alive(p))
 
     def rss_kb(self, pid: int | None = None, peak: bool = False) -> int:
         return rss_kb(pid or self.pid, peak)

@@ -57,7 +57,7 @@ def is_negated(text: str, start: int, end: int, kn: Knowledge, study: bool = Fal
     ("XR negative", "unremarkable radiographs": the study was done), nor is a negation whose
     reach passes a preposition ("no fracture on XR": the fracture is negated, not the XR).
     """
-    if text[max(0, start - 4):start].lower() in ("non-", "non "):
+    if text[max(0, start - 4) : start].lower() in ("non-", "non "):
         return True
     left, right = clause_bounds(text, start, end, kn)
     pseudo: list[tuple[int, int]] | None = None
@@ -66,8 +66,7 @@ def is_negated(text: str, start: int, end: int, kn: Knowledge, study: bool = Fal
         """Not part of a pseudo-negation ("not excluded"); looked up only when a cue is found."""
         nonlocal pseudo
         if pseudo is None:
-            pseudo = [(m.start(), m.end())
-                      for m in kn.negation_pseudo.finditer(text, left, right)]
+            pseudo = [(m.start(), m.end()) for m in kn.negation_pseudo.finditer(text, left, right)]
         return not any(a <= cue_start and cue_end <= b for a, b in pseudo)
 
     before = text[left:start]
@@ -81,22 +80,24 @@ def is_negated(text: str, start: int, end: int, kn: Knowledge, study: bool = Fal
             if not study:
                 return True
             if kn.negation_result.search(cue.group(0)) or kn.negation_scope_break.search(
-                    text, left + cue.end(), end):
+                text, left + cue.end(), end
+            ):
                 continue
             return True
     after = text[end:right]
     if text.startswith("?", right):  # "Pacemaker? no": the answer follows the question mark
         stop = _CLAUSE_END.search(text, right + 1)
-        answer = kn.negation_answer.match(text[end:stop.start() if stop else len(text)])
+        answer = kn.negation_answer.match(text[end : stop.start() if stop else len(text)])
     else:
         answer = kn.negation_answer.match(after)
     if answer and not (study and kn.negation_result.search(answer.group(0))):
         return True
     after_words = list(_WORD.finditer(after))
     limit = after_words[min(3, len(after_words) - 1)].end() if after_words else len(after)
-    for cue in kn.negation_after.finditer(after[:max(limit, 0) + 1]):
+    for cue in kn.negation_after.finditer(after[: max(limit, 0) + 1]):
         if real(end + cue.start(), end + cue.end()) and not (
-                study and kn.negation_result.search(cue.group(0))):
+            study and kn.negation_result.search(cue.group(0))
+        ):
             return True
     return False
 
@@ -116,8 +117,11 @@ def is_planned(text: str, start: int, end: int, kn: Knowledge) -> bool:
 def find_terms(pattern: re.Pattern[str], text: str, kn: Knowledge) -> list[Hit]:
     """Every match of *pattern* in *text*, each with its negation."""
     low = folded(text)
-    return [Hit(text[m.start():m.end()], is_negated(low, m.start(), m.end(), kn), m.start(),
-                m.end()) for m in pattern.finditer(low) if m.group(0).strip()]
+    return [
+        Hit(text[m.start() : m.end()], is_negated(low, m.start(), m.end(), kn), m.start(), m.end())
+        for m in pattern.finditer(low)
+        if m.group(0).strip()
+    ]
 
 
 def affirmed(pattern: re.Pattern[str], text: str, kn: Knowledge) -> Hit | None:
@@ -125,32 +129,42 @@ def affirmed(pattern: re.Pattern[str], text: str, kn: Knowledge) -> Hit | None:
     low = folded(text)
     for m in pattern.finditer(low):
         if m.group(0).strip() and not is_negated(low, m.start(), m.end(), kn):
-            return Hit(text[m.start():m.end()], False, m.start(), m.end())
+            return Hit(text[m.start() : m.end()], False, m.start(), m.end())
     return None
 
 
-def affirmed_hits(pattern: re.Pattern[str], text: str, kn: Knowledge, study: bool = False,
-                  planned: bool = False) -> list[Hit]:
+def affirmed_hits(
+    pattern: re.Pattern[str], text: str, kn: Knowledge, study: bool = False, planned: bool = False
+) -> list[Hit]:
     """Every match of *pattern* in *text* that is not negated (read as a study when *study*;
     without the ones only planned when *planned*)."""
     low = folded(text)
-    return [Hit(text[m.start():m.end()], False, m.start(), m.end())
-            for m in pattern.finditer(low)
-            if m.group(0).strip() and not is_negated(low, m.start(), m.end(), kn, study)
-            and not (planned and is_planned(low, m.start(), m.end(), kn))]
+    return [
+        Hit(text[m.start() : m.end()], False, m.start(), m.end())
+        for m in pattern.finditer(low)
+        if m.group(0).strip()
+        and not is_negated(low, m.start(), m.end(), kn, study)
+        and not (planned and is_planned(low, m.start(), m.end(), kn))
+    ]
 
 
 _NUM = r"(\d{1,3}(?:[.,]\d{1,2})?)"
 # cm, mm (not "mm Hg"), inches ("2.5 inches", "2.5in", '2.5"': "in" and '"' only attached).
-_UNIT = (r"(cms?|mms?(?!\s*hg\b)|centimet(?:er|re)s?|millimet(?:er|re)s?|inch(?:es)?"
-         r"|(?<=\d)in\b|(?<=\d)\")")
+_UNIT = (
+    r"(cms?|mms?(?!\s*hg\b)|centimet(?:er|re)s?|millimet(?:er|re)s?|inch(?:es)?"
+    r"|(?<=\d)in\b|(?<=\d)\")"
+)
 _SIZE = re.compile(
     rf"(?<![\w.]){_NUM}\s*-?\s*{_UNIT}?(?:\s*(?:x|×|\*|by)\s*{_NUM}\s*-?\s*{_UNIT}?)?"
     rf"(?:\s*(?:x|×|\*|by)\s*{_NUM}\s*-?\s*{_UNIT}?)?(?![\w])",
-    re.IGNORECASE)
+    re.IGNORECASE,
+)
 # "> 5 cm", "more than 5 cm": the size is above the number written.
-_ABOVE = re.compile(r"(?:>|\bmore\s+than|\bgreater\s+than|\bover|\blarger\s+than"
-                    r"|\bbigger\s+than|\bexceed(?:s|ing)?)\s*$", re.IGNORECASE)
+_ABOVE = re.compile(
+    r"(?:>|\bmore\s+than|\bgreater\s+than|\bover|\blarger\s+than"
+    r"|\bbigger\s+than|\bexceed(?:s|ing)?)\s*$",
+    re.IGNORECASE,
+)
 
 
 def _to_cm(value: float, unit: str) -> float:

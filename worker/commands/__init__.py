@@ -6,8 +6,16 @@ import argparse
 from importlib import import_module
 
 # Modules with a register(sub) function, added as their commands land.
-_COMMANDS: tuple[str, ...] = ("demo", "serve", "send", "advisories", "replay", "flags", "review",
-                              "purge")
+_COMMANDS: tuple[str, ...] = (
+    "demo",
+    "serve",
+    "send",
+    "advisories",
+    "replay",
+    "flags",
+    "review",
+    "purge",
+)
 
 
 def register_all(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

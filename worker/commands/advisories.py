@@ -13,8 +13,9 @@ from worker.store import query
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("advisories", help="list advisories by delivery state; resend them")
-    p.add_argument("--undelivered", action="store_true",
-                   help="only advisories whose delivery gave up")
+    p.add_argument(
+        "--undelivered", action="store_true", help="only advisories whose delivery gave up"
+    )
     p.add_argument("--limit", type=int, default=100)
     p.add_argument("--resend", nargs="+", metavar="ID", help="send these advisories again now")
     p.set_defaults(handler=run)
@@ -23,8 +24,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def run(args: argparse.Namespace) -> int:
     settings = Settings()
     if not settings.redis_url:
-        print("ordercheck: advisories live in the server's memory on the embedded default; "
-              "set ORDERCHECK_REDIS_URL to reach a Redis-mode server's store", file=sys.stderr)
+        print(
+            "ordercheck: advisories live in the server's memory on the embedded default; "
+            "set ORDERCHECK_REDIS_URL to reach a Redis-mode server's store",
+            file=sys.stderr,
+        )
         return 2
     stores = Stores(settings)
     if args.resend:
@@ -32,8 +36,13 @@ def run(args: argparse.Namespace) -> int:
         from worker.pipeline import Processor
         from worker.publish import Publisher
 
-        processor = Processor(settings, load_knowledge(settings.code_map), stores,
-                              Publisher(settings), lambda *_: None)
+        processor = Processor(
+            settings,
+            load_knowledge(settings.code_map),
+            stores,
+            Publisher(settings),
+            lambda *_: None,
+        )
         status = 0
         for rec_id in args.resend:
             if stores.store.get(rec_id) is None:
@@ -49,7 +58,9 @@ def run(args: argparse.Namespace) -> int:
     q = AdvisoryQuery(delivery="undelivered" if args.undelivered else None)
     for rec in query(stores.store, q, limit=args.limit):
         r = rec.result
-        print(f"{rec.id}  {rec.received_at:%Y-%m-%d %H:%M}  {r.message_control_id}  "
-              f"{r.verdict}  {rec.delivery} ({rec.delivery_attempts} attempts)  "
-              f"{rec.delivery_error}")
+        print(
+            f"{rec.id}  {rec.received_at:%Y-%m-%d %H:%M}  {r.message_control_id}  "
+            f"{r.verdict}  {rec.delivery} ({rec.delivery_attempts} attempts)  "
+            f"{rec.delivery_error}"
+        )
     return 0

@@ -17,15 +17,20 @@ CONTRACT_EXCLUDE = {"facts"}
 
 
 def result_json(result: CheckResult) -> str:
-    return json.dumps(result.model_dump(mode="json", exclude=CONTRACT_EXCLUDE),
-                      ensure_ascii=False, separators=(",", ":"))
+    return json.dumps(
+        result.model_dump(mode="json", exclude=CONTRACT_EXCLUDE),
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
 
 
 def render_text(result: CheckResult, out: TextIO) -> None:
     """A readable summary of one result."""
     order = f" order {result.placer_order_number}" if result.placer_order_number else ""
-    head = f"{result.source or '-'}  {result.message_type or '?'} " \
-           f"{result.message_control_id or '?'}{order}: {result.verdict.upper()}"
+    head = (
+        f"{result.source or '-'}  {result.message_type or '?'} "
+        f"{result.message_control_id or '?'}{order}: {result.verdict.upper()}"
+    )
     out.write(head + "\n")
     if result.error:
         out.write(f"  error: {result.error}\n")

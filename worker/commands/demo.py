@@ -21,8 +21,11 @@ SEEDS = Path(__file__).resolve().parent.parent.parent / "seeds"
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("demo", help="run listener, worker and a fake ordering system on the "
-                       "sample orders (embedded, no Redis)")
+    p = sub.add_parser(
+        "demo",
+        help="run listener, worker and a fake ordering system on the "
+        "sample orders (embedded, no Redis)",
+    )
     p.add_argument("paths", nargs="*", metavar="FILE", help="HL7 files (default: seeds/*.hl7)")
     p.set_defaults(handler=run)
 
@@ -35,8 +38,11 @@ def _rating(advisory: bytes) -> str:
 
 
 def _flags(advisory: bytes) -> str:
-    codes = [seg.split(b"|")[5].split(b":")[0].decode() for seg in advisory.split(b"\r")
-             if seg.startswith(b"OBX|") and b"|FLAG^" in seg]
+    codes = [
+        seg.split(b"|")[5].split(b":")[0].decode()
+        for seg in advisory.split(b"\r")
+        if seg.startswith(b"OBX|") and b"|FLAG^" in seg
+    ]
     return ", ".join(codes)
 
 
@@ -49,8 +55,13 @@ def run(args: argparse.Namespace) -> int:
         print("ordercheck: no HL7 files to send", file=sys.stderr)
         return 2
     ris = FakeOrderingSystem().start()
-    settings = Settings(redis_url=None, listen_port=0, advisory_host="127.0.0.1",
-                        advisory_port=ris.port, delivery_backoff=0.2)
+    settings = Settings(
+        redis_url=None,
+        listen_port=0,
+        advisory_host="127.0.0.1",
+        advisory_port=ris.port,
+        delivery_backoff=0.2,
+    )
 
     async def main() -> int:
         service = Service(settings)
@@ -63,8 +74,10 @@ def run(args: argparse.Namespace) -> int:
         await asyncio.sleep(0.3)
         await service.stop()
         by_placer = {adv.placer: adv.body for adv in ris.advisories()}  # the last one
-        print(f"\n{len(sent)} messages sent, {len(by_placer)} advisories received by the "
-              f"ordering system:\n")
+        print(
+            f"\n{len(sent)} messages sent, {len(by_placer)} advisories received by the "
+            f"ordering system:\n"
+        )
         for placer, adv in by_placer.items():
             flags = _flags(adv)
             print(f"  order {placer:<14} {_rating(adv):<16} {flags}")
@@ -88,7 +101,6 @@ def _send_all(port: int, paths: list[Path]) -> list[str]:
                 started = time.perf_counter()
                 code, _ = ack_fields(client.send(payload, timeout=10))
                 ms = (time.perf_counter() - started) * 1000
-                print(f"{path.name}:{line} {head.control_id or '?':<10} ACK {code:<2} "
-                      f"{ms:5.1f} ms")
+                print(f"{path.name}:{line} {head.control_id or '?':<10} ACK {code:<2} {ms:5.1f} ms")
                 sent.append(head.control_id)
     return sent

@@ -33,63 +33,107 @@ from worker.store import AdvisoryStore, query
 
 DEFAULT_LIMIT = 100
 
+
 def _add_filters(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("filters")
-    g.add_argument("--since", default="", metavar="DATE",
-                   help="received on or after DATE (YYYY-MM-DD, local) or an ISO date-time")
-    g.add_argument("--until", default="", metavar="DATE",
-                   help="received up to and including DATE (YYYY-MM-DD), or before a date-time")
+    g.add_argument(
+        "--since",
+        default="",
+        metavar="DATE",
+        help="received on or after DATE (YYYY-MM-DD, local) or an ISO date-time",
+    )
+    g.add_argument(
+        "--until",
+        default="",
+        metavar="DATE",
+        help="received up to and including DATE (YYYY-MM-DD), or before a date-time",
+    )
     g.add_argument("--verdict", default="", choices=VERDICTS)
-    g.add_argument("--rule", default="", metavar="R", help="rule id in flags or advice, "
-                   "e.g. CT_BEFORE_MRI")
-    g.add_argument("--provider", default="", metavar="P",
-                   help="ordering provider contains P (case-insensitive)")
+    g.add_argument(
+        "--rule", default="", metavar="R", help="rule id in flags or advice, e.g. CT_BEFORE_MRI"
+    )
+    g.add_argument(
+        "--provider",
+        default="",
+        metavar="P",
+        help="ordering provider contains P (case-insensitive)",
+    )
     g.add_argument("--facility", default="", metavar="F", help="sending facility (MSH-4) is F")
     g.add_argument("--delivery", default="", choices=DELIVERIES)
     g.add_argument("--disposition", default="", choices=DISPOSITIONS)
 
 
 def _filters(args: argparse.Namespace) -> Filters:
-    return Filters(since=args.since, until=args.until, verdict=args.verdict, rule=args.rule,
-                   provider=args.provider, facility=args.facility, delivery=args.delivery,
-                   disposition=args.disposition)
+    return Filters(
+        since=args.since,
+        until=args.until,
+        verdict=args.verdict,
+        rule=args.rule,
+        provider=args.provider,
+        facility=args.facility,
+        delivery=args.delivery,
+        disposition=args.disposition,
+    )
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("flags", help="list, show, resolve and export advisories",
-                       description="Review advisories in the advisory store "
-                       "(ORDERCHECK_REDIS_URL; without it the store is empty). The review web "
-                       "page (`ordercheck review`) runs the same queries.")
+    p = sub.add_parser(
+        "flags",
+        help="list, show, resolve and export advisories",
+        description="Review advisories in the advisory store "
+        "(ORDERCHECK_REDIS_URL; without it the store is empty). The review web "
+        "page (`ordercheck review`) runs the same queries.",
+    )
     fsub = p.add_subparsers(dest="flags_command", required=True, metavar="ACTION")
 
-    ls = fsub.add_parser("list", help="advisories, newest first",
-                         description="Advisories, newest first: a table, or JSON Lines with "
-                         "the fields of `check --json` plus id, received_at, delivery and "
-                         "disposition.")
+    ls = fsub.add_parser(
+        "list",
+        help="advisories, newest first",
+        description="Advisories, newest first: a table, or JSON Lines with "
+        "the fields of `check --json` plus id, received_at, delivery and "
+        "disposition.",
+    )
     ls.add_argument("--json", action="store_true", help="JSON Lines, one object per advisory")
-    ls.add_argument("--limit", type=int, default=DEFAULT_LIMIT, metavar="N",
-                    help=f"at most N advisories (default {DEFAULT_LIMIT}; 0: all)")
+    ls.add_argument(
+        "--limit",
+        type=int,
+        default=DEFAULT_LIMIT,
+        metavar="N",
+        help=f"at most N advisories (default {DEFAULT_LIMIT}; 0: all)",
+    )
     ls.add_argument("--offset", type=int, default=0, metavar="N", help="skip the first N")
     _add_filters(ls)
     ls.set_defaults(handler=_handler(_list))
 
-    show = fsub.add_parser("show", help="one advisory in full: flags, facts and where each "
-                           "came from, audit trail, raw HL7 (patient data)")
+    show = fsub.add_parser(
+        "show",
+        help="one advisory in full: flags, facts and where each "
+        "came from, audit trail, raw HL7 (patient data)",
+    )
     show.add_argument("id", metavar="ID")
     show.add_argument("--json", action="store_true", help="the whole record as JSON")
     show.set_defaults(handler=_handler(_show))
 
-    res = fsub.add_parser("resolve", help="record a review decision (appended to the audit "
-                          "trail, never overwriting)",
-                          description="Record a decision on an advisory. Override reasons: "
-                          + "; ".join(f"{k} ({v})" for k, v in OVERRIDE_REASONS.items()) + ".")
+    res = fsub.add_parser(
+        "resolve",
+        help="record a review decision (appended to the audit trail, never overwriting)",
+        description="Record a decision on an advisory. Override reasons: "
+        + "; ".join(f"{k} ({v})" for k, v in OVERRIDE_REASONS.items())
+        + ".",
+    )
     res.add_argument("id", metavar="ID")
     res.add_argument("--as", dest="state", required=True, choices=STATES)
-    res.add_argument("--reason", default="", metavar="CODE", choices=list(OVERRIDE_REASONS),
-                     help="override reason code (required with --as overridden)")
+    res.add_argument(
+        "--reason",
+        default="",
+        metavar="CODE",
+        choices=list(OVERRIDE_REASONS),
+        help="override reason code (required with --as overridden)",
+    )
     res.add_argument("--text", default="", metavar="T", help="free text kept with the decision")
-    res.add_argument("--reviewer", default="", metavar="NAME",
-                     help="who decided (default: the login name)")
+    res.add_argument(
+        "--reviewer", default="", metavar="NAME", help="who decided (default: the login name)"
+    )
     res.set_defaults(handler=_handler(_resolve))
 
     exp = fsub.add_parser("export", help="matching advisories as CSV on standard output")
@@ -97,8 +141,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     _add_filters(exp)
     exp.set_defaults(handler=_handler(_export))
 
-    summ = fsub.add_parser("summary", help="flags per ISO week by rule and by ordering "
-                           "provider, and the share overridden (as on the web page)")
+    summ = fsub.add_parser(
+        "summary",
+        help="flags per ISO week by rule and by ordering "
+        "provider, and the share overridden (as on the web page)",
+    )
     summ.add_argument("--json", action="store_true")
     _add_filters(summ)
     summ.set_defaults(handler=_handler(_summary))
@@ -109,8 +156,9 @@ def _fail(message: str) -> int:
     return 2
 
 
-def _handler(action: Callable[[argparse.Namespace, AdvisoryStore, TextIO], int]
-             ) -> Callable[[argparse.Namespace], int]:
+def _handler(
+    action: Callable[[argparse.Namespace, AdvisoryStore, TextIO], int],
+) -> Callable[[argparse.Namespace], int]:
     """Wraps an action: settings, store, and one-line errors with exit 2."""
 
     def run(args: argparse.Namespace) -> int:
@@ -121,9 +169,11 @@ def _handler(action: Callable[[argparse.Namespace, AdvisoryStore, TextIO], int]
         except ValueError as exc:
             return _fail(f"invalid settings: {exc}")
         if not settings.redis_url:
-            print("ordercheck flags: note: ORDERCHECK_REDIS_URL is not set, so this reads an "
-                  "empty in-memory store; set it to the running server's Redis.",
-                  file=sys.stderr)
+            print(
+                "ordercheck flags: note: ORDERCHECK_REDIS_URL is not set, so this reads an "
+                "empty in-memory store; set it to the running server's Redis.",
+                file=sys.stderr,
+            )
         try:
             return action(args, open_store(settings), sys.stdout)
         except (FilterError, DecisionError) as exc:
@@ -140,21 +190,22 @@ def _list(args: argparse.Namespace, store: AdvisoryStore, out: TextIO) -> int:
     if args.limit < 0 or args.offset < 0:
         return _fail("--limit and --offset must be 0 or more")
     limit = args.limit or None
-    rows = query(store, _filters(args).query(), args.offset,
-                 None if limit is None else limit + 1)
+    rows = query(store, _filters(args).query(), args.offset, None if limit is None else limit + 1)
     more = limit is not None and len(rows) > limit
     rows = rows[:limit] if limit is not None else rows
     if args.json:
         for rec in rows:
-            out.write(json.dumps(rec.flags_json(), ensure_ascii=False,
-                                 separators=(",", ":")) + "\n")
+            out.write(
+                json.dumps(rec.flags_json(), ensure_ascii=False, separators=(",", ":")) + "\n"
+            )
     elif rows:
         out.write(format_table([table_row(rec) for rec in rows]))
     else:
         print("no advisory matches", file=sys.stderr)
     if more:
-        print(f"(more than {limit}: use --limit 0 or --offset {args.offset + limit})",
-              file=sys.stderr)
+        print(
+            f"(more than {limit}: use --limit 0 or --offset {args.offset + limit})", file=sys.stderr
+        )
     return 0
 
 
@@ -178,9 +229,11 @@ def _reviewer(given: str) -> str:
 def _resolve(args: argparse.Namespace, store: AdvisoryStore, out: TextIO) -> int:
     made = make_decision(args.state, _reviewer(args.reviewer), args.reason, args.text)
     rec = decide(store, args.id, made)
-    out.write(f"{rec.id}: {decision_line(made)}\n"
-              f"  {len(rec.audit)} decision(s) in the audit trail; disposition now "
-              f"{rec.disposition}\n")
+    out.write(
+        f"{rec.id}: {decision_line(made)}\n"
+        f"  {len(rec.audit)} decision(s) in the audit trail; disposition now "
+        f"{rec.disposition}\n"
+    )
     return 0
 
 
@@ -198,13 +251,32 @@ def _summary(args: argparse.Namespace, store: AdvisoryStore, out: TextIO) -> int
         out.write(json.dumps(s.as_json(), ensure_ascii=False) + "\n")
         return 0
     head = ("WEEK", *s.rules, "FLAGGED", "OVERRIDDEN", "SHARE")
-    rows = [(w.week, *(str(w.by_rule[r]) for r in s.rules), str(w.flagged), str(w.overridden),
-             percent(w.override_share)) for w in s.weeks]
-    rows.append(("total", *(str(s.rule_total(r)) for r in s.rules), str(s.flagged),
-                 str(s.overridden), percent(s.override_share)))
+    rows = [
+        (
+            w.week,
+            *(str(w.by_rule[r]) for r in s.rules),
+            str(w.flagged),
+            str(w.overridden),
+            percent(w.override_share),
+        )
+        for w in s.weeks
+    ]
+    rows.append(
+        (
+            "total",
+            *(str(s.rule_total(r)) for r in s.rules),
+            str(s.flagged),
+            str(s.overridden),
+            percent(s.override_share),
+        )
+    )
     out.write(format_table(rows, head))
     if s.providers:
         out.write("\n")
-        out.write(format_table([(p, str(s.provider_total(p))) for p in s.providers],
-                               ("ORDERING PROVIDER", "FLAGGED")))
+        out.write(
+            format_table(
+                [(p, str(s.provider_total(p))) for p in s.providers],
+                ("ORDERING PROVIDER", "FLAGGED"),
+            )
+        )
     return 0

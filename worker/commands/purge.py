@@ -12,15 +12,20 @@ from worker.store import purge_expired
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("purge", help="delete advisories and refused messages older than the "
-                       "retention period",
-                       description="Delete the advisories (with the order message and the "
-                       "advisory message they hold) and the refused messages kept for review "
-                       "that were received more than ORDERCHECK_RETENTION_DAYS days ago. "
-                       "`ordercheck serve` does this at start and once a day; this command is "
-                       "for a cron job or an operator.")
-    p.add_argument("--days", type=int, help="retention in days (default: "
-                   "ORDERCHECK_RETENTION_DAYS, 365 unless set)")
+    p = sub.add_parser(
+        "purge",
+        help="delete advisories and refused messages older than the retention period",
+        description="Delete the advisories (with the order message and the "
+        "advisory message they hold) and the refused messages kept for review "
+        "that were received more than ORDERCHECK_RETENTION_DAYS days ago. "
+        "`ordercheck serve` does this at start and once a day; this command is "
+        "for a cron job or an operator.",
+    )
+    p.add_argument(
+        "--days",
+        type=int,
+        help="retention in days (default: ORDERCHECK_RETENTION_DAYS, 365 unless set)",
+    )
     p.set_defaults(handler=run)
 
 
@@ -31,9 +36,12 @@ def run(args: argparse.Namespace) -> int:
         print("ordercheck: --days must be at least 1", file=sys.stderr)
         return 2
     if not settings.redis_url:
-        print("ordercheck: advisories live in the server's memory on the embedded default, and "
-              "`ordercheck serve` purges them daily; set ORDERCHECK_REDIS_URL to purge a "
-              "Redis-mode store", file=sys.stderr)
+        print(
+            "ordercheck: advisories live in the server's memory on the embedded default, and "
+            "`ordercheck serve` purges them daily; set ORDERCHECK_REDIS_URL to purge a "
+            "Redis-mode store",
+            file=sys.stderr,
+        )
         return 2
     now = datetime.now(UTC)
     try:
@@ -41,6 +49,8 @@ def run(args: argparse.Namespace) -> int:
     except Exception as exc:  # Redis unreachable, wrong password: say so, no traceback
         print(f"ordercheck: cannot purge: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
-    print(f"purged {removed} advisories received before "
-          f"{now - timedelta(days=days):%Y-%m-%d %H:%M} UTC (retention {days} days)")
+    print(
+        f"purged {removed} advisories received before "
+        f"{now - timedelta(days=days):%Y-%m-%d %H:%M} UTC (retention {days} days)"
+    )
     return 0

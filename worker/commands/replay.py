@@ -98,8 +98,9 @@ class Replayer:
     on_message: called after each message with the summary (progress, benchmarks).
     """
 
-    def __init__(self, checker: Checker,
-                 on_message: Callable[[ReplaySummary], None] | None = None) -> None:
+    def __init__(
+        self, checker: Checker, on_message: Callable[[ReplaySummary], None] | None = None
+    ) -> None:
         self.checker = checker
         self.summary = ReplaySummary()
         self._on_message = on_message
@@ -120,26 +121,38 @@ class Replayer:
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
-        "replay", help="run archived HL7 files through the rules and print a summary",
+        "replay",
+        help="run archived HL7 files through the rules and print a summary",
         description="Run every message of the files through the rules (nothing is sent), "
         "sharing one in-memory patient history, and print the counts a quality team needs "
         "before going live: orders, in scope, verdicts, flags and advice by rule, flags by "
         "ordering provider, rejected messages. Files are streamed: a day of messages runs in "
-        "flat memory. Exit 0 when every file was read, 2 when one could not be.")
+        "flat memory. Exit 0 when every file was read, 2 when one could not be.",
+    )
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
-    p.add_argument("--no-progress", action="store_true",
-                   help="no progress bar (it is shown only when standard error is a terminal)")
+    p.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bar (it is shown only when standard error is a terminal)",
+    )
     p.add_argument("paths", nargs="+", metavar="FILE", help="HL7 file ('-' for standard input)")
     p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    return run_replay(args.paths, as_json=args.json,
-                      progress=not args.no_progress and sys.stderr.isatty())
+    return run_replay(
+        args.paths, as_json=args.json, progress=not args.no_progress and sys.stderr.isatty()
+    )
 
 
-def run_replay(paths: list[str], *, as_json: bool = False, progress: bool = False,
-               settings: Settings | None = None, out: TextIO | None = None) -> int:
+def run_replay(
+    paths: list[str],
+    *,
+    as_json: bool = False,
+    progress: bool = False,
+    settings: Settings | None = None,
+    out: TextIO | None = None,
+) -> int:
     settings = settings or Settings()
     out = out or sys.stdout
     checker = offline_checker(settings)
@@ -191,8 +204,9 @@ class _Counting:
 
 
 @contextmanager
-def _progress(paths: list[str], enabled: bool) -> Iterator[
-        tuple[Callable[[ReplaySummary], None] | None, Callable[[int], None]]]:
+def _progress(
+    paths: list[str], enabled: bool
+) -> Iterator[tuple[Callable[[ReplaySummary], None] | None, Callable[[int], None]]]:
     """(on_message, on_bytes) callbacks driving a rich progress bar on stderr, or doing nothing."""
     if not enabled:
         yield None, lambda n: None
@@ -211,9 +225,16 @@ def _progress(paths: list[str], enabled: bool) -> Iterator[
     for path in paths:
         with suppress(OSError):
             total += Path(path).stat().st_size if path != "-" else 0
-    with Progress(TextColumn("replay"), BarColumn(), DownloadColumn(),
-                  TextColumn("{task.fields[msgs]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                  console=Console(stderr=True), transient=True) as bar:
+    with Progress(
+        TextColumn("replay"),
+        BarColumn(),
+        DownloadColumn(),
+        TextColumn("{task.fields[msgs]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    ) as bar:
         task = bar.add_task("replay", total=total or None, msgs="0 messages")
 
         def on_message(summary: ReplaySummary) -> None:
@@ -236,8 +257,10 @@ def render_summary(summary: ReplaySummary, out: TextIO) -> None:
     totals.add_column("what")
     totals.add_column("count", justify="right")
     rows: list[tuple[str, int]] = [
-        ("files", len(summary.files)), ("messages", summary.messages),
-        ("orders", summary.orders), ("in scope", summary.in_scope),
+        ("files", len(summary.files)),
+        ("messages", summary.messages),
+        ("orders", summary.orders),
+        ("in scope", summary.in_scope),
         *((f"  {v}", summary.verdicts.get(v, 0)) for v in VERDICTS),
         ("messages without an order", summary.not_orders),
         ("rejected messages", summary.rejected),
@@ -252,8 +275,11 @@ def render_summary(summary: ReplaySummary, out: TextIO) -> None:
     for title, counts, limit in (
         ("Flags by rule", summary.flags_by_rule, None),
         ("Advice by rule", summary.advice_by_rule, None),
-        (f"Flags by ordering provider (top {TOP_PROVIDERS})", summary.flags_by_provider,
-         TOP_PROVIDERS),
+        (
+            f"Flags by ordering provider (top {TOP_PROVIDERS})",
+            summary.flags_by_provider,
+            TOP_PROVIDERS,
+        ),
     ):
         table = Table(title=title)
         table.add_column("rule" if "rule" in title else "ordering provider")
@@ -264,5 +290,6 @@ def render_summary(summary: ReplaySummary, out: TextIO) -> None:
             table.add_row("(none)", "0")
         console.print(table)
     rate = summary.messages / summary.seconds if summary.seconds else 0.0
-    console.print(f"{summary.messages:,} messages in {summary.seconds:.1f} s "
-                  f"({rate:,.0f} messages/s)")
+    console.print(
+        f"{summary.messages:,} messages in {summary.seconds:.1f} s ({rate:,.0f} messages/s)"
+    )

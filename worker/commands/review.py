@@ -7,11 +7,14 @@ import sys
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("review", help="serve the review web page",
-                       description="Serve the review web page on ORDERCHECK_REVIEW_HOST:"
-                       "ORDERCHECK_REVIEW_PORT (127.0.0.1:8080 unless set). It reads the "
-                       "advisory store at ORDERCHECK_REDIS_URL; logins come from "
-                       "ORDERCHECK_REVIEW_USERS or ORDERCHECK_REVIEW_TOKEN.")
+    p = sub.add_parser(
+        "review",
+        help="serve the review web page",
+        description="Serve the review web page on ORDERCHECK_REVIEW_HOST:"
+        "ORDERCHECK_REVIEW_PORT (127.0.0.1:8080 unless set). It reads the "
+        "advisory store at ORDERCHECK_REDIS_URL; logins come from "
+        "ORDERCHECK_REVIEW_USERS or ORDERCHECK_REVIEW_TOKEN.",
+    )
     p.add_argument("--host", default=None, help="address to listen on (overrides the settings)")
     p.add_argument("--port", type=int, default=None, help="port (overrides the settings)")
     p.set_defaults(handler=run_review)
@@ -35,18 +38,26 @@ def run_review(args: argparse.Namespace) -> int:
         print(f"ordercheck review: port {port} is out of range", file=sys.stderr)
         return 2
     if not settings.redis_url:
-        print("ordercheck review: note: ORDERCHECK_REDIS_URL is not set, so the page shows an "
-              "empty in-memory store. Set it to the Redis of the running `ordercheck serve` "
-              "to review its advisories.", file=sys.stderr)
+        print(
+            "ordercheck review: note: ORDERCHECK_REDIS_URL is not set, so the page shows an "
+            "empty in-memory store. Set it to the Redis of the running `ordercheck serve` "
+            "to review its advisories.",
+            file=sys.stderr,
+        )
     if not login_configured(settings):
-        print("ordercheck review: note: no login is configured (ORDERCHECK_REVIEW_USERS or "
-              "ORDERCHECK_REVIEW_TOKEN), so nobody can log in.", file=sys.stderr)
+        print(
+            "ordercheck review: note: no login is configured (ORDERCHECK_REVIEW_USERS or "
+            "ORDERCHECK_REVIEW_TOKEN), so nobody can log in.",
+            file=sys.stderr,
+        )
     app = create_app(open_store(settings), settings)
     try:
         server = ReviewServer(app, host, port)
     except OSError as exc:
-        print(f"ordercheck review: cannot listen on {host}:{port}: {exc.strerror or exc}",
-              file=sys.stderr)
+        print(
+            f"ordercheck review: cannot listen on {host}:{port}: {exc.strerror or exc}",
+            file=sys.stderr,
+        )
         return 2
     print(f"ordercheck review: serving on {server.url}/ (Ctrl-C to stop)", file=sys.stderr)
     server.run()

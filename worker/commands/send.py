@@ -50,8 +50,10 @@ def run(args: argparse.Namespace) -> int:
                     continue
                 ms = (time.perf_counter() - started) * 1000
                 code, control = ack_fields(reply)
-                print(f"{path}:{line} {head.control_id or '?'}: {code or '?'} "
-                      f"(MSA-2 {control or '-'}, {ms:.1f} ms)")
+                print(
+                    f"{path}:{line} {head.control_id or '?'}: {code or '?'} "
+                    f"(MSA-2 {control or '-'}, {ms:.1f} ms)"
+                )
                 if code not in ("AA", "CA"):
                     status = max(status, 1)
     return status

@@ -10,17 +10,23 @@ from worker.settings import Settings
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("serve", help="run the MLLP listener and the workers",
-                       description="Listen for HL7 orders over MLLP (127.0.0.1:2575 unless "
-                       "ORDERCHECK_LISTEN_HOST/PORT say otherwise), ACK them once queued, check "
-                       "them and deliver advisories to ORDERCHECK_ADVISORY_HOST/PORT. Without "
-                       "ORDERCHECK_REDIS_URL it runs on the embedded default (one process, no "
-                       "Redis).")
+    p = sub.add_parser(
+        "serve",
+        help="run the MLLP listener and the workers",
+        description="Listen for HL7 orders over MLLP (127.0.0.1:2575 unless "
+        "ORDERCHECK_LISTEN_HOST/PORT say otherwise), ACK them once queued, check "
+        "them and deliver advisories to ORDERCHECK_ADVISORY_HOST/PORT. Without "
+        "ORDERCHECK_REDIS_URL it runs on the embedded default (one process, no "
+        "Redis).",
+    )
     p.add_argument("--host", help="listen address (ORDERCHECK_LISTEN_HOST)")
     p.add_argument("--port", type=int, help="listen port (ORDERCHECK_LISTEN_PORT)")
-    p.add_argument("--review", action="store_true",
-                   help="also serve the review page (ORDERCHECK_REVIEW_HOST/PORT) from this "
-                   "process: the way to review advisories on the embedded default")
+    p.add_argument(
+        "--review",
+        action="store_true",
+        help="also serve the review page (ORDERCHECK_REVIEW_HOST/PORT) from this "
+        "process: the way to review advisories on the embedded default",
+    )
     p.set_defaults(handler=run)
 
 
@@ -32,12 +38,14 @@ def run(args: argparse.Namespace) -> int:
         import os
         import tempfile
 
-        os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR",
-                              tempfile.mkdtemp(prefix="ordercheck-metrics-"))
+        os.environ.setdefault(
+            "PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="ordercheck-metrics-")
+        )
     from worker import serve
 
-    updates = {k: v for k, v in (("listen_host", args.host), ("listen_port", args.port))
-               if v is not None}
+    updates = {
+        k: v for k, v in (("listen_host", args.host), ("listen_port", args.port)) if v is not None
+    }
     if updates:
         settings = settings.model_copy(update=updates)
     try:
@@ -46,6 +54,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"ordercheck: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
-        print(f"ordercheck: cannot listen on {settings.listen_host}:{settings.listen_port}: "
-              f"{exc.strerror or exc}", file=sys.stderr)
+        print(
+            f"ordercheck: cannot listen on {settings.listen_host}:{settings.listen_port}: "
+            f"{exc.strerror or exc}",
+            file=sys.stderr,
+        )
         return 2

@@ -80,18 +80,36 @@ def new_control_id() -> str:
     return f"A{time.time_ns() // 1_000_000 % 10**12:012d}{_PID_TAG}{next(_counter) % 1000:03d}"
 
 
-def build_ack(target: AckTarget, code: str, error: AckError | None = None,
-              application: str = "ORDERCHECK", facility: str = "ORDERCHECK",
-              now: datetime | None = None) -> bytes:
+def build_ack(
+    target: AckTarget,
+    code: str,
+    error: AckError | None = None,
+    application: str = "ORDERCHECK",
+    facility: str = "ORDERCHECK",
+    now: datetime | None = None,
+) -> bytes:
     """The ACK for *target* with MSA-1 *code* (AA, AE, AR, CA, CE, CR) and an optional ERR."""
     e = _D.encode
     stamp = (now or datetime.now(UTC)).strftime("%Y%m%d%H%M%S")
     trigger = e(target.trigger_event)
     msg_type = f"ACK^{trigger}^ACK" if trigger else "ACK"
     segments = [
-        "|".join(["MSH", "^~\\&", e(application), e(facility), e(target.sending_application),
-                  e(target.sending_facility), stamp, "", msg_type, new_control_id(),
-                  e(target.processing_id or "P"), e(target.version or "2.5.1")]),
+        "|".join(
+            [
+                "MSH",
+                "^~\\&",
+                e(application),
+                e(facility),
+                e(target.sending_application),
+                e(target.sending_facility),
+                stamp,
+                "",
+                msg_type,
+                new_control_id(),
+                e(target.processing_id or "P"),
+                e(target.version or "2.5.1"),
+            ]
+        ),
         "|".join(["MSA", code, e(target.control_id), e(error.text) if error else ""]),
     ]
     if error is not None:
@@ -99,10 +117,26 @@ def build_ack(target: AckTarget, code: str, error: AckError | None = None,
         if error.segment:
             where = f"{e(error.segment)}^1" + (f"^{error.field}" if error.field else "")
         label = ERROR_TEXT.get(error.code, "Error")
-        err1 = f"{where}^{error.code}&{e(label)}&HL70357" if where else \
-            f"^^^{error.code}&{e(label)}&HL70357"
-        segments.append("|".join(["ERR", err1, where, f"{error.code}^{e(label)}^HL70357",
-                                  error.severity, "", "", "", e(error.text)]))
+        err1 = (
+            f"{where}^{error.code}&{e(label)}&HL70357"
+            if where
+            else f"^^^{error.code}&{e(label)}&HL70357"
+        )
+        segments.append(
+            "|".join(
+                [
+                    "ERR",
+                    err1,
+                    where,
+                    f"{error.code}^{e(label)}^HL70357",
+                    error.severity,
+                    "",
+                    "",
+                    "",
+                    e(error.text),
+                ]
+            )
+        )
     return ("\r".join(segments) + "\r").encode("utf-8")
 
 

@@ -52,8 +52,9 @@ PROTOCOL_ID = "PROTOCOL^Recommended protocol step^L"
 RULES_ID = "RULES^Rule ids and guideline version^L"
 # Procedure code systems as HL7 table 0396 names them where ours differ.
 _SYSTEMS = {"CPT": "CPT4", "LOINC": "LN", "RADLEX": "RADLEX"}
-DEFAULT_DISCLAIMER = ("Decision support only: this advisory does not block, cancel or change "
-                      "the order.")
+DEFAULT_DISCLAIMER = (
+    "Decision support only: this advisory does not block, cancel or change the order."
+)
 
 _NOT_ALNUM = re.compile(r"[^A-Za-z0-9]")
 _SPECIAL = re.compile(r"[|^~\\&\r\n]")  # what OURS.encode would change
@@ -87,12 +88,19 @@ def convert_field(raw: str, source: Delimiters, target: Delimiters = OURS) -> st
     if _same_delimiters(source, target) and (not source.escape or source.escape not in raw):
         return raw  # already valid in our encoding: nothing to rewrite (the usual case)
     return target.repetition.join(
-        _convert_repetition(rep, source, target) for rep in _split(raw, source.repetition))
+        _convert_repetition(rep, source, target) for rep in _split(raw, source.repetition)
+    )
 
 
 def _same_delimiters(a: Delimiters, b: Delimiters) -> bool:
     return (a.field, a.component, a.repetition, a.escape, a.subcomponent, a.truncation) == (
-        b.field, b.component, b.repetition, b.escape, b.subcomponent, b.truncation)
+        b.field,
+        b.component,
+        b.repetition,
+        b.escape,
+        b.subcomponent,
+        b.truncation,
+    )
 
 
 def _split(raw: str, sep: str) -> list[str]:
@@ -101,9 +109,11 @@ def _split(raw: str, sep: str) -> list[str]:
 
 def _convert_repetition(rep: str, source: Delimiters, target: Delimiters) -> str:
     return target.component.join(
-        target.subcomponent.join(target.encode(source.decode(leaf))
-                                 for leaf in _split(comp, source.subcomponent))
-        for comp in _split(rep, source.component))
+        target.subcomponent.join(
+            target.encode(source.decode(leaf)) for leaf in _split(comp, source.subcomponent)
+        )
+        for comp in _split(rep, source.component)
+    )
 
 
 def convert_segment(seg: RawSegment, source: Delimiters) -> str:
@@ -111,10 +121,20 @@ def convert_segment(seg: RawSegment, source: Delimiters) -> str:
     return OURS.field.join([seg.id, *(convert_field(f, source) for f in seg.fields[1:])])
 
 
-def build_advisory(raw: RawMessage, order: Order, result: CheckResult, *, control_id: str,
-                   application: str, facility: str, fmt: Format = "oru",
-                   now: datetime | None = None, guideline_id: str = "",
-                   disclaimer: str = "", status: str = "F") -> bytes:
+def build_advisory(
+    raw: RawMessage,
+    order: Order,
+    result: CheckResult,
+    *,
+    control_id: str,
+    application: str,
+    facility: str,
+    fmt: Format = "oru",
+    now: datetime | None = None,
+    guideline_id: str = "",
+    disclaimer: str = "",
+    status: str = "F",
+) -> bytes:
     """The advisory for one order of *raw*, as UTF-8 bytes with CR segment ends.
 
     control_id: MSH-10 (see `advisory_control_id`); application, facility: MSH-3/MSH-4 (ours);
@@ -135,8 +155,16 @@ def build_advisory(raw: RawMessage, order: Order, result: CheckResult, *, contro
     src = raw.delimiters
     e = _encode
 
-    segments = [_msh(raw, control_id=control_id, application=application, facility=facility,
-                     fmt=fmt, stamp=stamp)]
+    segments = [
+        _msh(
+            raw,
+            control_id=control_id,
+            application=application,
+            facility=facility,
+            fmt=fmt,
+            stamp=stamp,
+        )
+    ]
     segments += [convert_segment(s, src) for s in (raw.first("PID"), raw.first("PV1")) if s]
     if fmt == "oru":
         placer = _number_field(raw, orc, obr, 2, order.placer_number)
@@ -144,11 +172,18 @@ def build_advisory(raw: RawMessage, order: Order, result: CheckResult, *, contro
         orc_fields = {1: "RE", 2: placer, 3: filler, 9: stamp}
         if orc is not None:
             orc_fields[12] = convert_field(orc.get(12), src)
-        obr_fields = {1: "1", 2: placer, 3: filler, 4: _procedure_field(raw, obr, order),
-                      7: stamp, 25: status}
+        obr_fields = {
+            1: "1",
+            2: placer,
+            3: filler,
+            4: _procedure_field(raw, obr, order),
+            7: stamp,
+            25: status,
+        }
         if obr is not None:
-            obr_fields.update({16: convert_field(obr.get(16), src),
-                               24: convert_field(obr.get(24), src)})
+            obr_fields.update(
+                {16: convert_field(obr.get(16), src), 24: convert_field(obr.get(24), src)}
+            )
         segments += [_segment("ORC", orc_fields), _segment("OBR", obr_fields)]
         trailer: list[str] = []
     else:
@@ -158,20 +193,38 @@ def build_advisory(raw: RawMessage, order: Order, result: CheckResult, *, contro
 
     notes = [result.reason, disclaimer or DEFAULT_DISCLAIMER]
     observations: list[tuple[str, str, str, str, list[str]]] = [  # type, id, sub-id, value, NTEs
-        ("CWE", RATING_ID, "",
-         f"{result.verdict}^{e(VERDICT_TEXT[result.verdict])}^{VERDICT_SYSTEM}",
-         [n for n in notes if n]),
+        (
+            "CWE",
+            RATING_ID,
+            "",
+            f"{result.verdict}^{e(VERDICT_TEXT[result.verdict])}^{VERDICT_SYSTEM}",
+            [n for n in notes if n],
+        ),
     ]
     if result.preferred_procedure is not None:
         p = result.preferred_procedure
         system = _SYSTEMS.get(p.system.upper(), p.system)
         observations.append(("CWE", PREFERRED_ID, "", f"{e(p.code)}^{e(p.text)}^{e(system)}", []))
     for n, flag in enumerate(result.flags, start=1):
-        observations.append(("TX", FLAG_ID, str(n), e(f"{flag.code}: {flag.reason}"),
-                             [f"Source: {c}" for c in flag.citations]))
+        observations.append(
+            (
+                "TX",
+                FLAG_ID,
+                str(n),
+                e(f"{flag.code}: {flag.reason}"),
+                [f"Source: {c}" for c in flag.citations],
+            )
+        )
     for n, advice in enumerate(result.advice, start=1):
-        observations.append(("TX", ADVICE_ID, str(n), e(f"{advice.code}: {advice.text}"),
-                             [f"Source: {c}" for c in advice.citations]))
+        observations.append(
+            (
+                "TX",
+                ADVICE_ID,
+                str(n),
+                e(f"{advice.code}: {advice.text}"),
+                [f"Source: {c}" for c in advice.citations],
+            )
+        )
     for n, step in enumerate(result.protocol, start=1):
         observations.append(("TX", PROTOCOL_ID, str(n), e(step), []))
     observations.append(("TX", RULES_ID, "", e(_rules_text(result, guideline_id)), []))
@@ -201,8 +254,9 @@ def _encode(text: str) -> str:
     return OURS.encode(text) if _SPECIAL.search(text) else text
 
 
-def _msh(raw: RawMessage, *, control_id: str, application: str, facility: str, fmt: Format,
-         stamp: str) -> str:
+def _msh(
+    raw: RawMessage, *, control_id: str, application: str, facility: str, fmt: Format, stamp: str
+) -> str:
     e = _encode
     msh = raw.msh
     if fmt == "oru":
@@ -212,17 +266,31 @@ def _msh(raw: RawMessage, *, control_id: str, application: str, facility: str, f
         version = e(raw.component(msh.get(12), 1)) or _ORU_VERSION
     processing = e(raw.component(msh.get(11), 1)) or "P"
     fields = [
-        "MSH", _ENCODING_CHARACTERS, e(application), e(facility),
-        e(raw.component(msh.get(3), 1)), e(raw.component(msh.get(4), 1)),  # MSH-5/6: the sender
-        stamp, "", msg_type, e(control_id), processing, version,
-        "", "", "", "",  # MSH-13..16: no sequence numbers; original acknowledgement mode
-        "", _CHARSET,  # MSH-17 country, MSH-18 character set
+        "MSH",
+        _ENCODING_CHARACTERS,
+        e(application),
+        e(facility),
+        e(raw.component(msh.get(3), 1)),
+        e(raw.component(msh.get(4), 1)),  # MSH-5/6: the sender
+        stamp,
+        "",
+        msg_type,
+        e(control_id),
+        processing,
+        version,
+        "",
+        "",
+        "",
+        "",  # MSH-13..16: no sequence numbers; original acknowledgement mode
+        "",
+        _CHARSET,  # MSH-17 country, MSH-18 character set
     ]
     return OURS.field.join(fields)
 
 
-def _order_segments(raw: RawMessage,
-                    order: Order) -> tuple[RawSegment | None, RawSegment | None, list[RawSegment]]:
+def _order_segments(
+    raw: RawMessage, order: Order
+) -> tuple[RawSegment | None, RawSegment | None, list[RawSegment]]:
     """(ORC, OBR, every segment of the group) of *order*, grouped as worker/hl7/read.py does."""
     i = order.segment_index
     if not 0 < i < len(raw.segments) or raw.segments[i].id not in ("ORC", "OBR"):
@@ -238,7 +306,7 @@ def _order_segments(raw: RawMessage,
         orc = next((s for s in reversed(raw.segments[1:i]) if s.id == "ORC"), None)
         if orc is not None:
             group.insert(0, orc)
-    for seg in raw.segments[i + 1:]:
+    for seg in raw.segments[i + 1 :]:
         if seg.id == "ORC" or (seg.id == "OBR" and obr is not None):
             break
         if seg.id == "OBR":
@@ -247,8 +315,9 @@ def _order_segments(raw: RawMessage,
     return orc, obr, group
 
 
-def _number_field(raw: RawMessage, orc: RawSegment | None, obr: RawSegment | None,
-                  n: int, number: str) -> str:
+def _number_field(
+    raw: RawMessage, orc: RawSegment | None, obr: RawSegment | None, n: int, number: str
+) -> str:
     """ORC-n or OBR-n (n = 2 placer, 3 filler), converted: the field whose first component is
     *number*, the number the order was read with (Order.placer_number / filler_number; the OBR's
     own for a second OBR under one ORC), with that component as read (padding trimmed)."""
@@ -276,4 +345,3 @@ def _rules_text(result: CheckResult, guideline_id: str) -> str:
     rules = ", ".join(result.rule_ids) or "none"
     name = " ".join(p for p in ("guideline", guideline_id, result.guideline_version) if p)
     return f"{rules}; {name}"
-

@@ -28,8 +28,12 @@ class Delimiters:
         if not e:
             return text
         out = text.replace(e, f"{e}E{e}")
-        pairs = [(self.field, "F"), (self.component, "S"), (self.repetition, "R"),
-                 (self.subcomponent, "T")]
+        pairs = [
+            (self.field, "F"),
+            (self.component, "S"),
+            (self.repetition, "R"),
+            (self.subcomponent, "T"),
+        ]
         if self.truncation:
             pairs.append((self.truncation, "P"))
         for char, code in pairs:
@@ -54,7 +58,7 @@ class Delimiters:
             if end == -1:  # unterminated: keep the rest literally
                 out.append(text[i:])
                 break
-            seq = text[i + 1:end]
+            seq = text[i + 1 : end]
             rendered = self._render(seq)
             if rendered is None:  # not an escape we know: keep the escape char literally
                 out.append(ch)
@@ -65,8 +69,14 @@ class Delimiters:
         return "".join(out)
 
     def _render(self, seq: str) -> str | None:
-        simple = {"F": self.field, "S": self.component, "R": self.repetition,
-                  "E": self.escape, "T": self.subcomponent, "P": self.truncation}
+        simple = {
+            "F": self.field,
+            "S": self.component,
+            "R": self.repetition,
+            "E": self.escape,
+            "T": self.subcomponent,
+            "P": self.truncation,
+        }
         if seq in simple:
             return simple[seq]
         if seq in ("H", "N"):

@@ -164,17 +164,21 @@ class FrameDecoder:
                 restart = data.find(START_BLOCK, pos, end if stop < 0 else stop)
                 if restart >= 0:  # new 0x0B before the end of this frame: resync on it
                     if self._state is _State.FRAME:
-                        events.append(FrameError(FrameErrorKind.JUNK,
-                                                 "frame cut short by a new start block"))
+                        events.append(
+                            FrameError(FrameErrorKind.JUNK, "frame cut short by a new start block")
+                        )
                     self._buf.clear()
                     self._state, pos = _State.FRAME, restart + 1
                     continue
                 chunk_end = end if stop < 0 else stop
                 if self._state is _State.FRAME:
                     if len(self._buf) + (chunk_end - pos) > self.max_frame_bytes:
-                        events.append(FrameError(
-                            FrameErrorKind.OVERSIZE,
-                            f"frame exceeds {self.max_frame_bytes} bytes"))
+                        events.append(
+                            FrameError(
+                                FrameErrorKind.OVERSIZE,
+                                f"frame exceeds {self.max_frame_bytes} bytes",
+                            )
+                        )
                         self._buf = bytearray()
                         self._state = _State.DISCARD
                     else:
@@ -261,7 +265,10 @@ class MLLPServer:
         if self._server is not None:
             return
         self._server = await asyncio.start_server(
-            self._on_connect, self.host, self._requested_port, ssl=self._ssl,
+            self._on_connect,
+            self.host,
+            self._requested_port,
+            ssl=self._ssl,
             ssl_handshake_timeout=self.idle_timeout if self._ssl is not None else None,
         )
         logger.info("listening on %s:%d", self.host, self.port)
@@ -300,17 +307,21 @@ class MLLPServer:
         await self.start()
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None,
-                        exc: BaseException | None, tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         await self.close()
 
-    async def _on_connect(self, reader: asyncio.StreamReader,
-                          writer: asyncio.StreamWriter) -> None:
+    async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peername = writer.get_extra_info("peername")
         peer = f"{peername[0]}:{peername[1]}" if isinstance(peername, tuple) else str(peername)
         if self._closing or len(self._connections) >= self.max_connections:
-            logger.warning("refused %s: %s", peer,
-                           "closing" if self._closing else "too many connections")
+            logger.warning(
+                "refused %s: %s", peer, "closing" if self._closing else "too many connections"
+            )
             await _close_writer(writer)
             return
         task = asyncio.current_task()
@@ -325,8 +336,9 @@ class MLLPServer:
             self._connections.discard(conn)
             await _close_writer(writer)
 
-    async def _serve(self, conn: _Connection, reader: asyncio.StreamReader,
-                     writer: asyncio.StreamWriter) -> None:
+    async def _serve(
+        self, conn: _Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         decoder = FrameDecoder(self.max_frame_bytes)
         bytes_in = bytes_out = frames = 0
         logger.debug("%s: connected", conn.peer)
@@ -372,11 +384,21 @@ class MLLPServer:
             reason = f"connection error {type(exc).__name__}"
         except Exception as exc:  # a handler bug must not kill the server
             reason = f"handler raised {type(exc).__name__}"
-            logger.error("%s: handler raised %s; closing connection (frames=%d)",
-                         conn.peer, type(exc).__name__, frames)
+            logger.error(
+                "%s: handler raised %s; closing connection (frames=%d)",
+                conn.peer,
+                type(exc).__name__,
+                frames,
+            )
         finally:
-            logger.info("%s: closing (%s); frames=%d bytes_in=%d bytes_out=%d",
-                        conn.peer, reason, frames, bytes_in, bytes_out)
+            logger.info(
+                "%s: closing (%s); frames=%d bytes_in=%d bytes_out=%d",
+                conn.peer,
+                reason,
+                frames,
+                bytes_in,
+                bytes_out,
+            )
 
 
 async def _close_writer(writer: asyncio.StreamWriter) -> None:
@@ -393,9 +415,16 @@ class MLLPClient:
     reconnects. Connect and socket errors raise ``MLLPConnectionClosed``.
     """
 
-    def __init__(self, host: str, port: int, *, connect_timeout: float = 10.0,
-                 ssl: _ssl.SSLContext | None = None, server_hostname: str | None = None,
-                 max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        connect_timeout: float = 10.0,
+        ssl: _ssl.SSLContext | None = None,
+        server_hostname: str | None = None,
+        max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+    ) -> None:
         """connect_timeout: seconds; server_hostname: TLS name to check, default ``host``."""
         self.host = host
         self.port = port
@@ -414,8 +443,9 @@ class MLLPClient:
         except TimeoutError as exc:
             raise MLLPTimeout(f"connect to {self.host}:{self.port} timed out") from exc
         except OSError as exc:
-            raise MLLPConnectionClosed(f"cannot connect to {self.host}:{self.port}: "
-                                       f"{type(exc).__name__}") from exc
+            raise MLLPConnectionClosed(
+                f"cannot connect to {self.host}:{self.port}: {type(exc).__name__}"
+            ) from exc
         if self._ssl is not None:
             try:
                 sock = self._ssl.wrap_socket(sock, server_hostname=self._server_hostname)
@@ -438,8 +468,12 @@ class MLLPClient:
         self.connect()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None,
-                 exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.close()
 
     def send(self, message: bytes, timeout: float = 30.0) -> bytes:
@@ -481,15 +515,21 @@ class MLLPClient:
         if isinstance(first, FrameError):
             raise MLLPProtocolError(f"malformed reply: {first.detail}")
         if len(events) > 1:
-            logger.warning("%s:%d sent more than one reply frame; reconnecting",
-                           self.host, self.port)
+            logger.warning(
+                "%s:%d sent more than one reply frame; reconnecting", self.host, self.port
+            )
             self.close()
         return first
 
 
-async def send_async(host: str, port: int, message: bytes, timeout: float,
-                     ssl: _ssl.SSLContext | None = None,
-                     max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> bytes:
+async def send_async(
+    host: str,
+    port: int,
+    message: bytes,
+    timeout: float,
+    ssl: _ssl.SSLContext | None = None,
+    max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+) -> bytes:
     """Connect, send one frame, return the reply payload, close.
 
     timeout: seconds for the whole exchange, connect included.
@@ -500,8 +540,9 @@ async def send_async(host: str, port: int, message: bytes, timeout: float,
             try:
                 reader, writer = await asyncio.open_connection(host, port, ssl=ssl)
             except OSError as exc:
-                raise MLLPConnectionClosed(f"cannot connect to {host}:{port}: "
-                                           f"{type(exc).__name__}") from exc
+                raise MLLPConnectionClosed(
+                    f"cannot connect to {host}:{port}: {type(exc).__name__}"
+                ) from exc
             writer.write(frame(message))
             await writer.drain()
             decoder = FrameDecoder(max_frame_bytes)

@@ -32,14 +32,35 @@ _FRAMING = bytes.maketrans(b"\x0b\x1c", b"\r\r")
 
 # MSH-18 (HL7 table 0211) to Python codecs. Unknown names fall back to UTF-8, then Latin-1.
 _CHARSETS = {
-    "ASCII": "ascii", "8859/1": "latin-1", "8859/2": "iso8859-2", "8859/3": "iso8859-3",
-    "8859/4": "iso8859-4", "8859/5": "iso8859-5", "8859/6": "iso8859-6", "8859/7": "iso8859-7",
-    "8859/8": "iso8859-8", "8859/9": "iso8859-9", "8859/15": "iso8859-15",
-    "UNICODE UTF-8": "utf-8", "UTF-8": "utf-8", "UNICODE": "utf-8", "UTF8": "utf-8",
-    "UNICODE UTF-16": "utf-16", "UNICODE UTF-32": "utf-32", "ISO IR87": "iso2022_jp",
-    "ISO IR159": "iso2022_jp", "ISO IR6": "ascii", "ISO IR14": "shift_jis", "ISO IR100": "latin-1",
-    "ISO IR192": "utf-8", "GB 18030-2000": "gb18030", "KS X 1001": "euc_kr", "BIG-5": "big5",
-    "CNS 11643-1992": "big5", "WINDOWS-1252": "cp1252", "CP1252": "cp1252",
+    "ASCII": "ascii",
+    "8859/1": "latin-1",
+    "8859/2": "iso8859-2",
+    "8859/3": "iso8859-3",
+    "8859/4": "iso8859-4",
+    "8859/5": "iso8859-5",
+    "8859/6": "iso8859-6",
+    "8859/7": "iso8859-7",
+    "8859/8": "iso8859-8",
+    "8859/9": "iso8859-9",
+    "8859/15": "iso8859-15",
+    "UNICODE UTF-8": "utf-8",
+    "UTF-8": "utf-8",
+    "UNICODE": "utf-8",
+    "UTF8": "utf-8",
+    "UNICODE UTF-16": "utf-16",
+    "UNICODE UTF-32": "utf-32",
+    "ISO IR87": "iso2022_jp",
+    "ISO IR159": "iso2022_jp",
+    "ISO IR6": "ascii",
+    "ISO IR14": "shift_jis",
+    "ISO IR100": "latin-1",
+    "ISO IR192": "utf-8",
+    "GB 18030-2000": "gb18030",
+    "KS X 1001": "euc_kr",
+    "BIG-5": "big5",
+    "CNS 11643-1992": "big5",
+    "WINDOWS-1252": "cp1252",
+    "CP1252": "cp1252",
 }
 
 
@@ -181,8 +202,9 @@ class ByteStream(Protocol):
     def read(self, size: int = -1, /) -> bytes: ...
 
 
-def iter_messages(stream: ByteStream, chunk_size: int = 1 << 20,
-                  max_message_bytes: int | None = 64 << 20) -> Iterator[tuple[int, bytes]]:
+def iter_messages(
+    stream: ByteStream, chunk_size: int = 1 << 20, max_message_bytes: int | None = 64 << 20
+) -> Iterator[tuple[int, bytes]]:
     """`split_messages` for a file too large to hold: reads *stream* in chunks of *chunk_size*
     bytes and yields each message as soon as the next one begins.
 
@@ -276,8 +298,9 @@ class MessageSplitter:
     def _drop(self, buf: bytes) -> None:
         """Keep only the last bytes of an oversized text (an MSH may begin there)."""
         dropped, kept = buf[:-_TAIL], buf[-_TAIL:]
-        self._skipped_lines += _count_lines(dropped) - (dropped.endswith(b"\r")
-                                                         and kept.startswith(b"\n"))
+        self._skipped_lines += _count_lines(dropped) - (
+            dropped.endswith(b"\r") and kept.startswith(b"\n")
+        )
         self._buf = kept
         self._dropping = True
 
@@ -285,7 +308,7 @@ class MessageSplitter:
 def _message_start(buf: bytes, msh: int) -> int | None:
     """Where the message whose MSH is at *msh* begins: at the start of its line, when only a
     byte order mark and at most 16 bytes of junk stand before the MSH; else None."""
-    start = msh - 3 if msh >= 3 and buf[msh - 3:msh] == _BOM else msh
+    start = msh - 3 if msh >= 3 and buf[msh - 3 : msh] == _BOM else msh
     limit = max(0, start - _MAX_JUNK)
     while start > limit and buf[start - 1] in _JUNK:
         start -= 1
@@ -342,12 +365,12 @@ def clean_start(data: bytes) -> bytes:
         data = _decode_utf16(decoder, data.lstrip(b"\x0b"), True)
     data = data.translate(_FRAMING).strip(_JUNK + b"\r\n")
     if data.startswith(_BOM):
-        data = data[len(_BOM):].lstrip(_JUNK + b"\r\n")
+        data = data[len(_BOM) :].lstrip(_JUNK + b"\r\n")
     if data[:3].upper() != b"MSH":
         first = data.split(b"\r", 1)[0].split(b"\n", 1)[0][:512]
         found = _MSH_ANYWHERE.search(first)
         if found is not None:
-            data = data[found.start():]
+            data = data[found.start() :]
     return data
 
 
@@ -480,5 +503,15 @@ def peek_msh(data: bytes) -> MSHPeek:
 
     code, event, _ = message_type(get(9), get(9, 2), get(9, 3))
     kind = "^".join(p for p in (code, event) if p)
-    return MSHPeek(get(3), get(4), get(5), get(6), kind, event, get(10), get(11),
-                   get(12), bool(get(15) or get(16)))
+    return MSHPeek(
+        get(3),
+        get(4),
+        get(5),
+        get(6),
+        kind,
+        event,
+        get(10),
+        get(11),
+        get(12),
+        bool(get(15) or get(16)),
+    )

@@ -23,8 +23,10 @@ from worker.models import (
     TextSource,
 )
 
-_ISO_DATE = re.compile(r"(\d{4})-(\d{1,2})(?:-(\d{1,2}))?(?:[T ](\d{1,2}):(\d{2})(?::(\d{2}))?"
-                       r"(?:\.\d+)?)?\s*(Z|[+-]\d{2}:?\d{2})?$")
+_ISO_DATE = re.compile(
+    r"(\d{4})-(\d{1,2})(?:-(\d{1,2}))?(?:[T ](\d{1,2}):(\d{2})(?::(\d{2}))?"
+    r"(?:\.\d+)?)?\s*(Z|[+-]\d{2}:?\d{2})?$"
+)
 
 
 def parse_ts(value: str) -> datetime | None:
@@ -44,7 +46,7 @@ def parse_ts(value: str) -> datetime | None:
     for sign in ("+", "-"):
         if sign in value[4:]:
             pos = value.index(sign, 4)
-            offset = value[pos + 1:]
+            offset = value[pos + 1 :]
             value = value[:pos]
             if len(offset) == 4 and offset.isdigit():
                 minutes = int(offset[:2]) * 60 + int(offset[2:])
@@ -53,8 +55,14 @@ def parse_ts(value: str) -> datetime | None:
     value = value.split(".", 1)[0]
     if not value.isdigit() or len(value) < 4:
         return None
-    parts = [value[0:4], value[4:6] or "1", value[6:8] or "1", value[8:10] or "0",
-             value[10:12] or "0", value[12:14] or "0"]
+    parts = [
+        value[0:4],
+        value[4:6] or "1",
+        value[6:8] or "1",
+        value[8:10] or "0",
+        value[10:12] or "0",
+        value[12:14] or "0",
+    ]
     try:
         y, mo, d, h, mi, s = (int(p) for p in parts)
         return datetime(y, mo, d, min(h, 23), min(mi, 59), min(s, 59), tzinfo=tz)
@@ -82,8 +90,11 @@ def _coded(msg: RawMessage, raw: str) -> list[Coded]:
         comps = msg.components(rep)
         for start, oid in ((0, 13), (3, 16)):
             # The text keeps a bare "&" (MRI THIGH W&WO) and an escaped one (\T\).
-            code, text, system = (part(comps, start), part(comps, start + 1, whole=True),
-                                  part(comps, start + 2))
+            code, text, system = (
+                part(comps, start),
+                part(comps, start + 1, whole=True),
+                part(comps, start + 2),
+            )
             system = _system(system or part(comps, oid))  # CWE-14/17: the system's OID (2.7+)
             if start == 0 and not text:
                 text = part(comps, 8, whole=True)  # CWE-9 original text (2.5+)
@@ -95,13 +106,19 @@ def _coded(msg: RawMessage, raw: str) -> list[Coded]:
 # Coding systems sent as an OID or a URI (CWE-3 or CWE-14 in v2.7+, messages made from FHIR or
 # CDA) read as their HL7 table 0396 names.
 _SYSTEM_IDS = {
-    "2.16.840.1.113883.6.12": "C4", "http://www.ama-assn.org/go/cpt": "C4",
-    "2.16.840.1.113883.6.1": "LN", "http://loinc.org": "LN",
-    "2.16.840.1.113883.6.90": "I10", "http://hl7.org/fhir/sid/icd-10-cm": "I10",
-    "2.16.840.1.113883.6.3": "I10", "http://hl7.org/fhir/sid/icd-10": "I10",
-    "2.16.840.1.113883.6.256": "RADLEX", "http://www.radlex.org": "RADLEX",
+    "2.16.840.1.113883.6.12": "C4",
+    "http://www.ama-assn.org/go/cpt": "C4",
+    "2.16.840.1.113883.6.1": "LN",
+    "http://loinc.org": "LN",
+    "2.16.840.1.113883.6.90": "I10",
+    "http://hl7.org/fhir/sid/icd-10-cm": "I10",
+    "2.16.840.1.113883.6.3": "I10",
+    "http://hl7.org/fhir/sid/icd-10": "I10",
+    "2.16.840.1.113883.6.256": "RADLEX",
+    "http://www.radlex.org": "RADLEX",
     "http://radlex.org": "RADLEX",
-    "2.16.840.1.113883.6.96": "SCT", "http://snomed.info/sct": "SCT",
+    "2.16.840.1.113883.6.96": "SCT",
+    "http://snomed.info/sct": "SCT",
 }
 
 
@@ -116,8 +133,11 @@ def _text(msg: RawMessage, raw: str) -> str:
     pieces = []
     for rep in msg.repetitions(raw):
         for comp in msg.components(rep):
-            value = msg.value(comp.replace(msg.delimiters.subcomponent, " ")
-                              if msg.delimiters.subcomponent else comp)
+            value = msg.value(
+                comp.replace(msg.delimiters.subcomponent, " ")
+                if msg.delimiters.subcomponent
+                else comp
+            )
             if value:
                 pieces.append(value)
     return " ".join(pieces)
@@ -136,8 +156,9 @@ def _source(msg: RawMessage, label: str, raw: str, coded: bool = False) -> TextS
 def read_header(msg: RawMessage) -> MessageHeader:
     msh = msg.msh
     comp = msg.component
-    kind, event, structure = message_type(comp(msh.get(9), 1), comp(msh.get(9), 2),
-                                          comp(msh.get(9), 3))
+    kind, event, structure = message_type(
+        comp(msh.get(9), 1), comp(msh.get(9), 2), comp(msh.get(9), 3)
+    )
     return MessageHeader(
         field_separator=msg.delimiters.field,
         encoding_characters=msh.get(2),
@@ -182,15 +203,20 @@ def read_patient(msg: RawMessage, pid: RawSegment | None = None) -> PatientRef:
                 ids.append(PatientId(id=value, authority=authority, type=id_type))
         if ids:
             break
-    return PatientRef(identifiers=ids, birth_date=parse_date(msg.component(pid.get(7), 1)),
-                      sex=msg.component(pid.get(8), 1))
+    return PatientRef(
+        identifiers=ids,
+        birth_date=parse_date(msg.component(pid.get(7), 1)),
+        sex=msg.component(pid.get(8), 1),
+    )
 
 
 def _provider(msg: RawMessage, raw: str) -> str:
     if not raw:
         return ""
-    comps = [msg.value(c) for c in msg.components(msg.repetitions(raw)[0] if msg.repetitions(raw)
-                                                  else raw)[:3]]
+    comps = [
+        msg.value(c)
+        for c in msg.components(msg.repetitions(raw)[0] if msg.repetitions(raw) else raw)[:3]
+    ]
     return " ".join(c for c in comps if c)
 
 
@@ -223,8 +249,12 @@ def _group(msg: RawMessage) -> tuple[list[RawSegment], list[_Group]]:
         if seg.id == "PID" and groups:
             pid, current = seg, None
         elif seg.id == "ORC":
-            if current is not None and current.obr is not None and current.orc is None \
-                    and _next_order_segment(segments, i + 1) != "OBR":
+            if (
+                current is not None
+                and current.obr is not None
+                and current.orc is None
+                and _next_order_segment(segments, i + 1) != "OBR"
+            ):
                 current.orc = seg  # ORC sent after its OBR: it belongs to that OBR
                 continue
             current = start(i, seg)
@@ -260,22 +290,35 @@ def _order(msg: RawMessage, group: _Group) -> Order:
         procedures = _coded(msg, ipc.get(6))  # IPC-6 protocol code as a last resort
     procedures += _modifiers(msg, get_obr(45)) + _body_site(msg, get_obr(15))
     texts: list[TextSource] = []
-    for label, raw, coded in (("OBR-13", get_obr(13), False), ("OBR-31", get_obr(31), True),
-                              ("ORC-16", get_orc(16), True)):
+    for label, raw, coded in (
+        ("OBR-13", get_obr(13), False),
+        ("OBR-31", get_obr(31), True),
+        ("ORC-16", get_orc(16), True),
+    ):
         src = _source(msg, label, raw, coded)
         if src:
             texts.append(src)
     for seg in group.others:
         texts.extend(_segment_texts(msg, seg))
-    ordered_at = (parse_ts(c(get_orc(9), 1)) or parse_ts(c(get_obr(6), 1))
-                  or (parse_ts(c(tq1.get(7), 1)) if tq1 else None)
-                  or parse_ts(c(get_orc(7), 4)) or parse_ts(c(get_obr(27), 4))
-                  or parse_ts(c(get_obr(7), 1)))
+    ordered_at = (
+        parse_ts(c(get_orc(9), 1))
+        or parse_ts(c(get_obr(6), 1))
+        or (parse_ts(c(tq1.get(7), 1)) if tq1 else None)
+        or parse_ts(c(get_orc(7), 4))
+        or parse_ts(c(get_obr(27), 4))
+        or parse_ts(c(get_obr(7), 1))
+    )
     modality = _modality(c(get_obr(24), 1), c(ipc.get(5), 1) if ipc else "")
-    placer = (_first(c(get_obr(2), 1), c(get_orc(2), 1)) if group.shared_orc
-              else _first(c(get_orc(2), 1), c(get_obr(2), 1)))
-    filler = (_first(c(get_obr(3), 1), c(get_orc(3), 1)) if group.shared_orc
-              else _first(c(get_orc(3), 1), c(get_obr(3), 1)))
+    placer = (
+        _first(c(get_obr(2), 1), c(get_orc(2), 1))
+        if group.shared_orc
+        else _first(c(get_orc(2), 1), c(get_obr(2), 1))
+    )
+    filler = (
+        _first(c(get_obr(3), 1), c(get_orc(3), 1))
+        if group.shared_orc
+        else _first(c(get_orc(3), 1), c(get_obr(3), 1))
+    )
     control, status = c(get_orc(1), 1).upper(), c(get_orc(5), 1).upper()
     result_status = c(get_obr(25), 1).upper()
     if not status and control in _STATUS_CONTROLS and result_status in ("F", "C"):
@@ -358,8 +401,24 @@ def _observation_status(msg: RawMessage, segments: list[RawSegment]) -> str:
 
 
 # OBX-5 answers that deny the question asked (Y/N, yes/no, table 0136 and common variants).
-_NEGATIVE_ANSWERS = frozenset({"N", "NO", "NONE", "NEGATIVE", "NEG", "FALSE", "0", "DENIED",
-                               "DENIES", "NO^NO", "N^NO", "NOT KNOWN", "UNKNOWN", "NIL"})
+_NEGATIVE_ANSWERS = frozenset(
+    {
+        "N",
+        "NO",
+        "NONE",
+        "NEGATIVE",
+        "NEG",
+        "FALSE",
+        "0",
+        "DENIED",
+        "DENIES",
+        "NO^NO",
+        "N^NO",
+        "NOT KNOWN",
+        "UNKNOWN",
+        "NIL",
+    }
+)
 
 
 def _segment_texts(msg: RawMessage, seg: RawSegment) -> list[TextSource]:
@@ -384,8 +443,14 @@ def _segment_texts(msg: RawMessage, seg: RawSegment) -> list[TextSource]:
             text = f"{question}: {answer}" + (f" {units}" if units else "")
             first = msg.component(seg.get(5), 1).strip().upper()
             negative = first in _NEGATIVE_ANSWERS or answer.strip().upper() in _NEGATIVE_ANSWERS
-            out.append(TextSource(source="OBX-5", text=text.strip(": "), codes=codes,
-                                  negated=bool(question) and negative))
+            out.append(
+                TextSource(
+                    source="OBX-5",
+                    text=text.strip(": "),
+                    codes=codes,
+                    negated=bool(question) and negative,
+                )
+            )
     elif seg.id == "AL1":
         allergen = " ".join(c.text or c.code for c in _coded(msg, seg.get(3)))
         reaction = _text(msg, seg.get(5))
@@ -403,5 +468,9 @@ def read_message(msg: RawMessage) -> ParsedMessage:
     context: list[TextSource] = []
     for seg in context_segments:
         context.extend(_segment_texts(msg, seg))
-    return ParsedMessage(header=header, patient=read_patient(msg),
-                         orders=[_order(msg, g) for g in groups], context=context)
+    return ParsedMessage(
+        header=header,
+        patient=read_patient(msg),
+        orders=[_order(msg, g) for g in groups],
+        context=context,
+    )

@@ -62,8 +62,10 @@ SUMMARY_WEEKS = (4, 12, 26, 52)
 PUBLIC_ENDPOINTS = frozenset({"login", "static"})
 SESSION_HOURS = 8
 
-CSP = ("default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; "
-       "frame-ancestors 'none'; base-uri 'none'")
+CSP = (
+    "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; "
+    "frame-ancestors 'none'; base-uri 'none'"
+)
 
 
 def _filters(args: Any) -> Filters:
@@ -94,8 +96,9 @@ def create_app(store: AdvisoryStore, settings: Settings) -> Flask:
     )
     CSRFProtect(app)
     throttle = Throttle()
-    app.jinja_env.filters.update(local_time=local_time, percent=percent,
-                                 reason_label=reason_label, procedure=procedure_of)
+    app.jinja_env.filters.update(
+        local_time=local_time, percent=percent, reason_label=reason_label, procedure=procedure_of
+    )
     app.jinja_env.globals.update(OVERRIDE_REASONS=OVERRIDE_REASONS, STATES=STATES)
 
     # -- guards ----------------------------------------------------------------------------------
@@ -104,8 +107,9 @@ def create_app(store: AdvisoryStore, settings: Settings) -> Flask:
         if request.endpoint in PUBLIC_ENDPOINTS or session.get("reviewer"):
             return None
         target = request.full_path.rstrip("?") if request.method == "GET" else None
-        return redirect(url_for("login", next=target) if target and target != "/"
-                        else url_for("login"))
+        return redirect(
+            url_for("login", next=target) if target and target != "/" else url_for("login")
+        )
 
     @app.after_request
     def headers(resp: Response) -> Response:
@@ -119,10 +123,13 @@ def create_app(store: AdvisoryStore, settings: Settings) -> Flask:
 
     @app.errorhandler(CSRFError)
     def csrf_failed(exc: CSRFError) -> tuple[str, int]:
-        return render_template("error.html", title="Form refused",
-                               message="The form had no valid security token (it may have "
-                               "expired, or come from another site). Reload the page and "
-                               "try again."), 400
+        return render_template(
+            "error.html",
+            title="Form refused",
+            message="The form had no valid security token (it may have "
+            "expired, or come from another site). Reload the page and "
+            "try again.",
+        ), 400
 
     @app.errorhandler(Exception)
     def failed(exc: Exception) -> Any:
@@ -130,9 +137,12 @@ def create_app(store: AdvisoryStore, settings: Settings) -> Flask:
             return exc
         # Never the message or traceback: both could quote patient data from a record.
         log.error("review page %s failed: %s", request.endpoint, type(exc).__name__)
-        return render_template("error.html", title="Something went wrong",
-                               message="The page could not be built (is the advisory store "
-                               "reachable?). The error was logged without its details."), 500
+        return render_template(
+            "error.html",
+            title="Something went wrong",
+            message="The page could not be built (is the advisory store "
+            "reachable?). The error was logged without its details.",
+        ), 500
 
     # -- login -----------------------------------------------------------------------------------
     @app.route("/login", methods=["GET", "POST"])
@@ -141,19 +151,29 @@ def create_app(store: AdvisoryStore, settings: Settings) -> Flask:
         if request.method == "GET":
             if session.get("reviewer"):
                 return redirect(nxt or url_for("advisories"))
-            return render_template("login.html", next=nxt,
-                                   configured=login_configured(settings))
+            return render_template("login.html", next=nxt, configured=login_configured(settings))
         client = request.remote_addr or "?"
         if throttle.blocked(client):
-            return render_template("login.html", next=nxt, configured=True,
-                                   error="Too many failed logins; wait a few minutes."), 429
-        reviewer = check_login(settings, request.form.get("user", ""),
-                               request.form.get("password", ""), request.form.get("token", ""))
+            return render_template(
+                "login.html",
+                next=nxt,
+                configured=True,
+                error="Too many failed logins; wait a few minutes.",
+            ), 429
+        reviewer = check_login(
+            settings,
+            request.form.get("user", ""),
+            request.form.get("password", ""),
+            request.form.get("token", ""),
+        )
         if reviewer is None:
             throttle.failed(client)
-            return render_template("login.html", next=nxt,
-                                   configured=login_configured(settings),
-                                   error="Wrong user, password or token."), 401
+            return render_template(
+                "login.html",
+                next=nxt,
+                configured=login_configured(settings),
+                error="Wrong user, password or token.",
+            ), 401
         throttle.succeeded(client)
         session.clear()  # a fresh session (and CSRF token) per login
         session["reviewer"] = reviewer
@@ -181,23 +201,37 @@ def create_app(store: AdvisoryStore, settings: Settings) -> Flask:
             error, rows = str(exc), []
         keep = filters.items()
         return render_template(
-            "list.html", rows=rows[:PAGE_SIZE], page=page, filters=filters, error=error,
+            "list.html",
+            rows=rows[:PAGE_SIZE],
+            page=page,
+            filters=filters,
+            error=error,
             prev_url=f"?{urlencode({**keep, 'page': page - 1})}" if page > 1 else None,
-            next_url=f"?{urlencode({**keep, 'page': page + 1})}"
-            if len(rows) > PAGE_SIZE else None,
-            verdicts=VERDICTS, rules=RULES, deliveries=DELIVERIES, dispositions=DISPOSITIONS,
-            filtered=bool(keep))
+            next_url=f"?{urlencode({**keep, 'page': page + 1})}" if len(rows) > PAGE_SIZE else None,
+            verdicts=VERDICTS,
+            rules=RULES,
+            deliveries=DELIVERIES,
+            dispositions=DISPOSITIONS,
+            filtered=bool(keep),
+        )
 
     # -- one advisory --------------------------------------------------------------------------
-    def _detail(advisory_id: str, error: str = "", form: dict[str, str] | None = None,
-                status: int = 200) -> tuple[str, int]:
+    def _detail(
+        advisory_id: str, error: str = "", form: dict[str, str] | None = None, status: int = 200
+    ) -> tuple[str, int]:
         rec = store.get(advisory_id)
         if rec is None:
             abort(404)
         return render_template(
-            "detail.html", rec=rec, r=rec.result, raw_in=hl7_segments(rec.raw_in),
-            raw_out=hl7_segments(rec.raw_out), facts=driving_facts(rec.result.facts),
-            error=error, form=form or {}), status
+            "detail.html",
+            rec=rec,
+            r=rec.result,
+            raw_in=hl7_segments(rec.raw_in),
+            raw_out=hl7_segments(rec.raw_out),
+            facts=driving_facts(rec.result.facts),
+            error=error,
+            form=form or {},
+        ), status
 
     @app.get("/advisories/<advisory_id>")
     def advisory(advisory_id: str) -> Any:
@@ -207,9 +241,12 @@ def create_app(store: AdvisoryStore, settings: Settings) -> Flask:
     def decision(advisory_id: str) -> Any:
         form = {k: request.form.get(k, "") for k in ("state", "reason_code", "text")}
         try:
-            made = make_decision(form["state"], str(session["reviewer"]),
-                                 form["reason_code"] if form["state"] == "overridden" else "",
-                                 form["text"])
+            made = make_decision(
+                form["state"],
+                str(session["reviewer"]),
+                form["reason_code"] if form["state"] == "overridden" else "",
+                form["text"],
+            )
             decide(store, advisory_id, made)
         except DecisionError as exc:
             if store.get(advisory_id) is None:
@@ -237,13 +274,22 @@ def create_app(store: AdvisoryStore, settings: Settings) -> Flask:
             error, result = str(exc), summarise([])
         labels = [w.week for w in result.weeks]
         return render_template(
-            "summary.html", s=result, weeks=weeks, week_choices=SUMMARY_WEEKS,
-            filters=filters, error=error, rules=RULES,
-            rule_chart=chart.stacked_bars(labels, result.rule_series(),
-                                          "Flags per ISO week, by rule"),
-            provider_chart=chart.stacked_bars(labels, result.provider_series(),
-                                              "Flagged orders per ISO week, by ordering "
-                                              "provider"))
+            "summary.html",
+            s=result,
+            weeks=weeks,
+            week_choices=SUMMARY_WEEKS,
+            filters=filters,
+            error=error,
+            rules=RULES,
+            rule_chart=chart.stacked_bars(
+                labels, result.rule_series(), "Flags per ISO week, by rule"
+            ),
+            provider_chart=chart.stacked_bars(
+                labels,
+                result.provider_series(),
+                "Flagged orders per ISO week, by ordering provider",
+            ),
+        )
 
     # -- protocol worklist ---------------------------------------------------------------------
     @app.get("/protocol")
@@ -254,8 +300,13 @@ def create_app(store: AdvisoryStore, settings: Settings) -> Flask:
         except ValueError:
             day = today
         orders = protocol_worklist(store, day)
-        return render_template("protocol.html", orders=orders, day=day, today=today,
-                               facts={rec.id: driving_facts(rec.result.facts) for rec in orders})
+        return render_template(
+            "protocol.html",
+            orders=orders,
+            day=day,
+            today=today,
+            facts={rec.id: driving_facts(rec.result.facts) for rec in orders},
+        )
 
     # -- refused messages (AR/AE), kept for review -----------------------------------------------
     @app.get("/refused")

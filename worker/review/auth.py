@@ -35,8 +35,11 @@ def check_login(settings: Settings, user: str, password: str, token: str) -> str
     user = user.strip()
     if token:
         expected = settings.review_token
-        if expected is not None and expected.get_secret_value() \
-                and _same(token, expected.get_secret_value()):
+        if (
+            expected is not None
+            and expected.get_secret_value()
+            and _same(token, expected.get_secret_value())
+        ):
             return f"{TOKEN_REVIEWER}:{user[:60]}" if user else TOKEN_REVIEWER
         return None
     if not user or not password:

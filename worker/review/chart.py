@@ -11,8 +11,7 @@ from html import escape
 from markupsafe import Markup
 
 # Colour-blind-safe palette (Okabe & Ito), cycled when there are more series.
-PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442",
-           "#999999")
+PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#999999")
 
 
 def _nice_max(value: int) -> int:
@@ -27,8 +26,9 @@ def _nice_max(value: int) -> int:
         step *= 10
 
 
-def stacked_bars(labels: list[str], series: dict[str, list[int]], title: str,
-                 width: int = 760, height: int = 280) -> Markup:
+def stacked_bars(
+    labels: list[str], series: dict[str, list[int]], title: str, width: int = 760, height: int = 280
+) -> Markup:
     """A stacked bar chart: one bar per label (week), one colour per series (rule, provider)."""
     left, right, top, bottom = 40, 10, 24, 52
     legend_h = 18 * max((len(series) + 2) // 3 - 1, 0)  # rows below the first
@@ -36,22 +36,30 @@ def stacked_bars(labels: list[str], series: dict[str, list[int]], title: str,
     total_h = height + legend_h
     totals = [sum(vals[i] for vals in series.values()) for i in range(len(labels))]
     ymax = _nice_max(max(totals, default=0))
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" role="img" '
-           f'viewBox="0 0 {width} {total_h}" width="100%" aria-label="{escape(title)}">',
-           f"<title>{escape(title)}</title>",
-           f'<text x="{left}" y="14" font-size="13" font-weight="bold" fill="#222">'
-           f"{escape(title)}</text>"]
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" role="img" '
+        f'viewBox="0 0 {width} {total_h}" width="100%" aria-label="{escape(title)}">',
+        f"<title>{escape(title)}</title>",
+        f'<text x="{left}" y="14" font-size="13" font-weight="bold" fill="#222">'
+        f"{escape(title)}</text>",
+    ]
     ticks = ymax if ymax <= 5 else 5  # ymax is 1, 2, 5 or divisible by 5: whole-number ticks
     for i in range(ticks + 1):  # gridlines and y labels
         v = ymax * i / ticks
         y = top + plot_h - plot_h * i / ticks
-        out.append(f'<line x1="{left}" y1="{y:.1f}" x2="{width - right}" y2="{y:.1f}" '
-                   f'stroke="#ddd" stroke-width="1"/>')
-        out.append(f'<text x="{left - 6}" y="{y + 4:.1f}" font-size="11" text-anchor="end" '
-                   f'fill="#555">{v:g}</text>')
+        out.append(
+            f'<line x1="{left}" y1="{y:.1f}" x2="{width - right}" y2="{y:.1f}" '
+            f'stroke="#ddd" stroke-width="1"/>'
+        )
+        out.append(
+            f'<text x="{left - 6}" y="{y + 4:.1f}" font-size="11" text-anchor="end" '
+            f'fill="#555">{v:g}</text>'
+        )
     if not labels:
-        out.append(f'<text x="{left + plot_w / 2}" y="{top + plot_h / 2}" font-size="13" '
-                   f'text-anchor="middle" fill="#555">No flags in this range</text>')
+        out.append(
+            f'<text x="{left + plot_w / 2}" y="{top + plot_h / 2}" font-size="13" '
+            f'text-anchor="middle" fill="#555">No flags in this range</text>'
+        )
     slot = plot_w / max(len(labels), 1)
     bar_w = max(min(slot * 0.7, 48), 2)
     colours = {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(series)}
@@ -63,24 +71,35 @@ def stacked_bars(labels: list[str], series: dict[str, list[int]], title: str,
                 continue
             h = plot_h * vals[i] / ymax
             y -= h
-            out.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="{bar_w:.1f}" height="{h:.1f}" '
-                       f'fill="{colours[name]}"><title>{escape(label)} {escape(name)}: '
-                       f"{vals[i]}</title></rect>")
+            out.append(
+                f'<rect x="{x:.1f}" y="{y:.1f}" width="{bar_w:.1f}" height="{h:.1f}" '
+                f'fill="{colours[name]}"><title>{escape(label)} {escape(name)}: '
+                f"{vals[i]}</title></rect>"
+            )
         if totals[i]:
-            out.append(f'<text x="{x + bar_w / 2:.1f}" y="{y - 3:.1f}" font-size="10" '
-                       f'text-anchor="middle" fill="#222">{totals[i]}</text>')
+            out.append(
+                f'<text x="{x + bar_w / 2:.1f}" y="{y - 3:.1f}" font-size="10" '
+                f'text-anchor="middle" fill="#222">{totals[i]}</text>'
+            )
         every = max(1, len(labels) // 12)  # at most about 12 week labels
         if i % every == 0:
-            out.append(f'<text x="{x + bar_w / 2:.1f}" y="{top + plot_h + 16}" font-size="10" '
-                       f'text-anchor="middle" fill="#444">{escape(label)}</text>')
-    out.append(f'<line x1="{left}" y1="{top + plot_h}" x2="{width - right}" '
-               f'y2="{top + plot_h}" stroke="#888" stroke-width="1"/>')
+            out.append(
+                f'<text x="{x + bar_w / 2:.1f}" y="{top + plot_h + 16}" font-size="10" '
+                f'text-anchor="middle" fill="#444">{escape(label)}</text>'
+            )
+    out.append(
+        f'<line x1="{left}" y1="{top + plot_h}" x2="{width - right}" '
+        f'y2="{top + plot_h}" stroke="#888" stroke-width="1"/>'
+    )
     for i, name in enumerate(series):  # legend, three per row
         lx = left + (i % 3) * (plot_w / 3)
         ly = height - 14 + 18 * (i // 3)
-        out.append(f'<rect x="{lx:.1f}" y="{ly - 10}" width="12" height="12" '
-                   f'fill="{colours[name]}"/>')
-        out.append(f'<text x="{lx + 17:.1f}" y="{ly}" font-size="11" fill="#222">'
-                   f"{escape(name[:40])}</text>")
+        out.append(
+            f'<rect x="{lx:.1f}" y="{ly - 10}" width="12" height="12" fill="{colours[name]}"/>'
+        )
+        out.append(
+            f'<text x="{lx + 17:.1f}" y="{ly}" font-size="11" fill="#222">'
+            f"{escape(name[:40])}</text>"
+        )
     out.append("</svg>")
     return Markup("".join(out))

@@ -19,8 +19,7 @@ class DecisionError(ValueError):
     """Raised when a review decision is incomplete or unknown; the message says what to fix."""
 
 
-def make_decision(state: str, reviewer: str, reason_code: str = "",
-                  text: str = "") -> Disposition:
+def make_decision(state: str, reviewer: str, reason_code: str = "", text: str = "") -> Disposition:
     """A checked Disposition: overridden needs a coded reason, "other" needs a text."""
     state, reviewer = state.strip(), reviewer.strip()
     reason_code, text = reason_code.strip(), text.strip()
@@ -34,17 +33,16 @@ def make_decision(state: str, reviewer: str, reason_code: str = "",
         raise DecisionError(f"text longer than {MAX_TEXT} characters")
     if state == "overridden":
         if not reason_code:
-            raise DecisionError("overridden needs a reason code: "
-                                + ", ".join(OVERRIDE_REASONS))
+            raise DecisionError("overridden needs a reason code: " + ", ".join(OVERRIDE_REASONS))
         if reason_code not in OVERRIDE_REASONS:
-            raise DecisionError(f"unknown reason code {reason_code!r}; use one of "
-                                + ", ".join(OVERRIDE_REASONS))
+            raise DecisionError(
+                f"unknown reason code {reason_code!r}; use one of " + ", ".join(OVERRIDE_REASONS)
+            )
         if reason_code == "other" and not text:
             raise DecisionError("reason 'other' needs a text saying why")
     elif reason_code:
         raise DecisionError("a reason code goes only with overridden")
-    return Disposition(state=state, reason_code=reason_code,
-                       text=text, reviewer=reviewer)
+    return Disposition(state=state, reason_code=reason_code, text=text, reviewer=reviewer)
 
 
 def decide(store: AdvisoryStore, advisory_id: str, decision: Disposition) -> AdvisoryRecord:

@@ -46,8 +46,9 @@ def parse_when(text: str, name: str, end_of_day: bool = False) -> datetime:
             return start + timedelta(days=1) if end_of_day else start
         when = datetime.fromisoformat(value)
     except ValueError:
-        raise FilterError(f"{name}: {value!r} is not a date (YYYY-MM-DD) or an ISO date-time"
-                          ) from None
+        raise FilterError(
+            f"{name}: {value!r} is not a date (YYYY-MM-DD) or an ISO date-time"
+        ) from None
     return when if when.tzinfo else when.replace(tzinfo=local_tz())
 
 
@@ -93,20 +94,32 @@ class Filters:
         if since and until and until <= since:
             raise FilterError("until: the range ends before it starts")
         rule = _text(self.rule, "rule")
-        return AdvisoryQuery.model_validate({
-            "since": since,
-            "until": until,
-            "verdict": _choice(self.verdict, "verdict", VERDICTS),
-            "rule": rule.upper() if rule else None,
-            "provider": _text(self.provider, "provider"),
-            "facility": _text(self.facility, "facility"),
-            "delivery": _choice(self.delivery, "delivery", DELIVERIES),
-            "disposition": _choice(self.disposition, "disposition", DISPOSITIONS),
-        })
+        return AdvisoryQuery.model_validate(
+            {
+                "since": since,
+                "until": until,
+                "verdict": _choice(self.verdict, "verdict", VERDICTS),
+                "rule": rule.upper() if rule else None,
+                "provider": _text(self.provider, "provider"),
+                "facility": _text(self.facility, "facility"),
+                "delivery": _choice(self.delivery, "delivery", DELIVERIES),
+                "disposition": _choice(self.disposition, "disposition", DISPOSITIONS),
+            }
+        )
 
     def items(self) -> dict[str, str]:
         """The non-empty filters, for links that keep them (paging)."""
-        return {k: v for k, v in (
-            ("since", self.since), ("until", self.until), ("verdict", self.verdict),
-            ("rule", self.rule), ("provider", self.provider), ("facility", self.facility),
-            ("delivery", self.delivery), ("disposition", self.disposition)) if v}
+        return {
+            k: v
+            for k, v in (
+                ("since", self.since),
+                ("until", self.until),
+                ("verdict", self.verdict),
+                ("rule", self.rule),
+                ("provider", self.provider),
+                ("facility", self.facility),
+                ("delivery", self.delivery),
+                ("disposition", self.disposition),
+            )
+            if v
+        }

@@ -17,10 +17,27 @@ _SEGMENT_END = re.compile(r"\r\n|\r|\n")
 _FRAMING = str.maketrans("", "", "\x0b\x1c")
 
 CSV_COLUMNS = (
-    "id", "received_at", "verdict", "flags", "advice", "message_control_id", "message_type",
-    "placer_order_number", "ordering_provider", "sending_application", "sending_facility",
-    "procedure", "preferred_procedure", "in_scope", "guideline_version", "delivery",
-    "disposition", "reviewer", "reviewed_at", "override_reason", "review_text",
+    "id",
+    "received_at",
+    "verdict",
+    "flags",
+    "advice",
+    "message_control_id",
+    "message_type",
+    "placer_order_number",
+    "ordering_provider",
+    "sending_application",
+    "sending_facility",
+    "procedure",
+    "preferred_procedure",
+    "in_scope",
+    "guideline_version",
+    "delivery",
+    "disposition",
+    "reviewer",
+    "reviewed_at",
+    "override_reason",
+    "review_text",
 )
 
 
@@ -33,8 +50,11 @@ def local_time(when: datetime | None) -> str:
     """A time as shown to a reviewer: local, to the minute."""
     if when is None:
         return ""
-    return when.astimezone(local_tz()).strftime("%Y-%m-%d %H:%M") if when.tzinfo \
+    return (
+        when.astimezone(local_tz()).strftime("%Y-%m-%d %H:%M")
+        if when.tzinfo
         else when.strftime("%Y-%m-%d %H:%M")
+    )
 
 
 def rules_of(rec: AdvisoryRecord) -> str:
@@ -62,32 +82,63 @@ def csv_row(rec: AdvisoryRecord) -> list[str]:
     last = last_decision(rec)
     pp = r.preferred_procedure
     return [
-        rec.id, rec.received_at.isoformat(), r.verdict, " ".join(f.code for f in r.flags),
-        " ".join(a.code for a in r.advice), r.message_control_id, r.message_type,
-        r.placer_order_number, r.ordering_provider, r.sending_application, r.sending_facility,
-        procedure_of(rec), f"{pp.system} {pp.code} {pp.text}" if pp else "",
-        "yes" if r.in_scope else "no", r.guideline_version, rec.delivery, rec.disposition,
-        last.reviewer if last else "", last.at.isoformat() if last else "",
-        last.reason_code if last else "", last.text if last else "",
+        rec.id,
+        rec.received_at.isoformat(),
+        r.verdict,
+        " ".join(f.code for f in r.flags),
+        " ".join(a.code for a in r.advice),
+        r.message_control_id,
+        r.message_type,
+        r.placer_order_number,
+        r.ordering_provider,
+        r.sending_application,
+        r.sending_facility,
+        procedure_of(rec),
+        f"{pp.system} {pp.code} {pp.text}" if pp else "",
+        "yes" if r.in_scope else "no",
+        r.guideline_version,
+        rec.delivery,
+        rec.disposition,
+        last.reviewer if last else "",
+        last.at.isoformat() if last else "",
+        last.reason_code if last else "",
+        last.text if last else "",
     ]
 
 
-TABLE_HEAD = ("ID", "RECEIVED", "VERDICT", "FLAGS", "PROVIDER", "FACILITY", "DELIVERY",
-              "DISPOSITION")
+TABLE_HEAD = (
+    "ID",
+    "RECEIVED",
+    "VERDICT",
+    "FLAGS",
+    "PROVIDER",
+    "FACILITY",
+    "DELIVERY",
+    "DISPOSITION",
+)
 
 
 def table_row(rec: AdvisoryRecord) -> tuple[str, ...]:
     r = rec.result
-    return (rec.id, local_time(rec.received_at), r.verdict, rules_of(rec) or "-",
-            r.ordering_provider or "-", r.sending_facility or "-", rec.delivery,
-            rec.disposition)
+    return (
+        rec.id,
+        local_time(rec.received_at),
+        r.verdict,
+        rules_of(rec) or "-",
+        r.ordering_provider or "-",
+        r.sending_facility or "-",
+        rec.delivery,
+        rec.disposition,
+    )
 
 
 def format_table(rows: list[tuple[str, ...]], head: tuple[str, ...] = TABLE_HEAD) -> str:
     """A plain text table with columns as wide as their widest cell."""
     widths = [max(len(c) for c in col) for col in zip(head, *rows, strict=True)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-             for row in (head, *rows)]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+        for row in (head, *rows)
+    ]
     return "\n".join(lines) + "\n"
 
 

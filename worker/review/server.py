@@ -15,8 +15,14 @@ class ReviewServer:
     """A waitress server bound to (host, port); port 0 picks a free port (see .port)."""
 
     def __init__(self, app: Any, host: str, port: int, threads: int = 8) -> None:
-        self._server: Any = create_server(app, host=host, port=port, threads=threads,
-                                          ident="ordercheck", clear_untrusted_proxy_headers=True)
+        self._server: Any = create_server(
+            app,
+            host=host,
+            port=port,
+            threads=threads,
+            ident="ordercheck",
+            clear_untrusted_proxy_headers=True,
+        )
         self._thread: threading.Thread | None = None
 
     @property
@@ -38,8 +44,7 @@ class ReviewServer:
 
     def start(self) -> ReviewServer:
         """Serve in a daemon thread (tests, embedding); stop() ends it."""
-        self._thread = threading.Thread(target=self._server.run, name="review-server",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._server.run, name="review-server", daemon=True)
         self._thread.start()
         return self
 

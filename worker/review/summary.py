@@ -87,12 +87,22 @@ class Summary:
 
     def as_json(self) -> dict[str, object]:
         return {
-            "flagged": self.flagged, "overridden": self.overridden, "reviewed": self.reviewed,
+            "flagged": self.flagged,
+            "overridden": self.overridden,
+            "reviewed": self.reviewed,
             "override_share": self.override_share,
-            "weeks": [{"week": w.week, "flagged": w.flagged, "overridden": w.overridden,
-                       "reviewed": w.reviewed, "override_share": w.override_share,
-                       "by_rule": dict(w.by_rule), "by_provider": dict(w.by_provider)}
-                      for w in self.weeks],
+            "weeks": [
+                {
+                    "week": w.week,
+                    "flagged": w.flagged,
+                    "overridden": w.overridden,
+                    "reviewed": w.reviewed,
+                    "override_share": w.override_share,
+                    "by_rule": dict(w.by_rule),
+                    "by_provider": dict(w.by_provider),
+                }
+                for w in self.weeks
+            ],
         }
 
 
@@ -103,8 +113,9 @@ def _span_weeks(labels: list[str]) -> int:
     return (week_start(max(labels)) - week_start(min(labels))).days // 7
 
 
-def summarise(records: Iterable[AdvisoryRecord], first: datetime | None = None,
-              last: datetime | None = None) -> Summary:
+def summarise(
+    records: Iterable[AdvisoryRecord], first: datetime | None = None, last: datetime | None = None
+) -> Summary:
     """Weekly counts of the flagged records among *records*.
 
     Every week from the first to the last is listed, flags or not, so a chart shows gaps as
@@ -177,8 +188,11 @@ DRIVING_FACTS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("bony_involvement", "Bony involvement", ("bony_involvement",)),
     ("haemorrhage", "Suspected haemorrhage", ("haemorrhage",)),
     ("vascular", "Vascular concern", ("vascular",)),
-    ("mri_contraindications", "MRI contraindications", ("mri_contraindication",
-                                                        "mri_contraindications")),
+    (
+        "mri_contraindications",
+        "MRI contraindications",
+        ("mri_contraindication", "mri_contraindications"),
+    ),
     ("contrast_cautions", "Contrast cautions", ("contrast_caution", "contrast_cautions")),
 )
 
@@ -210,8 +224,11 @@ def driving_facts(facts: OrderFacts | None) -> list[FactRow]:
     rows: list[FactRow] = []
     for name, label, evidence_names in DRIVING_FACTS:
         value, present = _shown(getattr(facts, name))
-        sources = tuple(f"{e.source}: {e.value}" for e in facts.evidence
-                        if e.fact in evidence_names or e.fact.startswith(f"{name}."))
+        sources = tuple(
+            f"{e.source}: {e.value}"
+            for e in facts.evidence
+            if e.fact in evidence_names or e.fact.startswith(f"{name}.")
+        )
         rows.append(FactRow(label, value, present, sources))
     return rows
 
@@ -221,8 +238,12 @@ def protocol_worklist(store: AdvisoryStore, day: date) -> list[AdvisoryRecord]:
     from worker.store import query
 
     since, until = day_bounds(day)
-    out = [rec for rec in query(store, AdvisoryQuery(since=since, until=until), 0, None)
-           if rec.result.in_scope and rec.result.facts is not None
-           and rec.result.facts.procedure_class in PROTOCOL_CLASSES]
+    out = [
+        rec
+        for rec in query(store, AdvisoryQuery(since=since, until=until), 0, None)
+        if rec.result.in_scope
+        and rec.result.facts is not None
+        and rec.result.facts.procedure_class in PROTOCOL_CLASSES
+    ]
     out.reverse()
     return out

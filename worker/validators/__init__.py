@@ -27,9 +27,17 @@ Rule = Callable[[RuleContext], list[Finding]]
 
 RULES: dict[str, Rule] = {
     m.RULE_ID: m.evaluate
-    for m in (ct_before_mri, biopsy_before_mri, pet_initial, mri_add_contrast,
-              mri_no_precontrast, radiograph_first, refer_sarcoma_centre, contrast_caution,
-              coding_joint_code)
+    for m in (
+        ct_before_mri,
+        biopsy_before_mri,
+        pet_initial,
+        mri_add_contrast,
+        mri_no_precontrast,
+        radiograph_first,
+        refer_sarcoma_centre,
+        contrast_caution,
+        coding_joint_code,
+    )
 }
 
 

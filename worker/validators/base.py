@@ -43,16 +43,23 @@ class RuleContext:
         """An MRI of this thigh is in the history or documented in the order."""
         if self.facts.prior_mri_documented:
             return True
-        return any(e.procedure_class in MRI_CLASSES and e.region in _THIGH_REGIONS
-                   and same_side(e.laterality, self.facts.laterality) for e in self.history)
+        return any(
+            e.procedure_class in MRI_CLASSES
+            and e.region in _THIGH_REGIONS
+            and same_side(e.laterality, self.facts.laterality)
+            for e in self.history
+        )
 
     @property
     def radiograph_on_record(self) -> bool:
         if self.facts.radiograph_documented:
             return True
-        return any(e.procedure_class == "radiograph" and e.region in (*_THIGH_REGIONS, "knee",
-                                                                       "hip")
-                   and same_side(e.laterality, self.facts.laterality) for e in self.history)
+        return any(
+            e.procedure_class == "radiograph"
+            and e.region in (*_THIGH_REGIONS, "knee", "hip")
+            and same_side(e.laterality, self.facts.laterality)
+            for e in self.history
+        )
 
 
 def evidence_for(ctx: RuleContext, fact: str) -> str | None:

@@ -5,8 +5,12 @@ from __future__ import annotations
 from worker.validators.base import Finding, RuleContext
 
 RULE_ID = "CONTRAST_CAUTION"
-_LABELS = {"egfr": "eGFR below 30", "dialysis": "dialysis", "pregnancy": "pregnancy",
-           "gadolinium_reaction": "prior gadolinium reaction"}
+_LABELS = {
+    "egfr": "eGFR below 30",
+    "dialysis": "dialysis",
+    "pregnancy": "pregnancy",
+    "gadolinium_reaction": "prior gadolinium reaction",
+}
 
 
 def evaluate(ctx: RuleContext) -> list[Finding]:

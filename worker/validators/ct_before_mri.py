@@ -13,12 +13,27 @@ def evaluate(ctx: RuleContext) -> list[Finding]:
         return []
     if facts.mri_contraindications:
         reasons = ", ".join(facts.mri_contraindications)
-        return [Finding(RULE_ID, "advice", f"MRI contraindicated ({reasons})",
-                        exception="MRI_CONTRAINDICATED")]
+        return [
+            Finding(
+                RULE_ID,
+                "advice",
+                f"MRI contraindicated ({reasons})",
+                exception="MRI_CONTRAINDICATED",
+            )
+        ]
     if facts.mineralisation_request:
-        return [Finding(RULE_ID, "advice", "CT asked to characterise mineralisation",
-                        exception="CT_FOR_MINERALISATION")]
-    contrast = {"with": "with contrast", "without": "without contrast",
-                "without_and_with": "without and with contrast"}.get(facts.contrast, "")
+        return [
+            Finding(
+                RULE_ID,
+                "advice",
+                "CT asked to characterise mineralisation",
+                exception="CT_FOR_MINERALISATION",
+            )
+        ]
+    contrast = {
+        "with": "with contrast",
+        "without": "without contrast",
+        "without_and_with": "without and with contrast",
+    }.get(facts.contrast, "")
     what = f"CT {contrast}".strip()
     return [Finding(RULE_ID, "flag", f"{what} with no MRI of this thigh on record")]
