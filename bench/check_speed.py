@@ -1,11 +1,15 @@
 """CPU time per order: our parse+check and build_advisory, against hl7apy and python-hl7 parsing.
 
-    .venv/bin/python bench/check_speed.py [--generated 2000] [--rounds 5]
+    .venv/bin/python bench/check_speed.py [--generated 2000] [--rounds 5] [--no-hostile]
 
 Inputs: every message of seeds/*.hl7 plus --generated orders (tests/replaycorpus.py: flagged CT,
 appropriate MRI, out-of-scope chest CT). Each message is timed --rounds times with
 time.process_time_ns (CPU time of this process); a message's time is divided by its number of
 orders (at least 1). Prints median and p99 in microseconds per order, as a table.
+
+Then the cost per KB of hostile order text: a CT order whose NTE repeats one phrase up to 64 KB,
+256 KB and 1 MB, checked with the default text limit (ORDERCHECK_MAX_TEXT_CHARS) and with the
+limit lifted (every character read: shows that reading stays linear in the text's length).
 """
 
 from __future__ import annotations
@@ -25,10 +29,11 @@ from hl7apy.consts import VALIDATION_LEVEL  # noqa: E402
 from hl7apy.parser import parse_message as hl7apy_parse  # noqa: E402
 
 from worker.check import Checker  # noqa: E402
-from worker.guideline import default_knowledge  # noqa: E402
+from worker.guideline import Knowledge, default_knowledge  # noqa: E402
 from worker.history import InMemoryHistory  # noqa: E402
 from worker.hl7.build import advisory_control_id, build_advisory  # noqa: E402
 from worker.hl7.parse import split_messages  # noqa: E402
+from worker.models import SiteSettings  # noqa: E402
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -50,10 +55,41 @@ def _hl7apy(text: str) -> object:
     return hl7apy_parse(text, validation_level=VALIDATION_LEVEL.TOLERANT, find_groups=False)
 
 
+HOSTILE = (
+    "soft tissue mass thigh no calcification ",
+    "MRI thigh done ",
+    "pacemaker? no ",
+    "no mass, but calcification; ",
+)
+
+
+def hostile_table(knowledge: Knowledge) -> None:
+    """CPU milliseconds per order and per KB of NTE text, limit on and lifted."""
+    from hl7build import order_message
+
+    limits = {"default limit": SiteSettings(), "no limit": SiteSettings(max_text_chars=10**9)}
+    print()
+    print("hostile NTE text: CPU per order (ms) and per KB of text (us/KB)")
+    print(f"{'phrase repeated':<42} {'KB':>6} " + " ".join(f"{k:>22}" for k in limits))
+    for phrase in HOSTILE:
+        for kb in (64, 256, 1024):
+            note = phrase * (kb * 1024 // len(phrase))
+            data = order_message(reason="Soft tissue mass left thigh", notes=(note,))
+            cells = []
+            for site in limits.values():
+                checker = Checker(knowledge, InMemoryHistory(), site)
+                t0 = time.process_time_ns()
+                checker.check_message(data)
+                ms = (time.process_time_ns() - t0) / 1e6
+                cells.append(f"{ms:>9.1f} ms {ms * 1000 / kb:>6.0f} us/KB")
+            print(f"{phrase!r:<42} {kb:>6} " + " ".join(f"{c:>22}" for c in cells))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--generated", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--no-hostile", action="store_true", help="skip the per-KB table")
     args = parser.parse_args()
 
     messages = [
@@ -122,6 +158,9 @@ def main() -> None:
         "hl7apy: tolerant validation, find_groups=False; 'raised' counts messages it could not "
         "parse (unreadable seeds included), python-hl7 likewise."
     )
+
+    if not args.no_hostile:
+        hostile_table(knowledge)
 
 
 if __name__ == "__main__":

@@ -106,7 +106,7 @@ class Checker:
             return MessageOutcome(
                 [self._plain(parsed, source, "the message holds no order")], parsed=parsed
             )
-        facts = [extract(o, parsed, self.kn, parsed.orders) for o in parsed.orders]
+        facts = [self.extract(o, parsed, parsed.orders) for o in parsed.orders]
         recorded = 0
         for order, f in zip(parsed.orders, facts, strict=True):  # history first: same message
             if order.order_status == "CM" and f.procedure_class in _HISTORY_CLASSES and keys:
@@ -118,6 +118,12 @@ class Checker:
             for order, f in zip(parsed.orders, facts, strict=True)
         ]
         return MessageOutcome(results, parsed=parsed, orders=list(parsed.orders), recorded=recorded)
+
+    def extract(
+        self, order: Order, parsed: ParsedMessage, siblings: list[Order] | None = None
+    ) -> OrderFacts:
+        """The facts of *order*, reading at most the site's text limit."""
+        return extract(order, parsed, self.kn, siblings, self.site.max_text_chars)
 
     # -- evaluation --------------------------------------------------------------------------
     def evaluate(
@@ -137,7 +143,7 @@ class Checker:
         scoped, why = in_scope(order, facts)
         if not scoped:
             result.verdict = "no-criteria-apply"
-            result.reason = f"Not evaluated: {why}."
+            result.reason = f"Not evaluated: {why}.{_left_out(facts)}"
             return result
         meta = self.kn.guideline.guideline
         ctx = RuleContext(
@@ -193,7 +199,10 @@ class Checker:
         result.protocol = self._protocol(facts, ct=preferred_key.startswith("CT"))
         flags_txt = "; ".join(reasons) if reasons else "no flag"
         red = ", ".join(ctx.red_flags) or "none stated"
-        result.reason = f"In scope: {why}. {flags_txt[0].upper()}{flags_txt[1:]}. Red flags: {red}."
+        result.reason = (
+            f"In scope: {why}. {flags_txt[0].upper()}{flags_txt[1:]}. Red flags: {red}."
+            f"{_left_out(facts)}"
+        )
         return result
 
     def _protocol(self, facts: OrderFacts, ct: bool) -> list[str]:
@@ -218,7 +227,7 @@ class Checker:
             # OBR-25, else the OBX-11s (a result that says only there that it is preliminary)
             if (order.result_status or order.observation_status) not in FINAL_RESULT:
                 continue
-            f = extract(order, parsed, self.kn)
+            f = self.extract(order, parsed)
             if f.procedure_class in _HISTORY_CLASSES:
                 self.history.add(
                     order_keys, self._entry(order, f, parsed.header.control_id, "result")
@@ -275,6 +284,16 @@ class Checker:
             reason="The message could not be read.",
             source=source,
         )
+
+
+def _left_out(facts: OrderFacts) -> str:
+    """The reason's note on text beyond the per-order limit, or ""."""
+    if not facts.text_left_out:
+        return ""
+    return (
+        f" Only the first part of the order's text was read: {facts.text_left_out:,} characters"
+        " beyond the limit were not (ORDERCHECK_MAX_TEXT_CHARS)."
+    )
 
 
 def _procedure(p: ProcedureDef) -> Procedure:

@@ -214,13 +214,41 @@ def _code_meaning(
     return hits[0]
 
 
+MAX_TEXT_CHARS = 32_000
+"""Characters of text read per order by default (ORDERCHECK_MAX_TEXT_CHARS): the procedure text,
+then the order's texts and the message's notes in order of trust. Real orders hold a few hundred;
+the rest of a larger one is not read (the order is judged on its codes and the first part)."""
+
+
+def _within(sources: list[TextSource], budget: int) -> tuple[list[TextSource], int]:
+    """*sources* cut to *budget* characters in all, in order, and the characters left out."""
+    kept: list[TextSource] = []
+    left_out = 0
+    for src in sources:
+        if len(src.text) <= budget:
+            kept.append(src)
+            budget -= len(src.text)
+            continue
+        left_out += len(src.text) - budget
+        if budget:
+            kept.append(src.model_copy(update={"text": src.text[:budget]}))
+        budget = 0
+    return kept, left_out
+
+
 def extract(
-    order: Order, message: ParsedMessage, kn: Knowledge, siblings: list[Order] | None = None
+    order: Order,
+    message: ParsedMessage,
+    kn: Knowledge,
+    siblings: list[Order] | None = None,
+    max_text_chars: int = MAX_TEXT_CHARS,
 ) -> OrderFacts:
-    """The facts of one order. Pure: reads only its arguments."""
+    """The facts of one order. Pure: reads only its arguments. At most *max_text_chars* of text
+    are read; facts.text_left_out counts the characters that were not."""
     col = _Collector()
     facts = OrderFacts()
-    proc_text = procedure_text(order)
+    proc_text = procedure_text(order)[:max_text_chars]
+    budget = max_text_chars - len(proc_text)
     facts.procedure_text = proc_text
     meaning, coded = _code_meaning(order, kn)
     text_class = classify_text(proc_text, kn) if proc_text else None
@@ -272,8 +300,7 @@ def extract(
     ):
         facts.joint_code = True  # a joint examination ordered by text
 
-    order_texts = list(order.texts)
-    indication = order_texts + list(message.context)
+    indication, facts.text_left_out = _within([*order.texts, *message.context], budget)
     with_proc = ([TextSource(source="OBR-4", text=proc_text)] if proc_text else []) + indication
     codes = [c for src in indication for c in src.codes]
     # ICD-10-CM codes written in the text ("Dx R22.42 left thigh mass"): with their dot only.

@@ -194,6 +194,7 @@ class OrderFacts(_Model):
     haemorrhage: bool = False
     vascular: bool = False
     ordering_provider: str = ""
+    text_left_out: int = 0  # characters of text beyond the per-order limit, not read
     evidence: list[Evidence] = Field(default_factory=list)
 
     def red_flags(self, size_threshold_cm: float) -> list[str]:
@@ -235,6 +236,7 @@ class SiteSettings(_Model):
     """What a site can change about the rules."""
 
     sarcoma_team_on_site: bool = False  # True turns REFER_SARCOMA_CENTRE off
+    max_text_chars: int = Field(default=32_000, ge=1_000)  # text read per order, characters
 
 
 class Flag(_Model):

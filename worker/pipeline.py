@@ -27,7 +27,6 @@ from typing import Any
 from worker import metrics
 from worker.check import ORDER_TYPES, Checker
 from worker.errors import HL7ParseError
-from worker.facts import extract
 from worker.guideline import Knowledge
 from worker.history import History
 from worker.hl7.build import advisory_control_id, build_advisory
@@ -541,7 +540,7 @@ class Processor:
                 order = parsed.orders[rec.order_index]
             except (HL7ParseError, IndexError):
                 continue
-            facts = extract(order, parsed, self.kn, parsed.orders)
+            facts = self.checker.extract(order, parsed, parsed.orders)
             result = self.checker.evaluate(parsed, order, facts, history)
             if result.verdict == rec.result.verdict and [f.code for f in result.flags] == [
                 f.code for f in rec.result.flags

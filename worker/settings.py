@@ -116,6 +116,9 @@ class Settings(BaseSettings):
     # Guideline.
     code_map: Path | None = None  # the site code-map TOML file (local procedure codes)
     sarcoma_team_on_site: bool = False  # True turns REFER_SARCOMA_CENTRE off
+    # Characters of text read per order (procedure text, order texts, notes, in that order);
+    # the rest is not read and the advisory's reason says so. Keeps a huge NTE from stalling.
+    max_text_chars: int = Field(default=32_000, ge=1_000)
 
     # Review page.
     review_host: str = "127.0.0.1"
@@ -130,7 +133,9 @@ class Settings(BaseSettings):
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
 
     def site(self) -> SiteSettings:
-        return SiteSettings(sarcoma_team_on_site=self.sarcoma_team_on_site)
+        return SiteSettings(
+            sarcoma_team_on_site=self.sarcoma_team_on_site, max_text_chars=self.max_text_chars
+        )
 
     def route_for(self, application: str, facility: str) -> Route | None:
         """The destination of advisories for orders from this sender, or None."""

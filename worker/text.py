@@ -12,8 +12,11 @@ valid in the original text); the words reported are taken from the original text
 from __future__ import annotations
 
 import re
+from bisect import bisect_left, bisect_right
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
+from itertools import islice
 
 from worker.guideline import Knowledge, fold
 
@@ -22,6 +25,8 @@ folded = lru_cache(maxsize=1024)(fold)
 
 _CLAUSE_END = re.compile(r"[.;!?\n,()]|\s-\s")
 _WORD = re.compile(r"[\w/+-]+")
+_WORD_REACH = 40
+"""Characters looked at per word of a negation's or a plan's window of words."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,20 +39,59 @@ class Hit:
     end: int
 
 
+CLAUSE_REACH = 400
+"""Characters a clause reaches on each side of a term at most. Real clauses are far shorter; the
+bound keeps reading linear in the text's length when a sender writes pages with no punctuation."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Boundaries:
+    """Where clauses end in one folded text: sentence punctuation and terminators, found once
+    per text (not once per term) so that reading a text stays linear in its length."""
+
+    end_starts: list[int]  # clause-end marks (_CLAUSE_END), by position
+    end_ends: list[int]
+    stop_starts: list[int]  # negation terminators ("but", "however"), by position
+    stop_ends: list[int]
+
+
+@lru_cache(maxsize=64)
+def _boundaries(text: str, kn: Knowledge) -> _Boundaries:
+    ends = [(m.start(), m.end()) for m in _CLAUSE_END.finditer(text)]
+    stops = [(m.start(), m.end()) for m in kn.negation_stop.finditer(text)]
+    return _Boundaries(
+        [a for a, _ in ends], [b for _, b in ends], [a for a, _ in stops], [b for _, b in stops]
+    )
+
+
+def _last_end_before(starts: list[int], ends: list[int], lo: int, pos: int) -> int:
+    """The end of the last mark lying in text[lo:pos], or *lo*."""
+    i = bisect_right(ends, pos) - 1
+    return ends[i] if i >= 0 and starts[i] >= lo else lo
+
+
+def _first_start_after(starts: list[int], ends: list[int], pos: int, hi: int) -> int:
+    """The start of the first mark lying in text[pos:hi], or *hi*."""
+    i = bisect_left(starts, pos)
+    return starts[i] if i < len(starts) and ends[i] <= hi else hi
+
+
 def clause_bounds(text: str, start: int, end: int, kn: Knowledge) -> tuple[int, int]:
     """The clause around text[start:end] (*text* folded): sentence punctuation, commas and
-    terminators end it."""
-    left = 0
-    for m in _CLAUSE_END.finditer(text, 0, start):
-        left = m.end()
-    for m in kn.negation_stop.finditer(text, left, start):
-        left = m.end()
-    right_m = _CLAUSE_END.search(text, end)
-    right = right_m.start() if right_m else len(text)
-    stop = kn.negation_stop.search(text, end, right)
-    if stop:
-        right = stop.start()
-    return left, right
+    terminators end it, and it reaches at most CLAUSE_REACH characters each side."""
+    b = _boundaries(text, kn)
+    left = _last_end_before(b.end_starts, b.end_ends, 0, start)
+    left = _last_end_before(b.stop_starts, b.stop_ends, left, start)
+    right = _first_start_after(b.end_starts, b.end_ends, end, len(text))
+    right = _first_start_after(b.stop_starts, b.stop_ends, end, right)
+    return max(left, start - CLAUSE_REACH), min(right, end + CLAUSE_REACH)
+
+
+def _next_clause_end(text: str, pos: int, kn: Knowledge) -> int:
+    """Where the clause that starts at *pos* ends (*text* folded)."""
+    b = _boundaries(text, kn)
+    end = _first_start_after(b.end_starts, b.end_ends, pos, len(text))
+    return min(end, pos + CLAUSE_REACH)
 
 
 def is_negated(text: str, start: int, end: int, kn: Knowledge, study: bool = False) -> bool:
@@ -69,31 +113,31 @@ def is_negated(text: str, start: int, end: int, kn: Knowledge, study: bool = Fal
             pseudo = [(m.start(), m.end()) for m in kn.negation_pseudo.finditer(text, left, right)]
         return not any(a <= cue_start and cue_end <= b for a, b in pseudo)
 
-    before = text[left:start]
-    words = list(_WORD.finditer(before))
     window = kn.vocab.negation.window
+    lo = max(left, start - _WORD_REACH * window)  # the window's words, not the whole clause
+    before = text[lo:start]
+    words = list(_WORD.finditer(before))
     if words:
         from_pos = words[-window].start() if len(words) >= window else words[0].start()
         for cue in kn.negation_before.finditer(before, from_pos):
-            if not real(left + cue.start(), left + cue.end()):
+            if not real(lo + cue.start(), lo + cue.end()):
                 continue
             if not study:
                 return True
             if kn.negation_result.search(cue.group(0)) or kn.negation_scope_break.search(
-                text, left + cue.end(), end
+                text, lo + cue.end(), end
             ):
                 continue
             return True
     after = text[end:right]
     if text.startswith("?", right):  # "Pacemaker? no": the answer follows the question mark
-        stop = _CLAUSE_END.search(text, right + 1)
-        answer = kn.negation_answer.match(text[end : stop.start() if stop else len(text)])
+        answer = kn.negation_answer.match(text[end : _next_clause_end(text, right + 1, kn)])
     else:
         answer = kn.negation_answer.match(after)
     if answer and not (study and kn.negation_result.search(answer.group(0))):
         return True
-    after_words = list(_WORD.finditer(after))
-    limit = after_words[min(3, len(after_words) - 1)].end() if after_words else len(after)
+    after_words = list(islice(_WORD.finditer(after), 4))
+    limit = after_words[-1].end() if after_words else len(after)
     for cue in kn.negation_after.finditer(after[: max(limit, 0) + 1]):
         if real(end + cue.start(), end + cue.end()) and not (
             study and kn.negation_result.search(cue.group(0))
@@ -107,10 +151,11 @@ def is_planned(text: str, start: int, end: int, kn: Knowledge) -> bool:
     MRI", "MRI booked for 12/03"): a planned-study word within three words of it, in its
     clause, or inside it."""
     left, right = clause_bounds(text, start, end, kn)
-    words_before = list(_WORD.finditer(text, left, start))
-    lo = words_before[-3].start() if len(words_before) >= 3 else left
-    after = list(_WORD.finditer(text, end, right))
-    hi = after[min(2, len(after) - 1)].end() if after else end
+    near = max(left, start - 3 * _WORD_REACH)
+    words_before = list(_WORD.finditer(text, near, start))
+    lo = words_before[-3].start() if len(words_before) >= 3 else near
+    after = list(islice(_WORD.finditer(text, end, right), 3))
+    hi = after[-1].end() if after else end
     return kn.negation_planned.search(text, lo, hi) is not None
 
 
@@ -135,17 +180,17 @@ def affirmed(pattern: re.Pattern[str], text: str, kn: Knowledge) -> Hit | None:
 
 def affirmed_hits(
     pattern: re.Pattern[str], text: str, kn: Knowledge, study: bool = False, planned: bool = False
-) -> list[Hit]:
-    """Every match of *pattern* in *text* that is not negated (read as a study when *study*;
-    without the ones only planned when *planned*)."""
+) -> Iterator[Hit]:
+    """Each match of *pattern* in *text* that is not negated (read as a study when *study*;
+    without the ones only planned when *planned*), found as the caller asks for the next."""
     low = folded(text)
-    return [
+    return (
         Hit(text[m.start() : m.end()], False, m.start(), m.end())
         for m in pattern.finditer(low)
         if m.group(0).strip()
         and not is_negated(low, m.start(), m.end(), kn, study)
         and not (planned and is_planned(low, m.start(), m.end(), kn))
-    ]
+    )
 
 
 _NUM = r"(\d{1,3}(?:[.,]\d{1,2})?)"
