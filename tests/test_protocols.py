@@ -284,6 +284,6 @@ def test_check_text_prints_the_protocol_steps(
     ]
     for i, step in enumerate(steps, start=1):
         assert f"    {i}. {step}\n" in mri
-    assert "    note: The MRI protocol of the preferred procedure: it applies once the order " in ct
+    assert "    note: CT order: the MRI protocol applies once the order is converted to MRI" in ct
     assert "    1. MRI thigh without and with IV contrast" in ct
     assert "Subtraction" not in ct

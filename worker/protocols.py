@@ -157,10 +157,12 @@ class ProtocolMap:
             name = KIND_NAME[kind]
             pp = result.preferred_procedure
             target = f"{name} ({pp.system} {pp.code})" if pp else name
+            ordered = facts.procedure_class.upper()
             note = (
-                f"The {name} protocol of the preferred procedure: it applies once the order "
-                f"is converted to {target}."
+                f"{ordered} order: the {name} protocol applies once the order is converted "
+                f"to {target}."
                 if facts.procedure_class in ("ct", "cta", "mri", "mra")
-                else f"The {name} protocol of the preferred procedure, {target}."
+                else f"{ordered} order: the {name} protocol is for the preferred procedure, "
+                f"{target}."
             )
         return ProtocolChoice(kind, variant, self.code(variant), for_order, note)
