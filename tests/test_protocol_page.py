@@ -146,9 +146,8 @@ def test_protocolled_joins_the_audit_trail_and_leaves_the_disposition(store: Adv
     recs = populate(store)
     rid = recs["P1"].id
     decide(store, rid, make_decision("overridden", "quinn", "mri-unavailable"))
-    mark = Disposition(
-        state="overridden", kind="protocolled", reviewer="dr bob", text="Protocolled."
-    )
+    # A protocolled entry read "open" before the decision landed: it must not undo it.
+    mark = Disposition(state="open", kind="protocolled", reviewer="dr bob", text="Protocolled.")
     rec = store.dispose(rid, mark)
     assert rec.disposition == "overridden"
     assert [(d.kind, d.reviewer) for d in rec.audit] == [
