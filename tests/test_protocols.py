@@ -287,3 +287,41 @@ def test_check_text_prints_the_protocol_steps(
     assert "    note: CT order: the MRI protocol applies once the order is converted to MRI" in ct
     assert "    1. MRI thigh without and with IV contrast" in ct
     assert "Subtraction" not in ct
+
+
+def test_the_worker_sends_the_site_code(tmp_path: Path) -> None:
+    """The pipeline builds each advisory with the site map of ORDERCHECK_PROTOCOLS_FILE."""
+    import fakeredis
+
+    from worker.pipeline import Processor
+    from worker.publish import DeliveryOutcome
+    from worker.runtime import Stores
+    from worker.settings import Route, Settings
+    from worker.store import RedisDedup, RedisHistory, RedisStore
+
+    sent: list[bytes] = []
+
+    class Recording:
+        def route(self, application: str, facility: str) -> Route | None:
+            return Route(host="127.0.0.1", port=9)
+
+        def send(self, route: Route, message: bytes, control_id: str) -> DeliveryOutcome:
+            sent.append(message)
+            return DeliveryOutcome(True, "", "127.0.0.1:9")
+
+        def close(self) -> None:
+            pass
+
+    site = _site_map(tmp_path, SITE)
+    settings = Settings(advisory_format="order-echo", protocols_file=site)
+    kn = load_knowledge(settings.code_map, protocols=settings.protocols_file)
+    client = fakeredis.FakeRedis()
+    stores = Stores(settings)
+    store = RedisStore(client)
+    stores.store, stores.history, stores.dedup = store, RedisHistory(client), RedisDedup(store)
+    processor = Processor(settings, kn, stores, Recording(), lambda i, a, d: None, client)  # type: ignore[arg-type]
+    assert len(processor.process((SEEDS / "07-omi-v251-mri-ideal.hl7").read_bytes(), 1.7e9)) == 1
+    msg = parse_message(sent[0])
+    ipc = msg.first("IPC")
+    assert ipc is not None and ipc.get(6) == "1001^MR THIGH MASS WWO^EPICPRT"
+    assert _obx(msg, "PROTCODE") == ["1001^MR THIGH MASS WWO^EPICPRT"]
