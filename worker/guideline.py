@@ -1,4 +1,5 @@
-"""Loads and validates the guideline data files (worker/data/*.toml) and a site code map.
+"""Loads and validates the guideline data files (worker/data/*.toml), a site code map and a site
+protocol map (protocols.toml, worker/protocols.py).
 
 Clinical knowledge is data: the rules' texts, citations and preferred procedures, the codes, the
 vocabulary and the protocol steps. Every file is validated by pydantic when loaded, so a broken
