@@ -26,6 +26,7 @@ from worker.models import (
     Procedure,
     SiteSettings,
 )
+from worker.protocols import ProtocolKind, conditions, kind_of
 from worker.validators import RuleContext, in_scope, run_rules
 
 ORDER_TYPES = ("ORM", "OMI", "OMG")
@@ -196,7 +197,7 @@ class Checker:
                 )
         result.verdict = "not-appropriate" if result.flags else "appropriate"
         result.preferred_procedure = _procedure(self.kn.guideline.procedures[preferred_key])
-        result.protocol = self._protocol(facts, ct=preferred_key.startswith("CT"))
+        result.protocol = self._protocol(facts, kind_of(preferred_key))
         flags_txt = "; ".join(reasons) if reasons else "no flag"
         red = ", ".join(ctx.red_flags) or "none stated"
         result.reason = (
@@ -205,16 +206,9 @@ class Checker:
         )
         return result
 
-    def _protocol(self, facts: OrderFacts, ct: bool) -> list[str]:
-        steps = self.kn.guideline.protocol["ct" if ct else "mri"]
-        active = {"always"}
-        if facts.haemorrhage:
-            active.add("haemorrhage")
-        if facts.vascular:
-            active.add("vascular")
-        if "metal" in facts.mri_contraindications:
-            active.add("metal")
-        return [s.text for s in steps if s.when in active]
+    def _protocol(self, facts: OrderFacts, kind: ProtocolKind) -> list[str]:
+        active = conditions(facts)
+        return [s.text for s in self.kn.guideline.protocol[kind] if s.when in active]
 
     # -- history -----------------------------------------------------------------------------
     def _record_results(self, parsed: ParsedMessage, keys: list[str]) -> int:

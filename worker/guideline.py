@@ -1,4 +1,5 @@
-"""Loads and validates the guideline data files (worker/data/*.toml) and a site code map.
+"""Loads and validates the guideline data files (worker/data/*.toml), a site code map and a site
+protocol map (protocols.toml, worker/protocols.py).
 
 Clinical knowledge is data: the rules' texts, citations and preferred procedures, the codes, the
 vocabulary and the protocol steps. Every file is validated by pydantic when loaded, so a broken
@@ -17,7 +18,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from worker.errors import GuidelineError
-from worker.models import Contrast, Laterality, ProcedureClass, Region
+from worker.models import CheckResult, Contrast, Laterality, Procedure, ProcedureClass, Region
+from worker.protocols import ProtocolChoice, ProtocolKind, ProtocolMap, ProtocolMapFile, kind_of
 
 RULE_IDS = (
     "CT_BEFORE_MRI",
@@ -344,8 +346,10 @@ class Knowledge:
         codes: CodesFile,
         vocab: VocabularyFile,
         code_map: CodeMapFile,
+        protocols: ProtocolMapFile | None = None,
     ) -> None:
         self.guideline = guideline
+        self.protocols = ProtocolMap(protocols or ProtocolMapFile())
         self.codes = codes
         self.vocab = vocab
         self.version = guideline.guideline.version
@@ -401,6 +405,19 @@ class Knowledge:
             detail = f" ({c.detail})" if c.detail else ""
             out.append(f"{c.source}: {self.guideline.sources[c.source]}{detail}")
         return out
+
+    def protocol_kind(self, preferred: Procedure | None) -> ProtocolKind | None:
+        """The protocol list a result's preferred procedure was given (None: not ours)."""
+        if preferred is None:
+            return None
+        for key, p in self.guideline.procedures.items():
+            if (p.code, p.system) == (preferred.code, preferred.system):
+                return kind_of(key)
+        return None
+
+    def protocol_choice(self, result: CheckResult) -> ProtocolChoice | None:
+        """The protocol variant *result* recommends and the site's code for it, if any."""
+        return self.protocols.choose(result, self.protocol_kind(result.preferred_procedure))
 
     def lookup_procedure(self, code: str, system: str) -> ProcedureCodeDef | CodeMapEntry | None:
         """A procedure code's meaning: site code map first, then standard codes."""
@@ -459,8 +476,20 @@ def _validate(model: type[BaseModel], data: dict[str, Any], label: str) -> Any:
         ) from None
 
 
-def load_knowledge(code_map: Path | None = None, data_dir: Path | None = None) -> Knowledge:
-    """Read and validate the guideline files (and a site code map). Raises GuidelineError."""
+def load_protocol_map(path: Path | None = None, data_dir: Path | None = None) -> ProtocolMapFile:
+    """The site protocol map *path*, else the packaged protocols.toml. Raises GuidelineError."""
+    base: Any = data_dir if data_dir is not None else resources.files("worker") / "data"
+    source: Any = path if path is not None else base / "protocols.toml"
+    label = str(path) if path is not None else "protocols.toml"
+    data: ProtocolMapFile = _validate(ProtocolMapFile, _read_toml(source, label), label)
+    return data
+
+
+def load_knowledge(
+    code_map: Path | None = None, data_dir: Path | None = None, protocols: Path | None = None
+) -> Knowledge:
+    """Read and validate the guideline files, a site code map and a site protocol map (the
+    packaged defaults when None). Raises GuidelineError."""
     base: Any = data_dir if data_dir is not None else resources.files("worker") / "data"
     files = {}
     for name, model in (
@@ -472,9 +501,10 @@ def load_knowledge(code_map: Path | None = None, data_dir: Path | None = None) -
     map_path: Any = code_map if code_map is not None else base / "codemap.toml"
     map_label = str(code_map) if code_map is not None else "codemap.toml"
     cmap = _validate(CodeMapFile, _read_toml(map_path, map_label), map_label)
+    pmap = load_protocol_map(protocols, data_dir)
     try:
         return Knowledge(
-            files["guideline.toml"], files["codes.toml"], files["vocabulary.toml"], cmap
+            files["guideline.toml"], files["codes.toml"], files["vocabulary.toml"], cmap, pmap
         )
     except ValueError as exc:
         raise GuidelineError(f"guideline data: {exc}") from None

@@ -172,6 +172,7 @@ class Processor:
                 fmt=self.settings.advisory_format,
                 guideline_id=meta.id,
                 disclaimer=meta.disclaimer,
+                protocol=self.kn.protocol_choice(result),
             )
             job.records.append(
                 AdvisoryRecord(
@@ -560,6 +561,7 @@ class Processor:
                 guideline_id=meta.id,
                 disclaimer=meta.disclaimer,
                 status="C",
+                protocol=self.kn.protocol_choice(result),
             )
             note = Disposition(
                 state=rec.disposition,

@@ -16,6 +16,9 @@ from worker.models import CheckResult
 
 Delivery = Literal["pending", "delivered", "undelivered", "not-sent"]
 DispositionState = Literal["open", "accepted", "overridden", "false-positive"]
+# What an audit entry records: a review decision (it sets the record's disposition), or that a
+# radiologist protocolled the order (it leaves the disposition as it is; `state` repeats it).
+EntryKind = Literal["decision", "protocolled"]
 
 # Override reasons, after the CDS Hooks override-reason idea: a short coded list plus free text.
 OVERRIDE_REASONS: dict[str, str] = {
@@ -36,6 +39,7 @@ class Disposition(BaseModel):
     text: str = ""
     reviewer: str
     at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    kind: EntryKind = "decision"
 
 
 class AdvisoryRecord(BaseModel):
@@ -55,6 +59,11 @@ class AdvisoryRecord(BaseModel):
     destination: str = ""  # "host:port"
     disposition: DispositionState = "open"
     audit: list[Disposition] = Field(default_factory=list)
+
+    @property
+    def protocolled(self) -> Disposition | None:
+        """The entry saying who protocolled the order and when (the first one), if any."""
+        return next((d for d in self.audit if d.kind == "protocolled"), None)
 
     def flags_json(self) -> dict[str, object]:
         """The `ordercheck flags list --json` object: check --json fields plus ours."""

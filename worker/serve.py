@@ -176,7 +176,9 @@ class Service:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.knowledge = load_knowledge(settings.code_map)  # a bad rule file fails here
+        self.knowledge = load_knowledge(
+            settings.code_map, protocols=settings.protocols_file
+        )  # a bad rule file fails here
         self.embedded: Any = None
         self.queued = 0  # tasks waiting in the broker queue after our last push
         self.celery: subprocess.Popen[bytes] | None = None

@@ -115,6 +115,7 @@ class Settings(BaseSettings):
 
     # Guideline.
     code_map: Path | None = None  # the site code-map TOML file (local procedure codes)
+    protocols_file: Path | None = None  # the site protocol map (protocols.toml): RIS codes
     sarcoma_team_on_site: bool = False  # True turns REFER_SARCOMA_CENTRE off
     # Characters of text read per order (procedure text, order texts, notes, in that order);
     # the rest is not read and the advisory's reason says so. Keeps a huge NTE from stalling.

@@ -62,7 +62,7 @@ class AdvisoryStore(Protocol):
         """update() of several advisories, in one round trip."""
 
     def dispose(self, advisory_id: str, disposition: Disposition) -> AdvisoryRecord:
-        """Append a review decision to the audit trail and set the record's disposition."""
+        """Append an entry to the audit trail; a decision also sets the record's disposition."""
 
     def iter_newest(
         self, since: datetime | None = None, until: datetime | None = None
@@ -169,9 +169,10 @@ class MemoryStore:
         rec = self._records.get(advisory_id)
         if rec is None:
             raise StoreError("no such advisory")
-        rec = rec.model_copy(
-            update={"disposition": disposition.state, "audit": [*rec.audit, disposition]}
-        )
+        update: dict[str, Any] = {"audit": [*rec.audit, disposition]}
+        if disposition.kind == "decision":  # a protocolled entry leaves the disposition
+            update["disposition"] = disposition.state
+        rec = rec.model_copy(update=update)
         self._records[advisory_id] = rec
         return rec
 
@@ -388,7 +389,8 @@ class RedisStore:
             raise StoreError("no such advisory")
         pipe = self.r.pipeline(transaction=True)
         pipe.rpush(f"{key}:audit", disposition.model_dump_json())
-        pipe.hset(key, "disposition", disposition.state)
+        if disposition.kind == "decision":  # a protocolled entry leaves the disposition
+            pipe.hset(key, "disposition", disposition.state)
         pipe.execute()
         rec = self.get(advisory_id)
         assert rec is not None

@@ -37,7 +37,12 @@ def processor() -> Processor:
         deliver.apply_async((advisory_id, attempt), countdown=delay)
 
     return Processor(
-        settings, load_knowledge(settings.code_map), stores, Publisher(settings), schedule, client
+        settings,
+        load_knowledge(settings.code_map, protocols=settings.protocols_file),
+        stores,
+        Publisher(settings),
+        schedule,
+        client,
     )
 
 

@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
 
         processor = Processor(
             settings,
-            load_knowledge(settings.code_map),
+            load_knowledge(settings.code_map, protocols=settings.protocols_file),
             stores,
             Publisher(settings),
             lambda *_: None,

@@ -11,6 +11,7 @@ from worker.check import Checker
 from worker.errors import GuidelineError
 from worker.history import InMemoryHistory
 from worker.models import CheckResult
+from worker.protocols import ProtocolChoice
 from worker.settings import Settings
 
 CONTRACT_EXCLUDE = {"facts"}
@@ -24,8 +25,8 @@ def result_json(result: CheckResult) -> str:
     )
 
 
-def render_text(result: CheckResult, out: TextIO) -> None:
-    """A readable summary of one result."""
+def render_text(result: CheckResult, out: TextIO, protocol: ProtocolChoice | None = None) -> None:
+    """A readable summary of one result; *protocol*: its protocol variant and site code."""
     order = f" order {result.placer_order_number}" if result.placer_order_number else ""
     head = (
         f"{result.source or '-'}  {result.message_type or '?'} "
@@ -43,8 +44,22 @@ def render_text(result: CheckResult, out: TextIO) -> None:
     if result.preferred_procedure:
         p = result.preferred_procedure
         out.write(f"  preferred: {p.system} {p.code} {p.text}\n")
+    if result.protocol:
+        out.write(_protocol_head(protocol) + "\n")
+        if protocol is not None and protocol.note:
+            out.write(f"    note: {protocol.note}\n")
+        for i, step in enumerate(result.protocol, start=1):
+            out.write(f"    {i}. {step}\n")
     if result.reason and not result.error:
         out.write(f"  {result.reason}\n")
+
+
+def _protocol_head(protocol: ProtocolChoice | None) -> str:
+    if protocol is None:
+        return "  protocol:"
+    code = protocol.code
+    ris = f", RIS code {code.code}" + (f" ({code.text})" if code.text else "") if code else ""
+    return f"  protocol: {protocol.variant}{ris}"
 
 
 def _read(path: str) -> bytes:
@@ -59,7 +74,7 @@ def offline_checker(settings: Settings) -> Checker | None:
     from worker.guideline import load_knowledge
 
     try:
-        knowledge = load_knowledge(settings.code_map)
+        knowledge = load_knowledge(settings.code_map, protocols=settings.protocols_file)
     except GuidelineError as exc:
         print(f"ordercheck: {exc}", file=sys.stderr)
         return None
@@ -88,6 +103,6 @@ def run_check(paths: list[str], as_json: bool, settings: Settings | None = None)
                 if as_json:
                     out.write(result_json(result) + "\n")
                 else:
-                    render_text(result, out)
+                    render_text(result, out, checker.kn.protocol_choice(result))
     out.flush()
     return status

@@ -21,6 +21,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run_review(args: argparse.Namespace) -> int:
+    from worker.errors import GuidelineError
     from worker.review import create_app
     from worker.review.auth import login_configured
     from worker.review.server import ReviewServer
@@ -50,7 +51,11 @@ def run_review(args: argparse.Namespace) -> int:
             "ORDERCHECK_REVIEW_TOKEN), so nobody can log in.",
             file=sys.stderr,
         )
-    app = create_app(open_store(settings), settings)
+    try:
+        app = create_app(open_store(settings), settings)
+    except GuidelineError as exc:  # a bad site protocols.toml or code map: one line, no traceback
+        print(f"ordercheck review: {exc}", file=sys.stderr)
+        return 2
     try:
         server = ReviewServer(app, host, port)
     except OSError as exc:

@@ -10,10 +10,12 @@ Two shapes (a site setting):
 - ``oru`` (default): an unsolicited ORU^R01 v2.5.1:
   MSH, PID, [PV1], ORC (RE, placer and filler numbers copied), OBR (the ordered procedure),
   OBX 1 (LOINC 76515-6, the coded rating, as in IHE RAD CDS-OAT) with NTEs (reason, disclaimer),
-  then OBX for the preferred procedure, each flag and advice (citations as NTE), each protocol
-  step, and the rule ids with the guideline version.
+  then OBX for the preferred procedure, the site's protocol code (protocols.toml), each flag and
+  advice (citations as NTE), each protocol step, and the rule ids with the guideline version.
 - ``order-echo``: the order's own type and version (ORM^O01, OMI^O23 ...), its ORC, TQ1 and OBR
-  copied unchanged (converted), the same OBX and NTE, then its IPC segments (OMI needs them).
+  copied unchanged (converted), the same OBX and NTE, then its IPC segments (OMI needs them),
+  with IPC-6 (Protocol Code) set to the site's protocol code when the protocol is the ordered
+  modality's (an MRI protocol is not put on a CT order the advisory asks to convert).
 
 Original acknowledgement mode (MSH-15/16 empty): the receiver answers with one ACK, whose MSA-2
 must echo our MSH-10 (`advisory_control_id`, stable across resends so the receiver can
@@ -28,7 +30,8 @@ from typing import Literal
 
 from worker.hl7.escape import Delimiters
 from worker.hl7.parse import RawMessage, RawSegment
-from worker.models import CheckResult, Order
+from worker.models import CheckResult, Order, Procedure
+from worker.protocols import ProtocolChoice
 
 OURS = Delimiters()
 _ENCODING_CHARACTERS = "^~\\&"
@@ -46,6 +49,7 @@ VERDICT_TEXT = {
     "no-criteria-apply": "No criteria apply",
 }
 PREFERRED_ID = "PREFPROC^Preferred procedure^L"
+PROTOCOL_CODE_ID = "PROTCODE^Protocol code for the RIS^L"
 FLAG_ID = "FLAG^Guideline flag^L"
 ADVICE_ID = "ADVICE^Guideline advice^L"
 PROTOCOL_ID = "PROTOCOL^Recommended protocol step^L"
@@ -134,6 +138,7 @@ def build_advisory(
     guideline_id: str = "",
     disclaimer: str = "",
     status: str = "F",
+    protocol: ProtocolChoice | None = None,
 ) -> bytes:
     """The advisory for one order of *raw*, as UTF-8 bytes with CR segment ends.
 
@@ -142,7 +147,8 @@ def build_advisory(
     now: MSH-7, OBR-7 and OBX-14 (default: the current UTC time);
     guideline_id: named with the version in the rule-ids OBX; disclaimer: the closing NTE
     (default `DEFAULT_DISCLAIMER`); status: OBR-25 and OBX-11 (table 0085), "F" final or "C"
-    corrected (an advisory revised after a newer result).
+    corrected (an advisory revised after a newer result); protocol: the recommended protocol
+    variant and the site's code for it (Knowledge.protocol_choice), an OBX and IPC-6.
     Raises ValueError for a rejected result (there is no order to advise on) or an order that
     does not belong to *raw*.
     """
@@ -190,6 +196,8 @@ def build_advisory(
         head = [s for s in group if s.id in ("ORC", "TQ1", "OBR")]
         segments += [convert_segment(s, src) for s in head]
         trailer = [convert_segment(s, src) for s in group if s.id == "IPC"]
+        if protocol is not None and protocol.code is not None and protocol.for_order:
+            trailer = [_set_field(ipc, 6, _cwe(protocol.code)) for ipc in trailer]
 
     notes = [result.reason, disclaimer or DEFAULT_DISCLAIMER]
     observations: list[tuple[str, str, str, str, list[str]]] = [  # type, id, sub-id, value, NTEs
@@ -205,6 +213,9 @@ def build_advisory(
         p = result.preferred_procedure
         system = _SYSTEMS.get(p.system.upper(), p.system)
         observations.append(("CWE", PREFERRED_ID, "", f"{e(p.code)}^{e(p.text)}^{e(system)}", []))
+    if protocol is not None and protocol.code is not None:
+        notes_code = [protocol.note] if protocol.note else []
+        observations.append(("CWE", PROTOCOL_CODE_ID, "", _cwe(protocol.code), notes_code))
     for n, flag in enumerate(result.flags, start=1):
         observations.append(
             (
@@ -247,6 +258,20 @@ def _segment(seg_id: str, fields: dict[int, str]) -> str:
     while len(parts) > 1 and not parts[-1]:
         parts.pop()
     return OURS.field.join(parts)
+
+
+def _set_field(segment: str, n: int, value: str) -> str:
+    """*segment* (our delimiters) with field n replaced by *value* (already encoded)."""
+    parts = segment.split(OURS.field)
+    parts += [""] * (n + 1 - len(parts))
+    parts[n] = value
+    return OURS.field.join(parts)
+
+
+def _cwe(code: Procedure) -> str:
+    """A coded element code^text^system, encoded, trailing empty components left out."""
+    e = _encode
+    return f"{e(code.code)}^{e(code.text)}^{e(code.system)}".rstrip("^")
 
 
 def _encode(text: str) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-from datetime import date, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
@@ -31,6 +31,7 @@ from werkzeug.wrappers import Response as BaseResponse
 
 from worker.records import OVERRIDE_REASONS
 from worker.review import chart
+from worker.review import protocol as protocol_pages
 from worker.review.auth import Throttle, check_login, login_configured
 from worker.review.decide import STATES, DecisionError, decide, make_decision
 from worker.review.filters import (
@@ -47,7 +48,6 @@ from worker.review.summary import (
     driving_facts,
     iso_week,
     percent,
-    protocol_worklist,
     summarise,
     summarise_store,
     week_start,
@@ -113,7 +113,7 @@ def create_app(store: AdvisoryStore, settings: Settings) -> Flask:
 
     @app.after_request
     def headers(resp: Response) -> Response:
-        resp.headers["Content-Security-Policy"] = CSP
+        resp.headers.setdefault("Content-Security-Policy", CSP)  # a page may add to it
         resp.headers["X-Content-Type-Options"] = "nosniff"
         resp.headers["X-Frame-Options"] = "DENY"
         resp.headers["Referrer-Policy"] = "no-referrer"
@@ -291,22 +291,8 @@ def create_app(store: AdvisoryStore, settings: Settings) -> Flask:
             ),
         )
 
-    # -- protocol worklist ---------------------------------------------------------------------
-    @app.get("/protocol")
-    def protocol() -> Any:
-        today = datetime.now(local_tz()).date()
-        try:
-            day = date.fromisoformat(request.args.get("day", "") or today.isoformat())
-        except ValueError:
-            day = today
-        orders = protocol_worklist(store, day)
-        return render_template(
-            "protocol.html",
-            orders=orders,
-            day=day,
-            today=today,
-            facts={rec.id: driving_facts(rec.result.facts) for rec in orders},
-        )
+    # -- protocol worklist (worker/review/protocol.py) ------------------------------------------
+    protocol_pages.register(app, store, settings, CSP)
 
     # -- refused messages (AR/AE), kept for review -----------------------------------------------
     @app.get("/refused")

@@ -73,7 +73,7 @@ def reason_label(code: str) -> str:
 
 
 def last_decision(rec: AdvisoryRecord) -> Disposition | None:
-    return rec.audit[-1] if rec.audit else None
+    return next((d for d in reversed(rec.audit) if d.kind == "decision"), None)
 
 
 def csv_row(rec: AdvisoryRecord) -> list[str]:
@@ -145,7 +145,8 @@ def format_table(rows: list[tuple[str, ...]], head: tuple[str, ...] = TABLE_HEAD
 def decision_line(d: Disposition) -> str:
     reason = f" ({d.reason_code}: {reason_label(d.reason_code)})" if d.reason_code else ""
     text = f" \u2014 {d.text}" if d.text else ""
-    return f"{local_time(d.at)}  {d.reviewer}: {d.state}{reason}{text}"
+    state = "protocolled" if d.kind == "protocolled" else d.state
+    return f"{local_time(d.at)}  {d.reviewer}: {state}{reason}{text}"
 
 
 def detail_text(rec: AdvisoryRecord) -> str:
