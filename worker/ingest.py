@@ -212,7 +212,7 @@ class Ingestor:
                 head.sending_facility,
                 head.receiving_application,
                 head.receiving_facility,
-                head.control_id,
+                head.exact_control_id,
                 head.trigger_event,
                 head.processing_id or "P",
                 head.version or "2.5.1",
@@ -228,7 +228,7 @@ class Ingestor:
             header.sending_facility,
             header.receiving_application,
             header.receiving_facility,
-            header.control_id,
+            raw.delimiters.decode(raw.msh.get(10)),  # MSA-2 echoes MSH-10 exactly: not trimmed
             header.trigger_event,
             header.processing_id,
             header.version,

@@ -483,6 +483,7 @@ class MSHPeek:
     processing_id: str = ""
     version: str = ""
     enhanced: bool = False
+    exact_control_id: str = ""  # MSH-10 unescaped, untrimmed and uncut: what MSA-2 echoes
 
 
 def peek_msh(data: bytes) -> MSHPeek:
@@ -503,6 +504,18 @@ def peek_msh(data: bytes) -> MSHPeek:
 
     code, event, _ = message_type(get(9), get(9, 2), get(9, 3))
     kind = "^".join(p for p in (code, event) if p)
+    enc = _encoding_characters(fields[2] if len(fields) > 2 else "")
+    escape = enc[2] if len(enc) > 2 and enc[2] not in (sep, comp) else ""
+    exact = fields[10] if len(fields) > 10 else ""
+    if escape:
+        exact = Delimiters(
+            sep,
+            comp,
+            enc[1] if len(enc) > 1 else "",
+            escape,
+            enc[3] if len(enc) > 3 else "",
+            enc[4] if len(enc) > 4 else "",
+        ).decode(exact)
     return MSHPeek(
         get(3),
         get(4),
@@ -514,4 +527,5 @@ def peek_msh(data: bytes) -> MSHPeek:
         get(11),
         get(12),
         bool(get(15) or get(16)),
+        exact,
     )

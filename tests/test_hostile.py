@@ -1,0 +1,167 @@
+"""Hostile input (issue 13): control bytes on the wire, batches, junk lines, exact MSA-2,
+resends that differ, the allow-list, refused-message budget and log volume."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from hl7build import order_message
+
+from worker.check import Checker
+from worker.hl7.ack import AckTarget, build_ack
+from worker.hl7.build import advisory_control_id, build_advisory
+from worker.hl7.escape import Delimiters
+from worker.hl7.parse import parse_message, peek_msh
+from worker.testing import FakeOrderingSystem, Serve, wait_until
+
+NOW = datetime(2026, 11, 20, 9, 30, 5, tzinfo=UTC)
+BAD_NAMES = [
+    "DOE\\X1C\\^JOHN",  # a frame end: the advisory was cut short and ACKed as delivered
+    "DOE\\X0B\\MSH#^~\\E\\&#EVIL#X#",  # a frame start then an attacker's MSH
+    "DOE\\X00\\^JOHN",  # a NUL in PID
+    "DOE\\X1B\\[2J^JOHN",  # a terminal escape
+    "DOE\\X0D\\MSH\\F\\EVIL^JOHN",  # a segment end
+]
+
+
+def _clean(data: bytes) -> bool:
+    """No byte below 0x20 but the segment end, no DEL."""
+    return all(b >= 0x20 and b != 0x7F for b in data.replace(b"\r", b""))
+
+
+def _advisory(checker: Checker, data: bytes) -> bytes:
+    outcome = checker.check_message(data)
+    assert outcome.raw is not None and outcome.orders
+    return build_advisory(
+        outcome.raw,
+        outcome.orders[0],
+        outcome.results[0],
+        control_id="OC123",
+        application="ORDERCHECK",
+        facility="RADCDS",
+        now=NOW,
+    )
+
+
+# -- item 2: control bytes never reach the wire raw ---------------------------------------------
+def test_encode_escapes_every_control_character() -> None:
+    d = Delimiters()
+    assert d.encode("A\x1cB\x0bC\x00D\x1b\x7f") == "A\\X1C\\B\\X0B\\C\\X00\\D\\X1B\\\\X7F\\"
+    assert d.encode("a\r\nb") == "a\\.br\\b"
+    for n in [*range(0x20), 0x7F]:
+        text = f"x{chr(n)}y"
+        assert _clean(d.encode(text).encode()) and d.decode(d.encode(text)) == text.replace(
+            "\r", "\n"
+        )
+    assert Delimiters(escape="").encode("a\x1cb\rc") == "ab c"
+
+
+@pytest.mark.parametrize("name", BAD_NAMES)
+def test_advisory_escapes_control_bytes_of_copied_fields(checker: Checker, name: str) -> None:
+    msg = order_message(reason="^Left thigh mass 6 cm").replace(
+        b"TEST^PATIENT", name.encode("latin-1")
+    )
+    out = _advisory(checker, msg)
+    assert _clean(out)
+    raw = parse_message(out)
+    assert [s.id for s in raw.segments].count("MSH") == 1
+    assert raw.msh.get(10) == "OC123"
+    assert raw.first("PID") is not None
+    assert raw.segments[-1].id == "OBX"  # the whole advisory, not a stump
+    family = Delimiters().decode(name.split("^")[0])
+    assert raw.component(raw.first("PID").get(5), 1) == family.strip().replace("\r", "\n")  # type: ignore[union-attr]
+
+
+def test_advisory_escapes_raw_control_bytes_too(checker: Checker) -> None:
+    """A control byte sent raw (no escape sequence in the field) is escaped as well."""
+    msg = order_message(reason="^Left thigh mass 6 cm").replace(b"TEST^PATIENT", b"DOE\x01^JO")
+    out = _advisory(checker, msg)
+    assert _clean(out) and b"DOE\\X01\\^JO" in out
+
+
+@pytest.mark.parametrize("bad", ["EPIC\\X1C\\", "EPIC\\X00\\", "EPIC\\X0B\\MSH"])
+def test_ack_escapes_control_bytes(bad: str) -> None:
+    head = peek_msh(f"MSH|^~\\&|{bad}|{bad}|R|R|2026||ORM^O01|{bad}|P|2.5\r".encode("latin-1"))
+    target = AckTarget(
+        head.sending_application,
+        head.sending_facility,
+        control_id=head.exact_control_id,
+    )
+    ack = build_ack(target, "AA")
+    assert _clean(ack)
+    assert ack.startswith(b"MSH|") and b"\rMSH" not in ack and ack.count(b"\r") == 2
+    msa = ack.split(b"\r")[1].split(b"|")
+    assert msa[2].decode() == bad  # MSA-2: MSH-10 exactly, escaped as it came
+
+
+def test_deliver_compares_msa2_with_the_control_id_it_built(knowledge: Any) -> None:
+    """The bytes' own MSH-10 is never trusted: the publisher is asked for the id we built."""
+    from worker.pipeline import Processor
+    from worker.publish import DeliveryOutcome
+    from worker.records import AdvisoryRecord
+    from worker.runtime import Stores
+    from worker.settings import Route, Settings
+
+    asked: list[str] = []
+
+    class Publisher:
+        def route(self, application: str, facility: str) -> Route:
+            return Route(host="127.0.0.1", port=9)
+
+        def send(self, route: Route, message: bytes, control_id: str) -> DeliveryOutcome:
+            asked.append(control_id)
+            return DeliveryOutcome(False, "down", "127.0.0.1:9")
+
+    settings = Settings(redis_url=None, delivery_retries=0)
+    stores = Stores(settings)
+    processor = Processor(settings, knowledge, stores, Publisher(), lambda *a: None)  # type: ignore[arg-type]
+    outcome = Checker(knowledge, stores.history).check_message(
+        order_message(reason="^thigh mass 6 cm")
+    )
+    record = AdvisoryRecord(
+        id="0123456789abcdef0123",
+        received_at=NOW,
+        result=outcome.results[0],
+        revision=2,
+        raw_out="MSH|^~\\&|ORDERCHECK|ORDERCHECK|EPIC|HOSP|2026||ORU^R01|EVIL|P|2.5.1\r",
+    )
+    stores.store.add_advisory(record, [])
+    processor.deliver(record.id, attempt=1, record=record)
+    assert asked == [advisory_control_id(record.id, 2)] and asked != ["EVIL"]
+    assert advisory_control_id(record.id, 2) == "OC0123456789abcdeC2"  # as _recheck built it
+
+
+@pytest.mark.slow
+def test_control_bytes_end_to_end_through_a_fake_ordering_system() -> None:
+    """Hostile fields through the embedded listener: the ACKs and the advisories the ordering
+    system receives are whole, carry no raw control byte, and each advisory is ACKed once."""
+    ris = FakeOrderingSystem().start()
+    serve = Serve(
+        {"ORDERCHECK_ADVISORY_HOST": "127.0.0.1", "ORDERCHECK_ADVISORY_PORT": str(ris.port)}
+    )
+    try:
+        serve.start()
+        for n, name in enumerate(BAD_NAMES):
+            msg = order_message(
+                control_id=f"CB{n}", placer=f"PCB{n}", reason="^Left thigh mass 6 cm"
+            ).replace(b"TEST^PATIENT", name.encode("latin-1"))
+            code, control, ack = serve.send(msg)
+            assert (code, control) == ("AA", f"CB{n}") and _clean(ack)
+        odd = order_message(control_id="CB\\X1C\\X", sender="EPIC\\X00\\", reason="^thigh mass")
+        code, _, ack = serve.send(odd)
+        assert code == "AA" and _clean(ack)
+        assert ack.split(b"\r")[1].split(b"|")[2] == b"CB\\X1C\\X"
+        wait_until(lambda: len(ris.advisories()) >= len(BAD_NAMES) + 1, 30, "the advisories")
+        for advisory in ris.advisories():
+            assert _clean(advisory.body), advisory.body
+            raw = parse_message(advisory.body)
+            assert raw.segments[-1].id == "OBX" and raw.msh.get(3) == "ORDERCHECK"
+            assert advisory.control_id.startswith("OC")
+        assert sorted(a.placer for a in ris.advisories() if a.placer.startswith("PCB")) == [
+            f"PCB{n}" for n in range(len(BAD_NAMES))
+        ]
+    finally:
+        serve.stop()
+        ris.stop()
