@@ -165,3 +165,55 @@ def test_control_bytes_end_to_end_through_a_fake_ordering_system() -> None:
     finally:
         serve.stop()
         ris.stop()
+
+
+# -- item 4: refused messages have a byte budget; /refused pages --------------------------------
+def test_refused_messages_keep_a_byte_budget(redis_url: str) -> None:
+    import redis
+
+    from worker.ingest import Rejected
+    from worker.serve import _keeper
+    from worker.store import REJECTED_RAW_CHARS, MemoryStore, RedisStore
+
+    frame = b"MSH|^~\\&|X|Y|||2026||ADT^A01|BIG|P|2.5\rNTE|1||" + b"x" * (1 << 20)
+    for store in (MemoryStore(), RedisStore(redis.Redis.from_url(redis_url))):
+
+        class Stores:
+            pass
+
+        holder = Stores()
+        holder.store = store  # type: ignore[attr-defined]
+        for n in range(60):
+            _keeper(holder)(Rejected(f"BIG{n}", "AR", "unsupported", frame, 1_700_000_000.0 + n))  # type: ignore[arg-type]
+        newest = store.rejected(1)[0]
+        assert newest.control_id == "BIG59" and len(newest.raw) == REJECTED_RAW_CHARS
+        assert newest.raw_bytes == len(frame)
+        page2 = store.rejected(50, offset=50)
+        assert [e.control_id for e in page2] == [f"BIG{n}" for n in range(9, -1, -1)]
+
+
+def test_refused_page_pages_and_says_what_was_cut() -> None:
+    from test_review import SETTINGS, login
+
+    from worker.review import create_app
+    from worker.store import MemoryStore, RejectedEntry
+
+    store = MemoryStore()
+    for n in range(60):
+        store.keep_rejected(
+            RejectedEntry(
+                control_id=f"R{n:02d}",
+                ack_code="AR",
+                reason="unsupported",
+                received_at=NOW,
+                raw="MSH|" + "y" * 20_000,
+            )
+        )
+    client = create_app(store, SETTINGS).test_client()
+    login(client)
+    first = client.get("/refused").get_data(as_text=True)
+    assert "R59" in first and "R10" in first and "R09" not in first
+    assert "cut: 20004 bytes received" in first and 'href="?page=2"' in first
+    second = client.get("/refused?page=2").get_data(as_text=True)
+    assert "R09" in second and "R00" in second and "R10" not in second
+    assert len(first) < 50 * 9000 + 20_000

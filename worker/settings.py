@@ -42,6 +42,12 @@ class Settings(BaseSettings):
     # Celery keeps a timer entry per task for this long, so the main process's memory grows
     # with task rate x limit: keep it short.
     task_time_limit: int = Field(default=60, ge=10)
+    # Runs of one message that may end with the worker killed (task time limit, pool process
+    # lost) before it is set aside as a dead letter, listed by `ordercheck dead-letters`.
+    max_attempts: int = Field(default=3, ge=1, le=100)
+    # Test hook (off when empty): a worker process that takes a message with this MSH-10 kills
+    # itself with SIGKILL, as a poison message would; for the dead-letter tests and bench runs.
+    chaos_kill_control_id: str = ""
     # Nice increment of the Celery worker processes: on a host shared with a listener, the
     # listener's ACKs go first and the checks absorb a burst a few milliseconds later.
     worker_nice: int = Field(default=5, ge=0, le=19)
