@@ -217,3 +217,104 @@ def test_refused_page_pages_and_says_what_was_cut() -> None:
     second = client.get("/refused?page=2").get_data(as_text=True)
     assert "R09" in second and "R00" in second and "R10" not in second
     assert len(first) < 50 * 9000 + 20_000
+
+
+# -- items 15-18: batches, junk lines, exact MSA-2, batch segments inside a message -----------
+class _Recorder:
+    def __init__(self) -> None:
+        self.queued: list[bytes] = []
+        self.kept: list[Any] = []
+
+    def enqueue(self, data: bytes, received_at: float) -> None:
+        self.queued.append(data)
+
+    def keep(self, rejected: Any) -> None:
+        self.kept.append(rejected)
+
+
+def _ingestor(**settings: Any) -> tuple[Any, _Recorder]:
+    from worker.ingest import Ingestor
+    from worker.settings import Settings
+    from worker.store import MemoryDedup
+
+    rec = _Recorder()
+    return Ingestor(Settings(**settings), MemoryDedup(), rec.enqueue, rec.keep), rec
+
+
+def _segments(reply: bytes) -> list[list[str]]:
+    return [seg.split("|") for seg in reply.decode().split("\r") if seg]
+
+
+BATCH = (
+    b"FHS|^~\\&|EPIC|HOSP|||20261120||||F001\r"
+    b"BHS|^~\\&|EPIC|HOSP|||20261120||||B001\r"
+    + order_message(control_id="BAT1", placer="PB1")
+    + order_message(control_id="BAT2", placer="PB2", msg_type="ADT^A01")
+    + order_message(control_id="BAT3", placer="PB3", patient_id="P3^^^H^MR")
+    + b"BTS|3\rFTS|1\r"
+)
+
+
+def test_a_batch_in_one_frame_gets_one_batch_of_acks() -> None:
+    ingestor, rec = _ingestor()
+    reply = ingestor.handle(b"\x0b" + BATCH + b"\x1c\r")
+    assert reply is not None
+    segs = _segments(reply)
+    assert [s[0] for s in segs] == [
+        "FHS", "BHS", "MSH", "MSA", "MSH", "MSA", "ERR", "MSH", "MSA", "BTS", "FTS"
+    ]  # fmt: skip
+    assert segs[0][11] == "F001" and segs[1][11] == "B001"  # FHS-12 / BHS-12: theirs
+    msa = [s for s in segs if s[0] == "MSA"]
+    assert [(s[1], s[2]) for s in msa] == [("AA", "BAT1"), ("AR", "BAT2"), ("AA", "BAT3")]
+    assert segs[-2] == ["BTS", "3"]
+    assert [peek_msh(m).control_id for m in rec.queued] == ["BAT1", "BAT3"]
+    again = ingestor.handle(BATCH)  # a resend of the batch: the same answers, nothing queued
+    assert again is not None
+    assert [(s[1], s[2]) for s in _segments(again) if s[0] == "MSA"] == [(s[1], s[2]) for s in msa]
+    assert len(rec.queued) == 2
+
+
+def test_a_line_that_is_not_a_segment_gets_ae_100_naming_it() -> None:
+    ingestor, rec = _ingestor()
+    msg = order_message(control_id="JUNK1").replace(b"\rPID|", b"\rjunk line here\rPID|", 1)
+    reply = ingestor.handle(msg)
+    assert reply is not None and not rec.queued
+    segs = _segments(reply)
+    assert segs[0][11] == "2.3" and len(segs[0]) == 12  # our MSH-12 clean: the sender's version
+    assert segs[1][:3] == ["MSA", "AE", "JUNK1"] and "line 2" in segs[1][3]
+    assert segs[2][3].startswith("100^")
+    assert rec.kept and "line 2" in rec.kept[0].reason
+
+
+def test_msa2_echoes_msh10_exactly() -> None:
+    ingestor, _ = _ingestor()
+    for control in (" LEAD", "TRAIL ", "A\\F\\B", "X\\X1C\\Y"):
+        reply = ingestor.handle(order_message(control_id=control, placer=f"P{len(control)}"))
+        assert reply is not None
+        assert reply.split(b"\r")[1].split(b"|")[2].decode() == control
+    refused = order_message(control_id=" R1", msg_type="ADT^A01")
+    assert ingestor.handle(refused).split(b"\r")[1].split(b"|")[2] == b" R1"  # type: ignore[union-attr]
+    broken = b"MSH|^~\\&|A|B|C|D|2026||| SPACED |P|2.5\r"  # MSH-9 missing: refused via peek
+    assert ingestor.handle(broken).split(b"\r")[1].split(b"|")[2] == b" SPACED "  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("inside", [b"BHS|^~\\&|X\r", b"FHS|^~\\&|X\r"])
+def test_check_rejects_a_batch_segment_inside_a_message(
+    inside: bytes, tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from worker.cli import main
+
+    msg = order_message(control_id="IN1").replace(b"\rPID|", b"\r" + inside + b"PID|", 1)
+    path = tmp_path / "bad.hl7"
+    path.write_bytes(msg)
+    assert main(["check", "--json", str(path)]) == 0
+    (result,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert result["verdict"] == "rejected"
+    assert f"batch segment {inside[:3].decode()} inside a message" in result["error"]
+    trailer = tmp_path / "trailer.hl7"  # BTS/FTS after the last message of a batch: fine
+    trailer.write_bytes(BATCH)
+    assert main(["check", "--json", str(trailer)]) == 0
+    results = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["error"] for r in results] == [None, None, None]

@@ -17,6 +17,7 @@ from typing import Protocol
 from worker import metrics
 from worker.errors import HL7ParseError
 from worker.hl7.ack import AckError, AckTarget, ack_code, build_ack
+from worker.hl7.batch import Batch, build_batch_ack, is_batch, split_batch
 from worker.hl7.parse import parse_message, peek_msh
 from worker.hl7.read import read_header
 from worker.settings import Settings
@@ -118,7 +119,37 @@ class Ingestor:
         """handle_batch(), less the write of the new ACKs to the resend table, returned as a
         function to call once the ACKs are on their way (and before the next batch): the ACKs
         then wait for one round trip to Redis fewer. Until it has run, a resend of one of these
-        messages would be queued again, which is harmless (the worker is idempotent)."""
+        messages would be queued again, which is harmless (the worker is idempotent).
+
+        A frame holding an HL7 batch (FHS/BHS, worker/hl7/batch.py) has each of its messages
+        judged as if it came alone, and gets one batch of their ACKs."""
+        if not any(is_batch(frame) for frame in frames):
+            return self._handle_messages(frames)
+        flat: list[bytes] = []
+        spans: list[tuple[int, int, Batch | None]] = []
+        for frame in frames:
+            batch = split_batch(frame)
+            messages = [frame] if batch is None else batch.messages
+            spans.append((len(flat), len(flat) + len(messages), batch))
+            flat += messages
+        replies, remember = self._handle_messages(flat)
+        out: list[bytes | None] = []
+        for start, end, batch in spans:
+            if batch is None:
+                out.append(replies[start])
+                continue
+            log.info("batch", extra={"messages": end - start})
+            out.append(
+                build_batch_ack(
+                    batch, replies[start:end], self.settings.application, self.settings.facility
+                )
+            )
+        return out, remember
+
+    def _handle_messages(
+        self, frames: list[bytes]
+    ) -> tuple[list[bytes | None], Callable[[], None]]:
+        """handle_batch_early() for frames that each hold one message."""
         started = time.perf_counter()
         received_at = time.time()
         metrics.INGEST_BATCH.observe(len(frames))
