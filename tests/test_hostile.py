@@ -318,3 +318,111 @@ def test_check_rejects_a_batch_segment_inside_a_message(
     assert main(["check", "--json", str(trailer)]) == 0
     results = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["error"] for r in results] == [None, None, None]
+
+
+# -- item 9: per-peer connection limit; whitespace does not keep a connection open --------------
+def test_one_address_cannot_take_every_connection_slot() -> None:
+    from test_mllp import ServerThread, assert_closed_by_peer, connect, echo, read_frames
+
+    from worker.hl7.mllp import frame
+
+    with ServerThread(echo, max_connections=10, max_per_peer=2) as srv:
+        first, second, third = connect(srv.port), connect(srv.port), connect(srv.port)
+        try:
+            assert_closed_by_peer(third)  # the third from 127.0.0.1 is refused at once
+            for sock in (first, second):
+                sock.sendall(frame(b"MSH|x"))
+                assert read_frames(sock, 1) == [b"ACK|MSH|x"]
+        finally:
+            for sock in (first, second, third):
+                sock.close()
+
+
+def test_whitespace_between_frames_does_not_reset_the_idle_timer() -> None:
+    import time
+
+    from test_mllp import ServerThread, connect, echo, read_frames
+
+    from worker.hl7.mllp import frame
+
+    with ServerThread(echo, idle_timeout=0.6) as srv:
+        sock = connect(srv.port)
+        try:
+            sock.sendall(frame(b"MSH|1"))
+            assert read_frames(sock, 1) == [b"ACK|MSH|1"]
+            closed = False
+            for _ in range(40):  # 40 x 0.1 s of whitespace and junk, well past 0.6 s
+                try:
+                    sock.sendall(b"\r\n " if _ % 2 else b"junk")
+                except OSError:
+                    closed = True
+                    break
+                time.sleep(0.1)
+            if not closed:
+                sock.settimeout(0.5)
+                try:
+                    closed = sock.recv(100) == b""
+                except ConnectionResetError:
+                    closed = True
+                except TimeoutError:  # still open
+                    closed = False
+            assert closed, "whitespace kept the connection open past the idle timeout"
+        finally:
+            sock.close()
+
+
+# -- item 10: the allow-list compares MSH-3 and MSH-4 as fields of their own ----------------------
+def test_allow_list_is_not_bypassed_by_an_escaped_field_separator() -> None:
+    from worker.settings import Settings
+
+    s = Settings(allowed_senders=["EPIC|TESTHOSP", "LAB"])
+    assert s.sender_allowed("EPIC", "TESTHOSP") and s.sender_allowed("LAB", "ANY")
+    assert not s.sender_allowed("EPIC|TESTHOSP", "")  # MSH-3 EPIC\F\TESTHOSP, MSH-4 empty
+    assert not s.sender_allowed("EPIC|TESTHOSP", "OTHER")
+    assert not s.sender_allowed("EPIC", "OTHER")
+    ingestor, rec = _ingestor(allowed_senders=["EPIC|TESTHOSP"])
+    reply = ingestor.handle(order_message(sender="EPIC\\F\\TESTHOSP", facility=""))
+    assert reply is not None and b"MSA|AR|" in reply and not rec.queued
+    ok = ingestor.handle(order_message(control_id="OK1", sender="EPIC", facility="TESTHOSP"))
+    assert ok is not None and b"MSA|AA|OK1" in ok
+
+
+# -- item 13: a client certificate without a CA never means plain TCP ---------------------------
+def test_advisory_tls_cert_without_ca_is_tls_with_a_warning(
+    tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    import shutil
+    import ssl
+    import subprocess
+
+    from worker.publish import Publisher
+    from worker.settings import Route, Settings
+
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command is not installed")
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "c.key"]
+        + ["-out", "c.pem", "-days", "2", "-subj", "/CN=ordercheck client"],
+        cwd=tmp_path,
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
+    settings = Settings(
+        advisory_tls_cert=tmp_path / "c.pem",
+        advisory_tls_key=tmp_path / "c.key",
+        advisory_ack_timeout=3.0,
+    )
+    with caplog.at_level("WARNING", logger="ordercheck.publish"):
+        publisher = Publisher(settings)
+    assert "without ORDERCHECK_ADVISORY_TLS_CA" in caplog.text
+    assert publisher._ssl is not None and publisher._ssl.verify_mode == ssl.CERT_REQUIRED
+    ris = FakeOrderingSystem().start()  # plain TCP: the advisory must not go to it in clear
+    try:
+        message = b"MSH|^~\\&|ORDERCHECK|ORDERCHECK|RIS|HOSP|2026||ORU^R01|OCT1|P|2.5.1\r"
+        outcome = publisher.send(Route(host="127.0.0.1", port=ris.port), message, "OCT1")
+        assert not outcome.ok and "TLS" in outcome.error
+        assert not any(b"OCT1" in a.body for a in ris.advisories())  # nothing in clear
+    finally:
+        publisher.close()
+        ris.stop()

@@ -240,6 +240,7 @@ class Service:
             idle_timeout=settings.idle_timeout,
             max_connections=settings.max_connections,
             ssl=listener_ssl(settings),
+            max_per_peer=settings.max_connections_per_peer,
         )
         self.http: ThreadingHTTPServer | None = None
         self._background: list[asyncio.Task[None]] = []
