@@ -400,9 +400,10 @@ def test_advisory_tls_cert_without_ca_is_tls_with_a_warning(
 
     if shutil.which("openssl") is None:
         pytest.skip("the openssl command is not installed")
+    command = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "c.key"]
+    command += ["-out", "c.pem", "-days", "2", "-subj", "/CN=ordercheck client"]
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "c.key"]
-        + ["-out", "c.pem", "-days", "2", "-subj", "/CN=ordercheck client"],
+        command,
         cwd=tmp_path,
         check=True,
         capture_output=True,
