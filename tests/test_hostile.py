@@ -427,3 +427,38 @@ def test_advisory_tls_cert_without_ca_is_tls_with_a_warning(
     finally:
         publisher.close()
         ris.stop()
+
+
+# -- item 11: a different message under a used (MSH-3, MSH-4, MSH-10) gets AE, never silence ------
+def test_a_different_message_under_a_used_control_id_gets_ae() -> None:
+    ingestor, rec = _ingestor()
+    first = order_message(control_id="DUP1", placer="PD1", patient_id="P1^^^H^MR")
+    ack = ingestor.handle(first)
+    assert ack is not None and b"MSA|AA|DUP1" in ack
+    # The same message resent, stamped again (MSH-7) and with CRLF ends: the first ACK.
+    again = first.replace(b"20261120083000|", b"20261120090000|", 1).replace(b"\r", b"\r\n")
+    assert ingestor.handle(again) == ack
+    # Another patient under the same id: AE 205, kept for review, not queued, not the first ACK.
+    other = order_message(control_id="DUP1", placer="PD1", patient_id="P2^^^H^MR")
+    reply = ingestor.handle(other)
+    assert reply is not None and reply != ack
+    assert b"MSA|AE|DUP1" in reply and b"205^Duplicate key identifier" in reply
+    assert len(rec.queued) == 1 and rec.kept[-1].code == "AE"
+    # Both in one batch of frames: the second is refused as well.
+    ingestor2, rec2 = _ingestor()
+    replies = ingestor2.handle_batch([first, other])
+    assert b"MSA|AA|DUP1" in replies[0] and b"MSA|AE|DUP1" in replies[1]  # type: ignore[operator]
+    assert len(rec2.queued) == 1
+
+
+def test_resend_entries_written_before_the_digest_still_answer() -> None:
+    from worker.ingest import Ingestor
+    from worker.settings import Settings
+    from worker.store import MemoryDedup, dedup_key
+
+    dedup = MemoryDedup()
+    old_ack = b"MSH|^~\\&|ORDERCHECK|ORDERCHECK|EPIC|HOSP|2026||ACK|A1|P|2.3\rMSA|AA|OLD1\r"
+    dedup.set(dedup_key("EPIC", "HOSP", "OLD1"), old_ack, 60)
+    rec = _Recorder()
+    ingestor = Ingestor(Settings(), dedup, rec.enqueue, rec.keep)
+    assert ingestor.handle(order_message(control_id="OLD1")) == old_ack and not rec.queued
