@@ -462,3 +462,37 @@ def test_resend_entries_written_before_the_digest_still_answer() -> None:
     rec = _Recorder()
     ingestor = Ingestor(Settings(), dedup, rec.enqueue, rec.keep)
     assert ingestor.handle(order_message(control_id="OLD1")) == old_ack and not rec.queued
+
+
+# -- item 14: log volume: fields cut, repeated lines rate-limited -------------------------------
+def _record(msg: str, **extra: Any) -> Any:
+    import logging
+
+    record = logging.LogRecord("ordercheck.ingest", logging.INFO, "x", 1, msg, (), None)
+    record.__dict__.update(extra)
+    return record
+
+
+def test_logged_fields_are_cut() -> None:
+    import json
+
+    from worker.logs import MAX_FIELD, JSONFormatter
+
+    line = JSONFormatter().format(_record("ignored an ACK", control_id="C" * 5000))
+    data = json.loads(line)
+    assert len(line) < 400 and data["control_id"].startswith("C" * MAX_FIELD)
+    assert data["control_id"].endswith("(5000 chars)")
+    assert len(json.loads(JSONFormatter().format(_record("x" * 100_000)))["msg"]) < 600
+
+
+def test_repeated_lines_are_rate_limited_and_counted() -> None:
+    from worker.logs import RepeatFilter
+
+    now = [0.0]
+    f = RepeatFilter(burst=3, window=10.0, clock=lambda: now[0])
+    passed = [f.filter(_record("ignored an ACK", control_id=str(n))) for n in range(1000)]
+    assert passed.count(True) == 3  # 1000 ignored ACKs in one window: 3 lines
+    assert f.filter(_record("queued"))  # another line is not held back by them
+    now[0] = 10.0
+    after = _record("ignored an ACK")
+    assert f.filter(after) and after.suppressed == 997  # the next window says how many
