@@ -41,7 +41,7 @@ class Batch:
 
 def is_batch(frame: bytes) -> bool:
     """Whether *frame* begins with FHS or BHS (after framing bytes, blanks and a BOM)."""
-    return frame.lstrip(_LEAD)[:3].upper() in _HEADS
+    return frame[:256].lstrip(_LEAD)[:3].upper() in _HEADS  # no copy of a large frame
 
 
 def split_batch(frame: bytes) -> Batch | None:
