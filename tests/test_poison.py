@@ -111,3 +111,45 @@ def test_embedded_worker_sets_a_failing_message_aside(knowledge: object) -> None
         runtime.stop()
     (dead,) = runtime.stores.store.dead_letters()
     assert dead.control_id == "EMBDEAD" and "RuntimeError" in dead.reason
+
+
+def test_a_batch_that_died_reruns_one_message_per_task(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The guard of a task (worker/tasks.py _guard) on a journal in fakeredis: a batch that was
+    started before is split; each message is counted alone; the one that keeps dying is set
+    aside after max_attempts (3) runs, the other is cleared when it finishes."""
+    import fakeredis
+
+    from worker import tasks
+
+    journal = Journal(fakeredis.FakeRedis())
+    queued: list[list[tuple[str, float]]] = []
+    monkeypatch.setattr(
+        tasks.validate_batch, "apply_async", lambda args, **kw: queued.append(args[0])
+    )
+    monkeypatch.setattr(tasks.settings, "max_attempts", 3)
+    good = (order_message(control_id="GOOD").decode("latin-1"), 1_700_000_000.0)
+    bad = (order_message(control_id="BAD", placer="PBAD").decode("latin-1"), 1_700_000_000.0)
+    assert tasks._guard(journal, [good, bad]) == [good, bad]  # run 1, then the worker dies
+    assert tasks._guard(journal, [good, bad]) is None  # redelivered: split instead of run
+    assert queued == [[good], [bad]]
+    assert journal.attempts([m.encode("latin-1") for m, _ in (good, bad)]) == [1, 1]
+    assert tasks._guard(journal, [good]) == [good]
+    journal.done([good[0].encode("latin-1")])  # finished: its count is gone
+    assert journal.attempts([good[0].encode("latin-1")]) == [0]
+    assert tasks._guard(journal, [bad]) == [bad]  # run 2, dies
+    assert tasks._guard(journal, [bad]) == [bad]  # run 3, dies
+    assert tasks._guard(journal, [bad]) == []  # set aside, not run a fourth time
+    (dead,) = tasks.processor().stores.store.dead_letters()
+    assert (dead.control_id, dead.attempts) == ("BAD", 3)
+    assert journal.attempts([bad[0].encode("latin-1")]) == [0]
+
+
+def test_a_run_that_raises_is_not_counted() -> None:
+    import fakeredis
+
+    journal = Journal(fakeredis.FakeRedis())
+    message = order_message(control_id="FLAKY")
+    for _ in range(10):  # Redis flapping: each run raises, the worker lives
+        assert journal.start([message]) == [1]
+        journal.undo([message])
+    assert journal.attempts([message]) == [0]
