@@ -472,6 +472,7 @@ def end_to_end(args: argparse.Namespace, templates: list[Template], url: str) ->
             "ORDERCHECK_METRICS_PORT": str(metrics_port),
             "ORDERCHECK_LOG_LEVEL": args.log_level,
             "ORDERCHECK_MAX_CONNECTIONS": str(max(100, args.connections + 10)),
+            "ORDERCHECK_MAX_CONNECTIONS_PER_PEER": str(max(100, args.connections + 10)),
         }
     )
     reports: list[tuple[int, Memory]] = []

@@ -18,7 +18,8 @@ from worker.history import InMemoryHistory
 
 ROOT = Path(__file__).resolve().parent.parent
 SEEDS = ROOT / "seeds"
-SHARED = ROOT.parent / "shared"
+# shared/ beside the clone (as in CI); ORDERCHECK_TEST_SHARED names it elsewhere.
+SHARED = Path(os.environ.get("ORDERCHECK_TEST_SHARED") or ROOT.parent / "shared")
 
 
 @pytest.fixture(scope="session")

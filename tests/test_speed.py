@@ -189,7 +189,7 @@ def test_a_batch_of_orders_takes_three_round_trips(
     )
     assert failed == {} and len(ids) == 3 and len(publisher.sent) == 3
     assert len(writes) == 3
-    assert writes[-1].count("HSET") == 3 and writes[-1][-2:] == ["HDEL", "ZREM"]
+    assert writes[-1].count("HSET") == 3 and writes[-1][-3:] == ["HDEL", "ZREM", "HDEL"]
     assert journal.size() == 0
 
 

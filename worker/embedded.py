@@ -97,8 +97,32 @@ class EmbeddedRuntime:
             assert isinstance(item, tuple)
             try:
                 self.processor.process(item[0], item[1])
-            except Exception:
-                log.exception("processing failed")
+            except Exception as exc:  # not run again here: set aside, listed for review
+                log.error("processing failed: %s; message set aside", type(exc).__name__)
+                self._set_aside(item[0], item[1], exc)
+
+    def _set_aside(self, data: bytes, received_at: float, exc: Exception) -> None:
+        from datetime import UTC, datetime
+
+        from worker.hl7.parse import peek_msh
+        from worker.journal import message_key
+        from worker.store import DEAD_LETTER_RAW_CHARS, DeadLetter
+
+        try:
+            self.stores.store.keep_dead_letter(
+                DeadLetter(
+                    key=message_key(data),
+                    control_id=peek_msh(data).control_id[:200],
+                    attempts=1,
+                    reason=f"processing failed: {type(exc).__name__}",
+                    received_at=datetime.fromtimestamp(received_at, UTC),
+                    dead_at=datetime.now(UTC),
+                    raw=data[:DEAD_LETTER_RAW_CHARS].decode("utf-8", errors="replace"),
+                    raw_bytes=len(data),
+                )
+            )
+        except Exception:
+            log.exception("could not set a failed message aside")
 
     def stop(self, timeout: float = 30.0) -> None:
         """Finish the queued messages (up to *timeout* seconds), then stop."""

@@ -8,6 +8,7 @@ An ACK is never acknowledged.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from typing import Protocol
 from worker import metrics
 from worker.errors import HL7ParseError
 from worker.hl7.ack import AckError, AckTarget, ack_code, build_ack
+from worker.hl7.batch import Batch, build_batch_ack, is_batch, split_batch
 from worker.hl7.parse import parse_message, peek_msh
 from worker.hl7.read import read_header
 from worker.settings import Settings
@@ -67,6 +69,32 @@ class _Accepted:
     index: int
     target: AckTarget
     key: str
+    digest: bytes = b""  # of the message's content (message_digest): a resend has the same
+
+
+def message_digest(text: str) -> bytes:
+    """A digest of a message's content, kept with its ACK for resends: a resend (the same
+    message again, whatever its line ends, trailing blanks or MSH-7 time) has the same one; a
+    different message under a used (MSH-3, MSH-4, MSH-10) does not."""
+    lines = [line.rstrip() for line in text.replace("\r\n", "\r").replace("\n", "\r").split("\r")]
+    lines = [line for line in lines if line]
+    if lines and len(lines[0]) > 3:
+        fields = lines[0].split(lines[0][3])
+        if len(fields) > 6:
+            fields[6] = ""  # MSH-7: a resending engine may stamp the time again
+        lines[0] = lines[0][3].join(fields)
+    return hashlib.sha256("\r".join(lines).encode("utf-8")).hexdigest()[:32].encode()
+
+
+def _pack(ack: bytes, digest: bytes) -> bytes:
+    """What the resend table keeps: the ACK, NUL, the digest (an ACK has no NUL: escaped)."""
+    return ack + b"\x00" + digest if digest else ack
+
+
+def _unpack(value: bytes) -> tuple[bytes, bytes]:
+    """(ACK, digest) from the resend table; no digest in entries written before there was one."""
+    ack, _, digest = value.partition(b"\x00")
+    return ack, digest
 
 
 def nothing_to_remember() -> None:
@@ -118,7 +146,37 @@ class Ingestor:
         """handle_batch(), less the write of the new ACKs to the resend table, returned as a
         function to call once the ACKs are on their way (and before the next batch): the ACKs
         then wait for one round trip to Redis fewer. Until it has run, a resend of one of these
-        messages would be queued again, which is harmless (the worker is idempotent)."""
+        messages would be queued again, which is harmless (the worker is idempotent).
+
+        A frame holding an HL7 batch (FHS/BHS, worker/hl7/batch.py) has each of its messages
+        judged as if it came alone, and gets one batch of their ACKs."""
+        if not any(is_batch(frame) for frame in frames):
+            return self._handle_messages(frames)
+        flat: list[bytes] = []
+        spans: list[tuple[int, int, Batch | None]] = []
+        for frame in frames:
+            batch = split_batch(frame)
+            messages = [frame] if batch is None else batch.messages
+            spans.append((len(flat), len(flat) + len(messages), batch))
+            flat += messages
+        replies, remember = self._handle_messages(flat)
+        out: list[bytes | None] = []
+        for start, end, batch in spans:
+            if batch is None:
+                out.append(replies[start])
+                continue
+            log.info("batch", extra={"messages": end - start})
+            out.append(
+                build_batch_ack(
+                    batch, replies[start:end], self.settings.application, self.settings.facility
+                )
+            )
+        return out, remember
+
+    def _handle_messages(
+        self, frames: list[bytes]
+    ) -> tuple[list[bytes | None], Callable[[], None]]:
+        """handle_batch_early() for frames that each hold one message."""
         started = time.perf_counter()
         received_at = time.time()
         metrics.INGEST_BATCH.observe(len(frames))
@@ -144,12 +202,19 @@ class Ingestor:
         repeats: list[_Accepted] = []
         for a, prev in zip(accepted, previous, strict=True):
             if prev is not None:
+                first_ack, digest = _unpack(prev)
+                if digest and a.digest and digest != a.digest:
+                    replies[a.index] = self._conflict(a, frames[a.index], received_at, started)
+                    continue
                 metrics.RESENDS.inc()
                 log.info(
                     "resend answered with the first ACK", extra={"control_id": a.target.control_id}
                 )
-                replies[a.index] = self._answer(a.target, prev, accepted=True, started=started)
+                replies[a.index] = self._answer(a.target, first_ack, accepted=True, started=started)
             elif a.key in first:
+                if first[a.key].digest != a.digest:
+                    replies[a.index] = self._conflict(a, frames[a.index], received_at, started)
+                    continue
                 repeats.append(a)
             else:
                 first[a.key] = a
@@ -164,10 +229,12 @@ class Ingestor:
             )
             for a in fresh
         }
-        failed = self._queue(frames, fresh, received_at, acks)
+        stored = {a.key: _pack(acks[a.key], a.digest) for a in fresh}
+        failed = self._queue(frames, fresh, received_at, stored)
         for a in fresh:
             if a.index in failed:
                 del acks[a.key]
+                del stored[a.key]
                 replies[a.index] = self._unavailable(a.target, failed[a.index], started)
                 continue
             code = codes[a.key]
@@ -183,15 +250,15 @@ class Ingestor:
             metrics.RESENDS.inc()
             replies[a.index] = self._answer(a.target, ack, accepted=True, started=started)
 
-        if not acks or self.enqueue_with_acks is not None:  # none, or recorded with the queueing
+        if not stored or self.enqueue_with_acks is not None:  # none, or recorded with the queueing
             return replies, nothing_to_remember
 
         def remember() -> None:
             try:
-                self.dedup.set_many(list(acks.items()), self.settings.dedup_ttl_seconds)
+                self.dedup.set_many(list(stored.items()), self.settings.dedup_ttl_seconds)
             except Exception:  # queued already: the worker is idempotent, a resend is harmless
                 log.warning(
-                    "could not record the ACKs for resends", extra={"advisories": len(acks)}
+                    "could not record the ACKs for resends", extra={"advisories": len(stored)}
                 )
 
         return replies, remember
@@ -212,7 +279,7 @@ class Ingestor:
                 head.sending_facility,
                 head.receiving_application,
                 head.receiving_facility,
-                head.control_id,
+                head.exact_control_id,
                 head.trigger_event,
                 head.processing_id or "P",
                 head.version or "2.5.1",
@@ -228,7 +295,7 @@ class Ingestor:
             header.sending_facility,
             header.receiving_application,
             header.receiving_facility,
-            header.control_id,
+            raw.delimiters.decode(raw.msh.get(10)),  # MSA-2 echoes MSH-10 exactly: not trimmed
             header.trigger_event,
             header.processing_id,
             header.version,
@@ -246,7 +313,7 @@ class Ingestor:
         if problem is not None:
             return self._refuse(target, "reject", problem, frame, received_at, started)
         key = dedup_key(header.sending_application, header.sending_facility, header.control_id)
-        return _Accepted(index, target, key)
+        return _Accepted(index, target, key, message_digest(raw.text))
 
     def _queue(
         self,
@@ -325,6 +392,24 @@ class Ingestor:
             )
         ack = build_ack(target, code, error, self.settings.application, self.settings.facility)
         return self._answer(target, ack, accepted=False, started=started, code=code)
+
+    def _conflict(
+        self, a: _Accepted, frame: bytes, received_at: float, started: float
+    ) -> bytes | None:
+        """A message under a (MSH-3, MSH-4, MSH-10) used by a different message: AE 205, kept
+        for review and logged as a conflict; never answered with the other message's ACK."""
+        metrics.RESENDS.inc()
+        log.warning(
+            "control id reused by a different message", extra={"control_id": a.target.control_id}
+        )
+        error = AckError(
+            "205",
+            "MSH-10 already used by a different message from this sender (MSH-3, MSH-4); "
+            "send it with a new control id",
+            "MSH",
+            10,
+        )
+        return self._refuse(a.target, "error", error, frame, received_at, started)
 
     def _unavailable(self, target: AckTarget, exc: Exception, started: float) -> bytes | None:
         log.error(

@@ -10,10 +10,17 @@ listener ACKed it (kombu issue #305; the chaos run, bench/chaos.py, hits it). So
 - `ordercheck serve` queues again what is still here after `grace` seconds while the queue is
   empty (`requeue_stale`). Processing is idempotent, so a message queued twice gives one
   advisory; a message only ever waits here, it is never processed from here.
+- a poison message (one whose run kills the worker: task time limit, pool process killed) would
+  come back forever, by the broker's redelivery or by the sweep. So each run of a message is
+  counted when it starts (`start`) and the count is cleared when it finishes, or taken back when
+  it fails with an exception (the worker lived: `undo`). A batch in which a message was run
+  before runs again one message per task; a message started `max_attempts` times is set aside
+  (`dead_letter`: listed for review by `ordercheck dead-letters`, never run again).
 
 Redis layout (prefix "oc:"): oc:inflight hash, message key -> JSON [message as Latin-1 text,
-received_at]; oc:inflight:at sorted set, message key by the time it was last queued. The message
-key is a hash of the message bytes.
+received_at]; oc:inflight:at sorted set, message key by the time it was last queued;
+oc:attempts hash, message key -> runs started and not finished. The message key is a hash of
+the message bytes.
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ class Journal:
         self.r = client
         self.hash = f"{prefix}inflight"
         self.index = f"{prefix}inflight:at"
+        self.tries = f"{prefix}attempts"
 
     def add(
         self,
@@ -93,6 +101,47 @@ class Journal:
             keys = [message_key(d) for d in messages]
             pipe.hdel(self.hash, *keys)
             pipe.zrem(self.index, *keys)
+            pipe.hdel(self.tries, *keys)
+
+    # -- poison messages -------------------------------------------------------------------------
+    def attempts(self, messages: list[bytes]) -> list[int]:
+        """Runs of each message started and not finished so far."""
+        if not messages:
+            return []
+        values = self.r.hmget(self.tries, [message_key(d) for d in messages])
+        return [int(v) if v is not None else 0 for v in values]
+
+    def start(self, messages: list[bytes]) -> list[int]:
+        """Count a run of each message, before it runs (one round trip); returns each one's
+        runs started and not finished, this one included."""
+        return self._add(messages, 1)
+
+    def undo(self, messages: list[bytes]) -> None:
+        """Take back start() for runs that failed with an exception (the worker lived, so it
+        was not the message that killed it); never raises."""
+        try:
+            self._add(messages, -1)
+        except Exception as exc:
+            log.warning("could not take back a run count: %s", type(exc).__name__)
+
+    def _add(self, messages: list[bytes], n: int) -> list[int]:
+        if not messages:
+            return []
+        pipe = self.r.pipeline(transaction=False)
+        for d in messages:
+            pipe.hincrby(self.tries, message_key(d), n)
+        return [int(v) for v in pipe.execute()]
+
+    def dead_letter(self, messages: list[bytes], also: Callable[[Any], None] | None = None) -> None:
+        """Take *messages* out of the journal for good (the sweep no longer queues them), with
+        *also*'s writes (the dead-letter entries for review) in the same transaction."""
+        if not messages:
+            return
+        pipe = self.r.pipeline(transaction=True)
+        self.queue_done(pipe, messages)
+        if also is not None:
+            also(pipe)
+        pipe.execute()
 
     def size(self) -> int:
         return int(self.r.zcard(self.index))

@@ -30,7 +30,7 @@ from worker.errors import HL7ParseError
 from worker.guideline import Knowledge
 from worker.history import History
 from worker.hl7.build import advisory_control_id, build_advisory
-from worker.hl7.parse import RawMessage, parse_message, peek_msh
+from worker.hl7.parse import RawMessage, parse_message
 from worker.hl7.read import read_message
 from worker.models import HistoryEntry, ParsedMessage
 from worker.publish import Publisher
@@ -477,7 +477,11 @@ class Processor:
             self.schedule_retry(rec_id, attempt, self.settings.delivery_backoff)
             return False
         message = record.raw_out.encode("utf-8")
-        outcome = self.publisher.send(route, message, peek_msh(message).control_id)
+        # The reply's MSA-2 is compared with the MSH-10 we built, never with one read back from
+        # the bytes: bytes that say otherwise (a field that broke the framing) are not delivered.
+        outcome = self.publisher.send(
+            route, message, advisory_control_id(record.id, record.revision)
+        )
         if outcome.ok:
             fields = delivery_fields("delivered", attempt, "", outcome.destination)
             if marks is None:
@@ -548,7 +552,7 @@ class Processor:
             ]:
                 continue
             revision = rec.revision + 1
-            control = f"{advisory_control_id(rec_id)[:17]}C{revision}"[:20]
+            control = advisory_control_id(rec_id, revision)
             meta = self.kn.guideline.guideline
             out = build_advisory(
                 raw,

@@ -40,9 +40,21 @@ class Publisher:
 
     @staticmethod
     def _context(settings: Settings) -> ssl.SSLContext | None:
-        if settings.advisory_tls_ca is None:
+        """TLS when a CA or a client certificate is set, never plain TCP then: a certificate
+        without ORDERCHECK_ADVISORY_TLS_CA verifies the ordering system against the system's
+        CA store (with a warning), where it once meant plain TCP, silently."""
+        if settings.advisory_tls_ca is None and settings.advisory_tls_cert is None:
+            if settings.advisory_tls_key is not None:
+                log.warning("ORDERCHECK_ADVISORY_TLS_KEY is set without a certificate: ignored")
             return None
-        ctx = ssl.create_default_context(cafile=str(settings.advisory_tls_ca))
+        if settings.advisory_tls_ca is None:
+            log.warning(
+                "ORDERCHECK_ADVISORY_TLS_CERT is set without ORDERCHECK_ADVISORY_TLS_CA: "
+                "advisories go over TLS, the ordering system checked against the system's CAs"
+            )
+            ctx = ssl.create_default_context()
+        else:
+            ctx = ssl.create_default_context(cafile=str(settings.advisory_tls_ca))
         if settings.advisory_tls_cert is not None:
             ctx.load_cert_chain(
                 str(settings.advisory_tls_cert),

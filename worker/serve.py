@@ -31,7 +31,7 @@ from worker.ingest import EnqueueWithAcks, Ingestor, Rejected, nothing_to_rememb
 from worker.journal import Journal, journaled_direct, requeue_stale
 from worker.runtime import Stores, redis_client
 from worker.settings import Settings
-from worker.store import RedisStore, RejectedEntry, purge_expired
+from worker.store import REJECTED_RAW_CHARS, RedisStore, RejectedEntry, purge_expired
 
 log = logging.getLogger("ordercheck.serve")
 PURGE_INTERVAL = 24 * 3600.0  # seconds between two purges of expired advisories
@@ -58,7 +58,8 @@ def _keeper(stores: Stores) -> Callable[[Rejected], None]:
                 ack_code=r.code,
                 reason=r.reason,
                 received_at=datetime.fromtimestamp(r.received_at, UTC),
-                raw=r.raw.decode("utf-8", errors="replace"),
+                raw=r.raw[:REJECTED_RAW_CHARS].decode("utf-8", errors="replace"),
+                raw_bytes=len(r.raw),
             )
         )
 
@@ -241,6 +242,7 @@ class Service:
             idle_timeout=settings.idle_timeout,
             max_connections=settings.max_connections,
             ssl=listener_ssl(settings),
+            max_per_peer=settings.max_connections_per_peer,
         )
         self.http: ThreadingHTTPServer | None = None
         self._background: list[asyncio.Task[None]] = []

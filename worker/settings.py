@@ -42,6 +42,12 @@ class Settings(BaseSettings):
     # Celery keeps a timer entry per task for this long, so the main process's memory grows
     # with task rate x limit: keep it short.
     task_time_limit: int = Field(default=60, ge=10)
+    # Runs of one message that may end with the worker killed (task time limit, pool process
+    # lost) before it is set aside as a dead letter, listed by `ordercheck dead-letters`.
+    max_attempts: int = Field(default=3, ge=1, le=100)
+    # Test hook (off when empty): a worker process that takes a message with this MSH-10 kills
+    # itself with SIGKILL, as a poison message would; for the dead-letter tests and bench runs.
+    chaos_kill_control_id: str = ""
     # Nice increment of the Celery worker processes: on a host shared with a listener, the
     # listener's ACKs go first and the checks absorb a burst a few milliseconds later.
     worker_nice: int = Field(default=5, ge=0, le=19)
@@ -65,6 +71,8 @@ class Settings(BaseSettings):
     max_frame_bytes: int = Field(default=1024 * 1024, ge=1024)  # bytes
     idle_timeout: float = Field(default=300.0, gt=0)  # seconds without a byte before closing
     max_connections: int = Field(default=100, ge=1)
+    # Connections from one address at once: one client cannot take every slot.
+    max_connections_per_peer: int = Field(default=20, ge=1)
     allowed_senders: list[str] = Field(default_factory=list)  # "APP" or "APP|FACILITY"; empty: all
     processing_ids: list[str] = Field(default_factory=lambda: ["P", "T", "D"])  # MSH-11
     versions: list[str] = Field(
@@ -141,15 +149,22 @@ class Settings(BaseSettings):
     def route_for(self, application: str, facility: str) -> Route | None:
         """The destination of advisories for orders from this sender, or None."""
         routes = {k.upper(): v for k, v in self.advisory_routes.items()}  # env keys lose case
-        for key in (f"{application}|{facility}".upper(), application.upper()):
-            if key in routes:
-                return routes[key]
+        if "|" not in application:  # MSH-3 and MSH-4 compared as fields of their own
+            for key in (f"{application}|{facility}".upper(), application.upper()):
+                if key in routes:
+                    return routes[key]
         if self.advisory_host and self.advisory_port:
             return Route(host=self.advisory_host, port=self.advisory_port)
         return None
 
     def sender_allowed(self, application: str, facility: str) -> bool:
+        """Whether MSH-3 (and MSH-4) match an entry "APP" or "APP|FACILITY", each compared as a
+        field of its own: an MSH-3 of EPIC\\F\\TESTHOSP (EPIC|TESTHOSP) matches no entry."""
         if not self.allowed_senders:
             return True
-        allowed = {a.upper() for a in self.allowed_senders}
-        return application.upper() in allowed or f"{application}|{facility}".upper() in allowed
+        app, fac = application.upper(), facility.upper()
+        for entry in self.allowed_senders:
+            want_app, sep, want_fac = entry.upper().partition("|")
+            if want_app == app and (not sep or want_fac == fac):
+                return True
+        return False

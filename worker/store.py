@@ -10,6 +10,9 @@ Redis layout (prefix "oc:" by default; patient keys are hashed, never stored in 
     oc:advisories        stream: one JSON entry per advisory, for other consumers
     oc:dedup:{sha}       the ACK we gave to (MSH-3, MSH-4, MSH-10), with a TTL
     oc:hist:{sha}        set of HistoryEntry JSON for one patient identifier
+    oc:rejected          list of RejectedEntry JSON, newest first (count and byte budget)
+    oc:deadletter        list of DeadLetter JSON, newest first: messages that kept killing
+                         workers, set aside after max_attempts (worker/journal.py)
 """
 
 from __future__ import annotations
@@ -88,7 +91,12 @@ class AdvisoryStore(Protocol):
     ) -> AdvisoryRecord:
         """Replace the result and advisory after a re-check; the note joins the audit trail."""
 
-    def rejected(self, limit: int = 100) -> list[RejectedEntry]: ...
+    def rejected(self, limit: int = 100, offset: int = 0) -> list[RejectedEntry]: ...
+
+    def keep_dead_letter(self, entry: DeadLetter) -> None:
+        """Set aside a message that kept killing workers (listed for review, never run again)."""
+
+    def dead_letters(self, limit: int = 100) -> list[DeadLetter]: ...
 
 
 class RejectedEntry(BaseModel):
@@ -99,9 +107,41 @@ class RejectedEntry(BaseModel):
     reason: str
     received_at: datetime
     raw: str
+    raw_bytes: int = 0  # length of the message as received; raw holds at most REJECTED_RAW_CHARS
+
+    def budgeted(self) -> RejectedEntry:
+        """This entry with its raw text cut to REJECTED_RAW_CHARS (and control id to 200)."""
+        if len(self.raw) <= REJECTED_RAW_CHARS and len(self.control_id) <= 200:
+            return self if self.raw_bytes else self.model_copy(update={"raw_bytes": len(self.raw)})
+        return self.model_copy(
+            update={
+                "raw": self.raw[:REJECTED_RAW_CHARS],
+                "raw_bytes": self.raw_bytes or len(self.raw),
+                "control_id": self.control_id[:200],
+            }
+        )
 
 
+class DeadLetter(BaseModel):
+    """A message set aside after max_attempts runs that never finished (each killed the worker:
+    task time limit, pool process killed). raw is patient data: shown only behind the login."""
+
+    key: str  # the journal's message key (worker/journal.py message_key)
+    control_id: str
+    attempts: int
+    reason: str
+    received_at: datetime
+    dead_at: datetime
+    raw: str  # the first DEAD_LETTER_RAW_CHARS characters
+    raw_bytes: int = 0  # length of the message
+
+
+# Refused messages kept for review: at most REJECTED_KEEP entries and, since a refused frame
+# may be 1 MB, the first REJECTED_RAW_CHARS characters of each (about 80 MB at most in all).
 REJECTED_KEEP = 10_000
+REJECTED_RAW_CHARS = 8192
+DEAD_LETTER_KEEP = 1_000
+DEAD_LETTER_RAW_CHARS = 1 << 16
 
 
 def query(
@@ -135,6 +175,7 @@ class MemoryStore:
     def __init__(self) -> None:
         self._records: dict[str, AdvisoryRecord] = {}
         self._rejected: list[RejectedEntry] = []
+        self._dead: list[DeadLetter] = []
         self._patients: dict[str, dict[str, datetime]] = {}
         self.stream: list[str] = []
 
@@ -190,11 +231,19 @@ class MemoryStore:
         del self.stream[:-10000]
 
     def keep_rejected(self, entry: RejectedEntry) -> None:
-        self._rejected.append(entry)
+        self._rejected.append(entry.budgeted())
         del self._rejected[:-REJECTED_KEEP]
 
-    def rejected(self, limit: int = 100) -> list[RejectedEntry]:
-        return list(reversed(self._rejected[-limit:]))
+    def rejected(self, limit: int = 100, offset: int = 0) -> list[RejectedEntry]:
+        end = len(self._rejected) - max(0, offset)
+        return list(reversed(self._rejected[max(0, end - limit) : max(0, end)]))
+
+    def keep_dead_letter(self, entry: DeadLetter) -> None:
+        self._dead.append(entry)
+        del self._dead[:-DEAD_LETTER_KEEP]
+
+    def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        return list(reversed(self._dead[-limit:]))
 
     def index_patient(self, patient_keys: list[str], advisory_id: str, at: datetime) -> None:
         for key in patient_keys:
@@ -228,6 +277,7 @@ class MemoryStore:
 
     def purge(self, before: datetime) -> int:
         self._rejected = [r for r in self._rejected if r.received_at >= before]
+        self._dead = [d for d in self._dead if d.received_at >= before]
         # A copy: serve's daily purge runs in a thread while the worker thread adds records.
         old = [k for k, r in list(self._records.items()) if r.received_at < before]
         for k in old:
@@ -431,14 +481,31 @@ class RedisStore:
 
     def keep_rejected(self, entry: RejectedEntry) -> None:
         pipe = self.r.pipeline(transaction=False)
-        pipe.lpush(f"{self.p}rejected", entry.model_dump_json())
+        pipe.lpush(f"{self.p}rejected", entry.budgeted().model_dump_json())
         pipe.ltrim(f"{self.p}rejected", 0, REJECTED_KEEP - 1)
         pipe.execute()
 
-    def rejected(self, limit: int = 100) -> list[RejectedEntry]:
+    def rejected(self, limit: int = 100, offset: int = 0) -> list[RejectedEntry]:
+        start = max(0, offset)
         return [
             RejectedEntry.model_validate_json(v)
-            for v in self.r.lrange(f"{self.p}rejected", 0, limit - 1)
+            for v in self.r.lrange(f"{self.p}rejected", start, start + limit - 1)
+        ]
+
+    def keep_dead_letter(self, entry: DeadLetter) -> None:
+        pipe = self.r.pipeline(transaction=False)
+        self.queue_dead_letter(pipe, entry)
+        pipe.execute()
+
+    def queue_dead_letter(self, pipe: Any, entry: DeadLetter) -> None:
+        """keep_dead_letter()'s writes, added to *pipe* (the caller executes it)."""
+        pipe.lpush(f"{self.p}deadletter", entry.model_dump_json())
+        pipe.ltrim(f"{self.p}deadletter", 0, DEAD_LETTER_KEEP - 1)
+
+    def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        return [
+            DeadLetter.model_validate_json(v)
+            for v in self.r.lrange(f"{self.p}deadletter", 0, limit - 1)
         ]
 
     def index_patient(self, patient_keys: list[str], advisory_id: str, at: datetime) -> None:
@@ -489,10 +556,18 @@ class RedisStore:
             for v in self.r.lrange(f"{self.p}rejected", 0, -1)
             if RejectedEntry.model_validate_json(v).received_at >= before
         ]
+        dead = [
+            v
+            for v in self.r.lrange(f"{self.p}deadletter", 0, -1)
+            if DeadLetter.model_validate_json(v).received_at >= before
+        ]
         pipe = self.r.pipeline(transaction=True)
         pipe.delete(f"{self.p}rejected")
         if kept:
             pipe.rpush(f"{self.p}rejected", *kept)
+        pipe.delete(f"{self.p}deadletter")
+        if dead:
+            pipe.rpush(f"{self.p}deadletter", *dead)
         pipe.execute()
         # The advisory stream too: its entry ids are milliseconds since the epoch.
         self.r.xtrim(f"{self.p}advisories", minid=int(_ts(before) * 1000), approximate=False)

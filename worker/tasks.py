@@ -9,7 +9,10 @@ deliver: a retry of an advisory's delivery after a failed first attempt.
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import time
+from datetime import UTC, datetime
 from functools import cache
 from typing import Any
 
@@ -17,10 +20,12 @@ from celery.exceptions import Reject
 
 from worker.celery_app import app, settings
 from worker.guideline import load_knowledge
-from worker.journal import Journal
+from worker.hl7.parse import peek_msh
+from worker.journal import Journal, message_key
 from worker.pipeline import Processor
 from worker.publish import Publisher
 from worker.runtime import Stores, redis_client
+from worker.store import DEAD_LETTER_RAW_CHARS, DeadLetter, RedisStore
 
 log = logging.getLogger("ordercheck.tasks")
 # Seconds to keep trying to queue a retry: half the task time limit, so the task ends first.
@@ -52,12 +57,80 @@ def _done(messages: list[str]) -> None:
         Journal(redis_client(settings.redis_url)).done([m.encode("latin-1") for m in messages])
 
 
+def _guard(journal: Journal, messages: list[tuple[str, float]]) -> list[tuple[str, float]] | None:
+    """The messages of a task to run now, their runs counted (worker/journal.py, poison
+    messages); None when the batch was queued again one message per task instead.
+
+    A batch in which a message was started before and never finished (its worker was killed)
+    runs again one message per task, so a poison message is counted alone and the others are
+    not held back by it; a message started max_attempts times is set aside as a dead letter."""
+    datas = [m.encode("latin-1") for m, _ in messages]
+    counts = journal.start(datas)  # one round trip: the count and this run
+    if len(messages) > 1 and any(n > 1 for n in counts):
+        journal.undo(datas)
+        for message in messages:
+            validate_batch.apply_async(([message],), retry=False)
+        log.warning("a batch that did not finish runs again one message per task")
+        return None
+    dead = [i for i, n in enumerate(counts) if n > settings.max_attempts]
+    if dead:
+        _set_aside(journal, [(datas[i], messages[i][1], counts[i] - 1) for i in dead])
+    live = [m for i, m in enumerate(messages) if i not in dead]
+    if settings.chaos_kill_control_id and any(
+        peek_msh(m.encode("latin-1")).control_id == settings.chaos_kill_control_id for m, _ in live
+    ):
+        os.kill(os.getpid(), signal.SIGKILL)  # the test hook: die as a poison message would
+    return live
+
+
+def _set_aside(journal: Journal, dead: list[tuple[bytes, float, int]]) -> None:
+    """Dead-letter these (message, received_at, runs): out of the journal, kept for review."""
+    store = processor().stores.store
+    now = datetime.now(UTC)
+    entries = [
+        DeadLetter(
+            key=message_key(data),
+            control_id=peek_msh(data).control_id[:200],
+            attempts=runs,
+            reason=f"set aside after {runs} runs that did not finish (the worker was killed: "
+            "task time limit or a crash)",
+            received_at=datetime.fromtimestamp(at, UTC),
+            dead_at=now,
+            raw=data[:DEAD_LETTER_RAW_CHARS].decode("utf-8", errors="replace"),
+            raw_bytes=len(data),
+        )
+        for data, at, runs in dead
+    ]
+
+    def also(pipe: Any) -> None:
+        if isinstance(store, RedisStore):
+            for entry in entries:
+                store.queue_dead_letter(pipe, entry)
+
+    journal.dead_letter([d for d, _, _ in dead], also)
+    if not isinstance(store, RedisStore):
+        for entry in entries:
+            store.keep_dead_letter(entry)
+    for entry in entries:
+        log.error(
+            "dead letter: a message killed its worker %d times",
+            entry.attempts,
+            extra={"control_id": entry.control_id},
+        )
+
+
 @app.task(name="ordercheck.validate", bind=True, max_retries=None, acks_late=True)
 def validate(self: object, message: str, received_at: float) -> list[str]:
+    if settings.redis_url:
+        live = _guard(Journal(redis_client(settings.redis_url)), [(message, received_at)])
+        if not live:
+            return []
     try:
         ids = processor().process(message.encode("latin-1"), received_at)
     except Exception as exc:  # Redis or another dependency failed: run again later
         log.error("validate failed: %s; retrying", type(exc).__name__)
+        if settings.redis_url:
+            Journal(redis_client(settings.redis_url)).undo([message.encode("latin-1")])
         raise _retry(self, exc, countdown=2) from exc
     _done([message])
     return ids
@@ -70,10 +143,16 @@ def validate_batch(self: object, messages: list[tuple[str, float]]) -> int:
     always fails holds up no other); when that task cannot be queued either, the whole batch
     runs again (idempotent: what was done is not done twice).
     Returns the number of advisories (a count: the pool sends results to its parent)."""
-    items = [(message.encode("latin-1"), received_at) for message, received_at in messages]
-    on_done = None
+    journal: Journal | None = None
     if settings.redis_url:
         journal = Journal(redis_client(settings.redis_url))
+        live = _guard(journal, messages)
+        if live is None or not live:
+            return 0
+        messages = live
+    items = [(message.encode("latin-1"), received_at) for message, received_at in messages]
+    on_done = None
+    if journal is not None:
 
         def on_done(pipe: Any, positions: list[int]) -> None:  # in the batch's last write
             journal.queue_done(pipe, [items[i][0] for i in positions])
@@ -82,6 +161,8 @@ def validate_batch(self: object, messages: list[tuple[str, float]]) -> int:
     if not errors:
         return len(ids)
     failed = [messages[i] for i in sorted(errors)]
+    if journal is not None:  # they raised: the worker lived, it was not a poison message
+        journal.undo([m.encode("latin-1") for m, _ in failed])
     error = next(iter(errors.values()))  # Redis or another dependency failed: run again later
     log.error(
         "validate failed: %s; retrying %d of %d messages",

@@ -28,7 +28,7 @@ import re
 from datetime import UTC, datetime
 from typing import Literal
 
-from worker.hl7.escape import Delimiters
+from worker.hl7.escape import CONTROL, Delimiters
 from worker.hl7.parse import RawMessage, RawSegment
 from worker.models import CheckResult, Order, Procedure
 from worker.protocols import ProtocolChoice
@@ -61,13 +61,14 @@ DEFAULT_DISCLAIMER = (
 )
 
 _NOT_ALNUM = re.compile(r"[^A-Za-z0-9]")
-_SPECIAL = re.compile(r"[|^~\\&\r\n]")  # what OURS.encode would change
+_SPECIAL = re.compile(r"[|^~\\&\x00-\x1f\x7f]")  # what OURS.encode would change
 
 Format = Literal["oru", "order-echo"]
 
 
-def advisory_control_id(advisory_id: str) -> str:
-    """MSH-10 for an advisory: "OC" + the first 18 letters and digits of its id (<= 20 chars).
+def advisory_control_id(advisory_id: str, revision: int = 0) -> str:
+    """MSH-10 for an advisory: "OC" + the first 18 letters and digits of its id (<= 20 chars);
+    for its n-th corrected revision (OBX-11 C), the first 17 of those then "C" and n.
 
     Deterministic, so a resent advisory carries the same MSH-10 and the receiver can deduplicate
     on (MSH-3, MSH-4, MSH-10). Advisory ids are 20 hex digits (worker/records.py): 18 of them
@@ -76,6 +77,8 @@ def advisory_control_id(advisory_id: str) -> str:
     tail = _NOT_ALNUM.sub("", advisory_id)[:18]
     if not tail:
         raise ValueError("advisory id has no letters or digits to build a control id from")
+    if revision:
+        return f"OC{tail}"[:17] + f"C{revision}"[:3]
     return f"OC{tail}"
 
 
@@ -89,7 +92,11 @@ def convert_field(raw: str, source: Delimiters, target: Delimiters = OURS) -> st
     """
     if not raw:
         return raw
-    if _same_delimiters(source, target) and (not source.escape or source.escape not in raw):
+    if (
+        _same_delimiters(source, target)
+        and (not source.escape or source.escape not in raw)
+        and not CONTROL.search(raw)
+    ):
         return raw  # already valid in our encoding: nothing to rewrite (the usual case)
     return target.repetition.join(
         _convert_repetition(rep, source, target) for rep in _split(raw, source.repetition)

@@ -8,7 +8,13 @@ literal text, never an error (python-hl7 #84).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+
+# Control characters (C0 and DEL) other than the line ends: never copied onto the wire raw.
+# 0x0B and 0x1C are MLLP's frame bytes (a 0x1C in a field ends the frame early, a 0x0B starts
+# a new one), 0x00 reaches the receiver's C strings; each is written as a hex escape \Xhh\.
+CONTROL = re.compile(r"[\x00-\x09\x0b\x0c\x0e-\x1f\x7f]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,10 +29,14 @@ class Delimiters:
     truncation: str = ""
 
     def encode(self, text: str) -> str:
-        """Escape *text* so it can stand in a field of a message with these delimiters."""
+        """Escape *text* so it can stand in a field of a message with these delimiters.
+
+        Line ends become \\.br\\; every other control character becomes \\Xhh\\ (dropped when
+        there is no escape character), so no byte below 0x20 but the segment end is sent.
+        """
         e = self.escape
         if not e:
-            return text
+            return CONTROL.sub("", text.replace("\r", " ").replace("\n", " "))
         out = text.replace(e, f"{e}E{e}")
         pairs = [
             (self.field, "F"),
@@ -39,7 +49,10 @@ class Delimiters:
         for char, code in pairs:
             if char:
                 out = out.replace(char, f"{e}{code}{e}")
-        return out.replace("\r\n", "\n").replace("\r", "\n").replace("\n", f"{e}.br{e}")
+        out = out.replace("\r\n", "\n").replace("\r", "\n").replace("\n", f"{e}.br{e}")
+        if CONTROL.search(out):
+            out = CONTROL.sub(lambda m: f"{e}X{ord(m.group()):02X}{e}", out)
+        return out
 
     def decode(self, text: str) -> str:
         """Replace the escape sequences of *text* by the characters they stand for."""

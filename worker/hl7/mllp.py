@@ -201,6 +201,7 @@ ErrorHandler = Callable[[FrameError], Awaitable[bytes | None]]
 class _Connection:
     task: asyncio.Task[None]
     peer: str
+    host: str = ""  # the peer's address, without the port (max_per_peer counts by it)
     busy: bool = False  # a handler (or its reply write) is in progress
 
 
@@ -217,8 +218,11 @@ class MLLPServer:
       dropped silently and an oversize frame closes the connection.
     - A handler or ``on_error`` exception is logged (type only, never the message) and closes
       that connection only.
-    - Connections idle for ``idle_timeout`` seconds (no bytes received, or a reply not drained in
-      that time) are closed; connections beyond ``max_connections`` are closed at once.
+    - Connections idle for ``idle_timeout`` seconds (no frame received or begun, or a reply not
+      drained in that time) are closed; whitespace and junk between frames do not count as
+      activity, so a peer cannot hold a connection open with them. Connections beyond
+      ``max_connections``, or beyond ``max_per_peer`` from one address, are closed at once, so
+      one client cannot take every slot.
     """
 
     def __init__(
@@ -232,9 +236,11 @@ class MLLPServer:
         idle_timeout: float | None = 300.0,
         max_connections: int = 100,
         ssl: _ssl.SSLContext | None = None,
+        max_per_peer: int | None = None,
     ) -> None:
         """port: TCP port, 0 for an ephemeral one (see ``port`` after start);
-        max_frame_bytes: largest payload in bytes; idle_timeout: seconds, None for never."""
+        max_frame_bytes: largest payload in bytes; idle_timeout: seconds, None for never;
+        max_per_peer: connections from one address at once, None for no limit of its own."""
         self._handler = handler
         self._on_error = on_error
         self.host = host
@@ -242,6 +248,7 @@ class MLLPServer:
         self.max_frame_bytes = max_frame_bytes
         self.idle_timeout = idle_timeout
         self.max_connections = max_connections
+        self.max_per_peer = max_per_peer
         self._ssl = ssl
         self._server: asyncio.Server | None = None
         self._connections: set[_Connection] = set()
@@ -318,15 +325,23 @@ class MLLPServer:
     async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peername = writer.get_extra_info("peername")
         peer = f"{peername[0]}:{peername[1]}" if isinstance(peername, tuple) else str(peername)
-        if self._closing or len(self._connections) >= self.max_connections:
-            logger.warning(
-                "refused %s: %s", peer, "closing" if self._closing else "too many connections"
-            )
+        host = str(peername[0]) if isinstance(peername, tuple) else peer
+        refusal = ""
+        if self._closing:
+            refusal = "closing"
+        elif len(self._connections) >= self.max_connections:
+            refusal = "too many connections"
+        elif self.max_per_peer is not None and (
+            sum(1 for c in self._connections if c.host == host) >= self.max_per_peer
+        ):
+            refusal = "too many connections from this address"
+        if refusal:
+            logger.warning("refused %s: %s", peer, refusal)
             await _close_writer(writer)
             return
         task = asyncio.current_task()
         assert task is not None
-        conn = _Connection(task=task, peer=peer)
+        conn = _Connection(task=task, peer=peer, host=host)
         self._connections.add(conn)
         try:
             await self._serve(conn, reader, writer)
@@ -343,17 +358,23 @@ class MLLPServer:
         bytes_in = bytes_out = frames = 0
         logger.debug("%s: connected", conn.peer)
         reason = "peer closed"
+        loop = asyncio.get_running_loop()
+        # Reset by frames only (received, or in progress): not by whitespace or junk between them.
+        deadline = None if self.idle_timeout is None else loop.time() + self.idle_timeout
         try:
             while not self._closing:
                 try:
-                    data = await asyncio.wait_for(reader.read(_READ_CHUNK), self.idle_timeout)
+                    wait = None if deadline is None else max(0.0, deadline - loop.time())
+                    data = await asyncio.wait_for(reader.read(_READ_CHUNK), wait)
                 except TimeoutError:
                     reason = f"idle for {self.idle_timeout} s"
                     return
                 if not data:
                     return
                 bytes_in += len(data)
-                for event in decoder.feed(data):
+                events = decoder.feed(data)
+                progress = decoder.in_frame or any(isinstance(ev, bytes) for ev in events)
+                for event in events:
                     if self._closing:
                         reason = "server closing"
                         return
@@ -377,6 +398,8 @@ class MLLPServer:
                         await asyncio.wait_for(writer.drain(), self.idle_timeout)
                         bytes_out += len(out)
                     conn.busy = False
+                if progress and self.idle_timeout is not None:  # after the replies: from now
+                    deadline = loop.time() + self.idle_timeout
             reason = "server closing"
         except TimeoutError:
             reason = "reply not drained in time"

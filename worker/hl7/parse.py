@@ -316,6 +316,7 @@ def _message_start(buf: bytes, msh: int) -> int | None:
 
 
 _BATCH_SEGMENTS = (b"FHS", b"BHS", b"FTS", b"BTS")
+_BATCH_IDS = frozenset(("FHS", "BHS", "FTS", "BTS"))
 
 
 def _only_batch_header(piece: bytes) -> bool:
@@ -385,6 +386,9 @@ def parse_message(data: bytes, line: int = 1) -> RawMessage:
     if len(data) < 8:
         raise HL7ParseError("MSH segment is truncated", "MSH", 2, code="100")
     text, charset = decode_bytes(data, _declared_charset(data))
+    tail = text.rstrip("\r\n")
+    if tail.endswith(("\u0d1c", "\u1c0d")):  # an MLLP end block (1C 0D) read as UTF-16
+        text = tail[:-1]
     fsep = text[3]
     if fsep.isalnum() or fsep in " \r\n":
         raise HL7ParseError("MSH-1 field separator is missing or invalid", "MSH", 1)
@@ -404,6 +408,8 @@ def parse_message(data: bytes, line: int = 1) -> RawMessage:
     )
     lines = text.replace("\r\n", "\r").replace("\n", "\r").split("\r")
     segments: list[RawSegment] = []
+    batch_at = 0  # line of the first batch segment seen, which only trailers may follow
+    batch_id = ""
     for number, line_text in enumerate(lines, start=1):
         line_text = line_text.strip("\x00\x1a")
         if not line_text.strip():
@@ -414,15 +420,23 @@ def parse_message(data: bytes, line: int = 1) -> RawMessage:
         if _LOWER_ID.match(seg_id) and seg_text[3:4] in ("", fsep):
             seg_id = seg_id.upper()
         if not _SEGMENT_ID.match(seg_id) or (len(seg_text) > 3 and seg_text[3] != fsep):
-            seg_text = line_text
-            if segments and number > 1:
-                # A continuation of the previous segment's text (a bare line break inside a
-                # note, as some feeds send): keep it as part of the last field.
-                prev = segments[-1]
-                e = delims.escape
-                prev.fields[-1] += f"{e}.br{e}{seg_text}" if e else f" {seg_text}"
-                continue
-            raise HL7ParseError(f"segment {number} has no valid segment id", seg_id or "?")
+            # Not a segment: refused, never glued onto the previous segment (a line of junk
+            # after MSH ended up in MSH-12, and in the ACK's). The line is named, not quoted.
+            raise HL7ParseError(
+                f"line {number} of the message is not a segment (a 3-character segment id then "
+                f"{fsep!r} expected)",
+                code="100",
+            )
+        if seg_id in _BATCH_IDS:
+            batch_at = batch_at or number
+            batch_id = batch_id or seg_id
+            continue  # a batch trailer (BTS, FTS) after the last message of a batch
+        if batch_at:
+            # FHS/BHS/FTS/BTS only stand around messages (HL7 v2.5.1 2.10.3); inside one they
+            # mean a broken batch (python-hl7's sample_bad_batch, sample_bad_file).
+            raise HL7ParseError(
+                f"batch segment {batch_id} inside a message (line {batch_at})", batch_id, code="100"
+            )
         if seg_id == "MSH":
             if segments:
                 raise HL7ParseError("a second MSH inside one message", "MSH", None)
@@ -483,6 +497,7 @@ class MSHPeek:
     processing_id: str = ""
     version: str = ""
     enhanced: bool = False
+    exact_control_id: str = ""  # MSH-10 unescaped, untrimmed and uncut: what MSA-2 echoes
 
 
 def peek_msh(data: bytes) -> MSHPeek:
@@ -503,6 +518,18 @@ def peek_msh(data: bytes) -> MSHPeek:
 
     code, event, _ = message_type(get(9), get(9, 2), get(9, 3))
     kind = "^".join(p for p in (code, event) if p)
+    enc = _encoding_characters(fields[2] if len(fields) > 2 else "")
+    escape = enc[2] if len(enc) > 2 and enc[2] not in (sep, comp) else ""
+    exact = fields[10] if len(fields) > 10 else ""
+    if escape:
+        exact = Delimiters(
+            sep,
+            comp,
+            enc[1] if len(enc) > 1 else "",
+            escape,
+            enc[3] if len(enc) > 3 else "",
+            enc[4] if len(enc) > 4 else "",
+        ).decode(exact)
     return MSHPeek(
         get(3),
         get(4),
@@ -514,4 +541,5 @@ def peek_msh(data: bytes) -> MSHPeek:
         get(11),
         get(12),
         bool(get(15) or get(16)),
+        exact,
     )

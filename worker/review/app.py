@@ -79,6 +79,9 @@ def _safe_next(target: str | None) -> str | None:
     return target
 
 
+REFUSED_PAGE = 50  # refused messages per page of /refused
+
+
 def create_app(store: AdvisoryStore, settings: Settings) -> Flask:
     """The review page over *store*; logins from *settings* (review_users, review_token)."""
     app = Flask("worker.review")
@@ -297,6 +300,17 @@ def create_app(store: AdvisoryStore, settings: Settings) -> Flask:
     # -- refused messages (AR/AE), kept for review -----------------------------------------------
     @app.get("/refused")
     def refused() -> Any:
-        return render_template("refused.html", entries=store.rejected(200))
+        try:
+            page = max(1, min(int(request.args.get("page", "1")), 10_000))
+        except ValueError:
+            page = 1
+        entries = store.rejected(REFUSED_PAGE + 1, offset=(page - 1) * REFUSED_PAGE)
+        return render_template(
+            "refused.html",
+            entries=entries[:REFUSED_PAGE],
+            dead=store.dead_letters(50) if page == 1 else [],
+            page=page,
+            more=len(entries) > REFUSED_PAGE,
+        )
 
     return app
