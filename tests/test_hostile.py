@@ -10,6 +10,7 @@ import pytest
 from hl7build import order_message
 
 from worker.check import Checker
+from worker.errors import HL7ParseError
 from worker.hl7.ack import AckTarget, build_ack
 from worker.hl7.build import advisory_control_id, build_advisory
 from worker.hl7.escape import Delimiters
@@ -284,6 +285,21 @@ def test_a_line_that_is_not_a_segment_gets_ae_100_naming_it() -> None:
     assert segs[1][:3] == ["MSA", "AE", "JUNK1"] and "line 2" in segs[1][3]
     assert segs[2][3].startswith("100^")
     assert rec.kept and "line 2" in rec.kept[0].reason
+
+
+def test_base64_of_an_ed_value_wrapped_over_lines_is_read_as_one_value() -> None:
+    """An exporter's line-wrapped OBX-5 of type ED (dcm4che's ORU^R01-PDF sample) continues the
+    value; the same line after any other segment is still refused."""
+
+    ed = b"OBX|1|ED|18748-4^Diagnostic Imaging Report^LN||^Application^PDF^Base64^JVBERi0xL"
+    wrapped = b"\rA0KJSVFT0YNCg0K\rA0KJSVFT0YNCg==||||||F\r"
+    msg = order_message(control_id="ED1", msg_type="ORU^R01", version="2.5.1") + ed + wrapped
+    obx = parse_message(msg).segments[-1]
+    assert obx.get(5).endswith("JVBERi0xLA0KJSVFT0YNCg0KA0KJSVFT0YNCg==")
+    assert obx.get(11) == "F"
+    not_ed = msg.replace(b"|ED|", b"|ST|")
+    with pytest.raises(HL7ParseError, match=r"line \d+ of the message is not a segment"):
+        parse_message(not_ed)
 
 
 def test_msa2_echoes_msh10_exactly() -> None:

@@ -420,6 +420,12 @@ def parse_message(data: bytes, line: int = 1) -> RawMessage:
         if _LOWER_ID.match(seg_id) and seg_text[3:4] in ("", fsep):
             seg_id = seg_id.upper()
         if not _SEGMENT_ID.match(seg_id) or (len(seg_text) > 3 and seg_text[3] != fsep):
+            if _wrapped_encapsulated_data(segments, line_text):
+                # An OBX-5 of type ED (a base64 PDF) wrapped at a line length by its exporter
+                # (dcm4che's ORU^R01-PDF sample): the line continues the value.
+                prev = segments[-1]
+                segments[-1] = RawSegment(prev.id, (fsep.join(prev.fields) + line_text).split(fsep))
+                continue
             # Not a segment: refused, never glued onto the previous segment (a line of junk
             # after MSH ended up in MSH-12, and in the ACK's). The line is named, not quoted.
             raise HL7ParseError(
@@ -449,6 +455,16 @@ def parse_message(data: bytes, line: int = 1) -> RawMessage:
     message = RawMessage(segments, delims, charset, text, line)
     _check_msh(message)
     return message
+
+
+_BASE64_LINE = re.compile(r"[A-Za-z0-9+/]+=*(?:[|^]|$)")
+
+
+def _wrapped_encapsulated_data(segments: list[RawSegment], line: str) -> bool:
+    """Whether *line* continues base64 data of the OBX before it (OBX-2 ED, value unfinished)."""
+    if not segments or segments[-1].id != "OBX" or segments[-1].get(2) != "ED":
+        return False
+    return len(segments[-1].fields) == 6 and _BASE64_LINE.match(line) is not None
 
 
 def _encoding_characters(enc: str) -> str:
