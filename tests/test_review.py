@@ -351,7 +351,11 @@ def test_decision_form_appends_and_validates(client: Any, mem: tuple[MemoryStore
     resp = client.post(
         f"/advisories/{rid}/decision", data={"state": "overridden", "csrf_token": csrf(page)}
     )
-    assert resp.status_code == 400 and "needs a reason code" in resp.get_data(as_text=True)
+    assert resp.status_code == 400
+    alert = re.search(r'<p class="error" role="alert">(.*?)</p>', resp.get_data(as_text=True), re.S)
+    # The readable labels the reviewer picks from, not the codes the CLI takes.
+    assert alert and "Overridden needs a reason" in alert.group(1)
+    assert "MRI not available in time" in alert.group(1) and "mri-unavailable" not in alert.group(1)
     for state, reason in (("accepted", "mri-unavailable"), ("overridden", "mri-unavailable")):
         resp = client.post(
             f"/advisories/{rid}/decision",
@@ -376,7 +380,7 @@ def test_decision_form_appends_and_validates(client: Any, mem: tuple[MemoryStore
 def test_list_filters_and_paging(client: Any, mem: tuple[MemoryStore, Any]) -> None:
     login(client)
     body = client.get("/?rule=CT_BEFORE_MRI&provider=smith").get_data(as_text=True)
-    assert body.count('<tr>\n    <td><a href="/advisories/') == 2
+    assert body.count('<td class="when"><a href="/advisories/') == 2
     body = client.get("/?since=notadate").get_data(as_text=True)
     assert "since: &#39;notadate&#39; is not a date" in body
     store, recs = mem
