@@ -117,6 +117,9 @@ def create_app(store: AdvisoryStore, settings: Settings) -> Flask:
         SESSION_COOKIE_SECURE=settings.review_cookie_secure,
         PERMANENT_SESSION_LIFETIME=timedelta(hours=SESSION_HOURS),
         WTF_CSRF_TIME_LIMIT=SESSION_HOURS * 3600,
+        # Over HTTPS Flask-WTF also wants a Referer from this host, but every page asks for
+        # no referrer (URLs carry filter values): the token and SameSite cookie guard forms.
+        WTF_CSRF_SSL_STRICT=False,
         MAX_CONTENT_LENGTH=64 * 1024,
         ORDERCHECK_TRUSTED_PROXY=settings.review_trusted_proxy,  # read by ReviewServer
         ORDERCHECK_REFRESH=REFRESH_SECONDS,
