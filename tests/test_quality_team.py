@@ -316,6 +316,8 @@ def test_csv_cells_cannot_start_a_formula(
         ("\t=1", "'=1"),
         ("\r=1", "'=1"),
         ("\x1b=1", "'=1"),
+        ("\tcmd", "'cmd"),  # a leading tab or CR is itself a trigger (OWASP)
+        ("\rcmd", "'cmd"),
         ("a=1", "a=1"),
         ("two\r\nlines", "two\nlines"),
     ):
