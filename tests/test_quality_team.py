@@ -618,3 +618,50 @@ def _wrap(inner: Any, bar: Any, seen: list[tuple[int, float]]) -> Any:
         seen.append((summary.messages, bar.completed))
 
     return on_message
+
+
+@pytest.fixture(params=["fakeredis", pytest.param("redis", marks=pytest.mark.redis)])
+def redis_store(request: pytest.FixtureRequest) -> RedisStore:
+    if request.param == "fakeredis":
+        import fakeredis
+
+        return RedisStore(fakeredis.FakeRedis())
+    import redis
+
+    client = redis.Redis.from_url(request.getfixturevalue("redis_url"))
+    request.addfinalizer(client.close)
+    return RedisStore(client)
+
+
+def _added(store: RedisStore, rec: AdvisoryRecord, placer: str, ident: str) -> AdvisoryRecord:
+    result = rec.result.model_copy(update={"placer_order_number": placer})
+    new = rec.model_copy(update={"id": ident, "result": result})
+    assert store.add_advisory(new, [])  # as the pipeline stores it: record, index, stream
+    return new
+
+
+def test_redis_lookup_index_catches_up_forgets_and_rebuilds(redis_store: RedisStore) -> None:
+    store = redis_store
+    recs = records()
+    for rec in recs.values():
+        assert store.add_advisory(rec, [])
+    assert [r.id for r in find(store, "PL-C3")] == [recs["C3"].id]
+    assert store.r.get(f"{store.p}find:upto") is not None  # indexed up to the stream's end
+    # New advisories are found: the index catches up from the stream.
+    new = _added(store, recs["C5"], "PL-NEW", "a" * 20)
+    assert [r.id for r in find(store, "PL-NEW")] == [new.id]
+    assert [r.id for r in find(store, advisory_control_id(new.id))] == [new.id]
+    # A purged advisory is not shown from a stale index entry.
+    store.r.delete(f"{store.p}adv:{recs['C3'].id}")
+    store.r.zrem(f"{store.p}adv:index", recs["C3"].id)
+    assert find(store, "PL-C3") == []
+    # The stream trimmed past the last lookup: the index is rebuilt, nothing is missed.
+    newer = _added(store, recs["C6"], "PL-NEWER", "b" * 20)
+    store.r.xtrim(f"{store.p}advisories", maxlen=0)
+    assert [r.id for r in find(store, "PL-NEWER")] == [newer.id]
+    # The MRN search uses a hash: no MRN is kept in the index.
+    assert [r.id for r in find_by_mrn(store, "PAT002")] == [recs["C2"].id]
+    members = b" ".join(
+        m for name in store.r.smembers(f"{store.p}find:weeks") for m in store.r.zrange(name, 0, -1)
+    )
+    assert b"mrn:" in members and b"PL-NEWER" in members and b"PAT00" not in members

@@ -227,7 +227,7 @@ def _list(args: argparse.Namespace, store: AdvisoryStore, out: TextIO) -> int:
 
 
 def _show(args: argparse.Namespace, store: AdvisoryStore, out: TextIO) -> int:
-    found = find(store, args.id)
+    found = find(store, args.id, keep_days=Settings().retention_days)
     if not found:
         return _fail(f"no advisory with id, MSH-10 or placer number {printable(args.id)[:200]!r}")
     for i, rec in enumerate(found):

@@ -379,7 +379,7 @@ def create_app(store: AdvisoryStore, settings: Settings) -> Flask:
             ),
         )
 
-    find_routes.register(app, store, _filters)
+    find_routes.register(app, store, _filters, settings.retention_days)
 
     # -- protocol worklist ---------------------------------------------------------------------
     @app.get("/protocol")

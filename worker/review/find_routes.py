@@ -26,7 +26,11 @@ access_log = logging.getLogger("ordercheck.review.access")
 SEARCH_BY = {"key": "id, MSH-10 or placer number", "mrn": "patient MRN"}
 
 
-def register(app: Flask, store: AdvisoryStore, filters_of: Callable[[Any], Filters]) -> None:
+def register(
+    app: Flask, store: AdvisoryStore, filters_of: Callable[[Any], Filters], keep_days: int = 400
+) -> None:
+    """Add /find and /export.csv to *app*; keep_days: the retention period (lookup index)."""
+
     @app.get("/find")
     def find_advisory() -> Any:
         key = request.args.get("q", "").strip()[:MAX_KEY]
@@ -35,7 +39,7 @@ def register(app: Flask, store: AdvisoryStore, filters_of: Callable[[Any], Filte
         if not key:
             return redirect(url_for("advisories"))
         if by == "mrn":
-            rows = find_by_mrn(store, key)
+            rows = find_by_mrn(store, key, keep_days=keep_days)
             access_log.info(
                 "reviewer %s searched advisories by MRN: %d found%s",
                 session.get("reviewer", "?"),
@@ -43,7 +47,7 @@ def register(app: Flask, store: AdvisoryStore, filters_of: Callable[[Any], Filte
                 f" ({', '.join(r.id for r in rows[:50])})" if rows else "",
             )
         else:
-            rows = find(store, key)
+            rows = find(store, key, keep_days=keep_days)
         if len(rows) == 1 and by == "key":
             return redirect(url_for("advisory", advisory_id=rows[0].id))
         return render_template(
