@@ -8,17 +8,22 @@ several advisories: every one is returned, newest first.
 
 A patient's MRN (PID-3, any repetition, first component) is a separate search: it is patient
 data, so the caller logs that the access happened (who, how many advisories) but never the MRN.
+
+In memory the store is scanned; in Redis a lookup index answers (worker.review.find_index) and
+each candidate is read and checked.
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 
 from worker.errors import OrdercheckError
 from worker.hl7.build import advisory_control_id
 from worker.hl7.parse import parse_message
 from worker.records import AdvisoryQuery, AdvisoryRecord
-from worker.store import AdvisoryStore
+from worker.review.find_index import RedisFindIndex, mrn_key, mrns_in
+from worker.store import AdvisoryStore, RedisStore
 
 MAX_KEY = 200  # characters of a key; longer ones match nothing
 MAX_FOUND = 200  # advisories returned for one key at most
@@ -51,14 +56,36 @@ def keys_of(rec: AdvisoryRecord) -> set[str]:
     return {k for k in keys if k}
 
 
-def find(store: AdvisoryStore, key: str, limit: int = MAX_FOUND) -> list[AdvisoryRecord]:
-    """The advisories *key* names, newest first ([] when none or when the key is not usable)."""
+def _checked(
+    store: AdvisoryStore, ids: list[str], match: Callable[[AdvisoryRecord], bool], limit: int
+) -> list[AdvisoryRecord]:
+    """The records of *ids* (newest first already) that really match, up to *limit*."""
+    out: list[AdvisoryRecord] = []
+    for advisory_id in ids:
+        rec = store.get(advisory_id)
+        if rec is not None and match(rec):
+            out.append(rec)
+            if len(out) >= limit:
+                break
+    return out
+
+
+def find(
+    store: AdvisoryStore, key: str, limit: int = MAX_FOUND, keep_days: int = 400
+) -> list[AdvisoryRecord]:
+    """The advisories *key* names, newest first ([] when none or when the key is not usable).
+
+    keep_days: the retention period (Redis lookup index entries live that long)."""
     key = _clean(key)
     if not key:
         return []
     direct = store.get(key)
     if direct is not None:
         return [direct]
+    if isinstance(store, RedisStore):
+        index = RedisFindIndex(store, keep_days)
+        ids = index.newest_first(index.candidates(key))
+        return _checked(store, ids, lambda rec: key in keys_of(rec), limit)
     out: list[AdvisoryRecord] = []
     for rec in store.iter_newest():
         r = rec.result
@@ -73,26 +100,20 @@ def find(store: AdvisoryStore, key: str, limit: int = MAX_FOUND) -> list[Advisor
 
 def mrns_of(rec: AdvisoryRecord) -> set[str]:
     """The patient identifiers of PID-3 (first component of each repetition) of the order."""
-    if not rec.raw_in:
-        return set()
-    try:
-        msg = parse_message(rec.raw_in.encode("utf-8"))
-    except (OrdercheckError, ValueError, IndexError):
-        return set()
-    pid = msg.first("PID")
-    if pid is None:
-        return set()
-    found = {msg.component(rep, 1) for rep in msg.repetitions(pid.get(3))}
-    if not found and pid.get(2):  # PID-2, the external id of older feeds
-        found.add(msg.component(pid.get(2), 1))
-    return {m for m in found if m}
+    return mrns_in(rec.raw_in)
 
 
-def find_by_mrn(store: AdvisoryStore, mrn: str, limit: int = MAX_FOUND) -> list[AdvisoryRecord]:
+def find_by_mrn(
+    store: AdvisoryStore, mrn: str, limit: int = MAX_FOUND, keep_days: int = 400
+) -> list[AdvisoryRecord]:
     """The advisories of the patient with this MRN, newest first (exact match)."""
     mrn = _clean(mrn)
     if not mrn:
         return []
+    if isinstance(store, RedisStore):
+        index = RedisFindIndex(store, keep_days)
+        ids = index.newest_first(index.candidates(mrn_key(mrn)))
+        return _checked(store, ids, lambda rec: mrn in mrns_of(rec), limit)
     out: list[AdvisoryRecord] = []
     for rec in store.iter_newest():
         if mrn in mrns_of(rec):
