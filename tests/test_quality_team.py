@@ -651,6 +651,7 @@ def test_redis_lookup_index_catches_up_forgets_and_rebuilds(redis_store: RedisSt
     new = _added(store, recs["C5"], "PL-NEW", "a" * 20)
     assert [r.id for r in find(store, "PL-NEW")] == [new.id]
     assert [r.id for r in find(store, advisory_control_id(new.id))] == [new.id]
+    assert find(store, advisory_control_id(new.id)[:17] + "C9") == []  # no 9th correction
     # A purged advisory is not shown from a stale index entry.
     store.r.delete(f"{store.p}adv:{recs['C3'].id}")
     store.r.zrem(f"{store.p}adv:index", recs["C3"].id)
