@@ -666,3 +666,27 @@ def test_redis_lookup_index_catches_up_forgets_and_rebuilds(redis_store: RedisSt
         m for name in store.r.smembers(f"{store.p}find:weeks") for m in store.r.zrange(name, 0, -1)
     )
     assert b"mrn:" in members and b"PL-NEWER" in members and b"PAT00" not in members
+
+
+def test_list_total_is_exact_or_says_it_is_a_lower_bound(any_store: AdvisoryStore) -> None:
+    from datetime import timedelta
+
+    from worker.records import AdvisoryQuery
+    from worker.review.filters import Filters
+    from worker.review.lookup import page_and_total
+
+    recs = fill(any_store)
+    rows, total, exact = page_and_total(any_store, AdvisoryQuery(), 0, 2)
+    assert [r.id for r in rows] == [recs["C1"].id, recs["C2"].id] and (total, exact) == (7, True)
+    since = recs["C6"].received_at - timedelta(seconds=1)
+    assert page_and_total(any_store, AdvisoryQuery(since=since), 5, 2)[1:] == (6, True)
+    until = recs["C6"].received_at + timedelta(seconds=1)
+    assert page_and_total(any_store, AdvisoryQuery(until=until), 0, 50)[1:] == (2, True)
+    q = Filters(rule="CT_BEFORE_MRI").query()
+    rows, total, exact = page_and_total(any_store, q, 0, 2)
+    assert (len(rows), total, exact) == (2, 3, True)
+    rows, total, exact = page_and_total(any_store, q, 0, 1, budget=1)
+    if isinstance(any_store, RedisStore):  # counting stopped after the page and one record
+        assert (len(rows), total, exact) == (1, 2, False)
+    else:
+        assert (len(rows), total, exact) == (1, 3, True)

@@ -246,11 +246,11 @@ def create_app(store: AdvisoryStore, settings: Settings) -> Flask:
         except ValueError:
             page = 1
         refresh = request.args.get("refresh", "") == "1"
-        error, total = "", 0
+        error, total, exact = "", 0, True
         rows: list[Any] = []
         try:
             q = filters.query()
-            rows, total = page_and_total(store, q, (page - 1) * PAGE_SIZE, PAGE_SIZE)
+            rows, total, exact = page_and_total(store, q, (page - 1) * PAGE_SIZE, PAGE_SIZE)
         except FilterError as exc:
             error = str(exc)
         keep = filters.items()
@@ -259,6 +259,7 @@ def create_app(store: AdvisoryStore, settings: Settings) -> Flask:
             "list.html",
             rows=rows,
             total=total,
+            exact=exact,
             page=page,
             pages=max(1, -(-total // PAGE_SIZE)),
             filters=filters,

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 from worker.errors import OrdercheckError
 from worker.hl7.build import advisory_control_id
 from worker.hl7.parse import parse_message
 from worker.records import AdvisoryQuery, AdvisoryRecord
 from worker.review.find_index import RedisFindIndex, mrn_key, mrns_in
-from worker.store import AdvisoryStore, RedisStore
+from worker.store import AdvisoryStore, RedisStore, query
 
 MAX_KEY = 200  # characters of a key; longer ones match nothing
 MAX_FOUND = 200  # advisories returned for one key at most
@@ -123,17 +124,45 @@ def find_by_mrn(
     return out
 
 
+COUNT_BUDGET = 5_000  # records read past the page to count a filtered list in Redis
+
+
+def _unfiltered(q: AdvisoryQuery) -> bool:
+    """True when *q* filters by received_at at most (the advisory index can count it)."""
+    return not any(
+        (q.verdict, q.rule, q.provider, q.facility, q.delivery, q.disposition, q.flagged_only)
+    )
+
+
+def _epoch(when: datetime) -> float:
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
+
+
 def page_and_total(
-    store: AdvisoryStore, q: AdvisoryQuery, offset: int, limit: int
-) -> tuple[list[AdvisoryRecord], int]:
-    """One page of the records matching *q* (newest first) and how many match in all, in one
-    pass over the store."""
+    store: AdvisoryStore, q: AdvisoryQuery, offset: int, limit: int, budget: int = COUNT_BUDGET
+) -> tuple[list[AdvisoryRecord], int, bool]:
+    """One page of the records matching *q* (newest first), how many match, and whether that
+    count is exact.
+
+    In memory, and in Redis for a list filtered by date only (ZCOUNT of the advisory index),
+    the count is exact. A filtered list in Redis reads records to count them: past the page it
+    stops after *budget* more records, and the count is then a lower bound (exact False)."""
+    if isinstance(store, RedisStore) and _unfiltered(q):
+        low: str | float = "-inf" if q.since is None else _epoch(q.since)
+        high: str | float = "+inf" if q.until is None else f"({_epoch(q.until)}"
+        total = int(store.r.zcount(f"{store.p}adv:index", low, high))
+        return query(store, q, offset, limit), total, True
     rows: list[AdvisoryRecord] = []
     total = 0
-    for rec in store.iter_newest(q.since, q.until):
-        if not q.matches(rec):
-            continue
-        if offset <= total < offset + limit:
-            rows.append(rec)
-        total += 1
-    return rows, total
+    for read, rec in enumerate(store.iter_newest(q.since, q.until), start=1):
+        if q.matches(rec):
+            if offset <= total < offset + limit:
+                rows.append(rec)
+            total += 1
+        if (
+            isinstance(store, RedisStore)
+            and total >= offset + limit
+            and read >= offset + limit + budget
+        ):
+            return rows, total, False
+    return rows, total, True
