@@ -1,6 +1,7 @@
 """How long `ordercheck flags show KEY` (and the page's search) takes on a Redis store of N
 advisories: the first lookup (builds the lookup index), later ones, and one after M new
-advisories (the index catches up from the advisory stream).
+advisories (the index catches up from the advisory stream); and the list page's first page with
+its total count, unfiltered (ZCOUNT) and filtered (counting stops 2,000 records past the page).
 
     .venv/bin/python bench/review_lookup.py [-n 20000] [--new 1000] [--redis-db 15]
 
@@ -24,8 +25,9 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from reviewdata import build_records  # noqa: E402
 
 from worker.hl7.build import advisory_control_id  # noqa: E402
+from worker.records import AdvisoryQuery as AQ  # noqa: E402
 from worker.records import AdvisoryRecord  # noqa: E402
-from worker.review.lookup import find, find_by_mrn  # noqa: E402
+from worker.review.lookup import find, find_by_mrn, page_and_total  # noqa: E402
 from worker.store import RedisStore, query  # noqa: E402
 
 
@@ -76,6 +78,11 @@ def main() -> int:
         timed("lookup, advisory MSH-10 (OC...)", lambda: find(store, advisory_control_id(ident(3))))
         timed("lookup, unknown key", lambda: find(store, "nope"))
         timed("lookup, MRN", lambda: find_by_mrn(store, "PAT003", limit=50))
+        timed("list page 1 + total, no filter", lambda: page_and_total(store, AQ(), 0, 50)[0])
+        timed(
+            "list page 1 + total, rule filter",
+            lambda: page_and_total(store, AQ(rule="PET_INITIAL"), 0, 50)[0],
+        )
         write(store, base, args.n, args.new)
         timed(f"lookup after {args.new:,} new advisories", lambda: find(store, f"P{args.n + 1}"))
     finally:

@@ -124,7 +124,7 @@ def find_by_mrn(
     return out
 
 
-COUNT_BUDGET = 5_000  # records read past the page to count a filtered list in Redis
+COUNT_BUDGET = 2_000  # records read past the page to count a filtered list in Redis
 
 
 def _unfiltered(q: AdvisoryQuery) -> bool:
