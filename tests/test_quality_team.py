@@ -139,6 +139,9 @@ def test_show_keys_on_the_real_redis(redis_url: str, capsys: pytest.CaptureFixtu
                 code, out, _ = flags(capsys, "show", key)
                 assert code == 0 and f"Advisory {rec.id}" in out and "PL-C6" in out, key
             assert flags(capsys, "show", "PL-C9")[0] == 2
+            for other in ("index", "undelivered", f"{rec.id}:audit"):  # other Redis keys
+                code, out, err = flags(capsys, "show", other)
+                assert code == 2 and "no advisory" in err, other
     finally:
         client.close()
 

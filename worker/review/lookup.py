@@ -57,6 +57,19 @@ def keys_of(rec: AdvisoryRecord) -> set[str]:
     return {k for k in keys if k}
 
 
+def _get(store: AdvisoryStore, key: str) -> AdvisoryRecord | None:
+    """store.get(key), None for a key that names another of the store's Redis structures
+    ("index", "undelivered", "ID:audit": WRONGTYPE) rather than an advisory."""
+    if isinstance(store, RedisStore):
+        import redis
+
+        try:
+            return store.get(key)
+        except redis.ResponseError:
+            return None
+    return store.get(key)
+
+
 def _checked(
     store: AdvisoryStore, ids: list[str], match: Callable[[AdvisoryRecord], bool], limit: int
 ) -> list[AdvisoryRecord]:
@@ -80,7 +93,7 @@ def find(
     key = _clean(key)
     if not key:
         return []
-    direct = store.get(key)
+    direct = _get(store, key)
     if direct is not None:
         return [direct]
     if isinstance(store, RedisStore):
