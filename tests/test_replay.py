@@ -92,7 +92,7 @@ def test_cli_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         "orders",
         "in scope",
         "not-appropriate",
-        "rejected messages",
+        "rejected",
         "Flags by rule",
         "CT_BEFORE_MRI",
         "REFER_SARCOMA_CENTRE",

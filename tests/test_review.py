@@ -351,7 +351,11 @@ def test_decision_form_appends_and_validates(client: Any, mem: tuple[MemoryStore
     resp = client.post(
         f"/advisories/{rid}/decision", data={"state": "overridden", "csrf_token": csrf(page)}
     )
-    assert resp.status_code == 400 and "needs a reason code" in resp.get_data(as_text=True)
+    assert resp.status_code == 400
+    alert = re.search(r'<p class="error" role="alert">(.*?)</p>', resp.get_data(as_text=True), re.S)
+    # The readable labels the reviewer picks from, not the codes the CLI takes.
+    assert alert and "Overridden needs a reason" in alert.group(1)
+    assert "MRI not available in time" in alert.group(1) and "mri-unavailable" not in alert.group(1)
     for state, reason in (("accepted", "mri-unavailable"), ("overridden", "mri-unavailable")):
         resp = client.post(
             f"/advisories/{rid}/decision",
@@ -376,7 +380,7 @@ def test_decision_form_appends_and_validates(client: Any, mem: tuple[MemoryStore
 def test_list_filters_and_paging(client: Any, mem: tuple[MemoryStore, Any]) -> None:
     login(client)
     body = client.get("/?rule=CT_BEFORE_MRI&provider=smith").get_data(as_text=True)
-    assert body.count('<tr>\n    <td><a href="/advisories/') == 2
+    assert body.count('<td class="when"><a href="/advisories/') == 2
     body = client.get("/?since=notadate").get_data(as_text=True)
     assert "since: &#39;notadate&#39; is not a date" in body
     store, recs = mem
@@ -557,3 +561,147 @@ def test_refused_messages_are_listed_behind_the_login(
     body = client.get("/refused").get_data(as_text=True)
     assert "BAD1" in body and "MSH-9 message type is missing" in body
     assert "<script>" not in body and "&lt;script&gt;" in body
+
+
+@pytest.fixture
+def quality_server(redis_url: str) -> Iterator[tuple[str, RedisStore, dict[str, AdvisoryRecord]]]:
+    """live_server with the list's auto-refresh every second (so a test can watch it)."""
+    import redis
+
+    from worker.review.server import ReviewServer
+
+    client = redis.Redis.from_url(redis_url)
+    store = RedisStore(client)
+    recs = populate(store)
+    app = create_app(store, SETTINGS)
+    app.config["ORDERCHECK_REFRESH"] = 1
+    server = ReviewServer(app, "127.0.0.1", 0).start()
+    yield server.url, store, recs
+    server.stop()
+    client.close()
+
+
+@pytest.mark.browser
+@pytest.mark.redis
+def test_quality_team_in_headless_chromium(
+    chromium: Path, quality_server: tuple[str, RedisStore, Any], tmp_path: Path
+) -> None:
+    """Issue 14's quality team, as a reviewer sees it: the login keeps the name, the list counts
+    and fits 800 px, the search box finds by advisory MSH-10 and placer number, a missed flag
+    is recorded (and an advisory without a flag has nothing to judge), the override error
+    speaks in labels, the summary counts the missed flag and its bars open the week's list,
+    the CSV export downloads neutralised rows, auto-refresh shows a new advisory, and logging
+    out kills the old cookie."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from worker.hl7.build import advisory_control_id
+
+    url, store, recs = quality_server
+    shots = os.environ.get("ORDERCHECK_SCREENSHOTS")
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(chromium), args=CHROMIUM_ARGS)
+        try:
+            context = browser.new_context(
+                viewport={"width": 800, "height": 900}, accept_downloads=True
+            )
+            page = context.new_page()
+            page.set_default_timeout(10_000)
+            errors: list[str] = []
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            # A wrong password keeps the user name; then in.
+            page.goto(f"{url}/")
+            page.fill("input[name=user]", "alice")
+            page.fill("input[name=password]", "wrong")
+            page.click("button[type=submit]")
+            expect(page.locator("p.error")).to_contain_text("Wrong user, password or token")
+            expect(page.locator("input[name=user]")).to_have_value("alice")
+            page.fill("input[name=password]", "correct horse")
+            page.click("form.stack button[type=submit]")
+            # The list: a total count, and it fits 800 px (no sideways scrolling).
+            expect(page.locator("#total-count")).to_have_text("7")
+            expect(page.locator("table.list tbody tr")).to_have_count(7)
+            assert page.evaluate("document.documentElement.scrollWidth") <= 800
+            box = page.locator("table.list").bounding_box()
+            assert box is not None and box["x"] + box["width"] <= 800
+            # The search box: the advisory's own MSH-10 opens it; a placer number lists all.
+            c3 = recs["C3"]
+            page.fill("form.search input[name=q]", advisory_control_id(c3.id))
+            page.click("form.search button[type=submit]")
+            assert page.url == f"{url}/advisories/{c3.id}"
+            # C3 raised no flag: nothing to judge, but a missed flag can be recorded.
+            expect(page.locator("#no-flag")).to_be_visible()
+            expect(page.locator("text=The flag was")).to_have_count(0)
+            page.select_option("#missed select[name=rule]", "CT_BEFORE_MRI")
+            page.fill("#missed textarea[name=text]", "CT ordered first for a deep mass")
+            page.click("#missed button[type=submit]")
+            audit = page.locator("ol.audit li")
+            expect(audit).to_have_count(1)
+            expect(audit.first).to_contain_text("missed")
+            expect(audit.first).to_contain_text("CT_BEFORE_MRI")
+            page.click("nav >> text=Advisories")
+            page.fill("form.search input[name=q]", "PL0001")
+            page.click("form.search button[type=submit]")
+            expect(page.locator("#found-count")).to_contain_text("7 advisories match")
+            # A flagged one: overridden without a reason says so in the labels shown.
+            page.goto(f"{url}/advisories/{recs['C1'].id}")
+            page.check("input[name=state][value=overridden]")
+            page.click("#judge button[type=submit]")
+            alert = page.locator("p.error[role=alert]")
+            expect(alert).to_contain_text("MRI not available in time")
+            assert "mri-unavailable" not in alert.inner_text()
+            page.set_viewport_size({"width": 1000, "height": 900})
+            if shots:
+                page.check("input[name=state][value=overridden]")
+                page.select_option("#judge select[name=reason_code]", "mri-unavailable")
+                page.click("#judge button[type=submit]")
+                page.screenshot(path=f"{shots}/quality-detail.png")
+            # The summary counts the missed flag; a bar opens its week's list for its rule.
+            page.click("nav >> text=Summary")
+            expect(page.locator("table#missed tfoot")).to_contain_text("1")
+            expect(page.locator("table#missed thead")).to_contain_text("CT_BEFORE_MRI")
+            expect(page.locator("table#providers thead")).to_contain_text("Share overridden")
+            if shots:
+                page.screenshot(path=f"{shots}/quality-summary.png")
+            bar = page.locator("a.bar[data-series=CT_BEFORE_MRI]").last
+            count = int((bar.locator("title").text_content() or "").rsplit(":", 1)[1])
+            week = bar.get_attribute("data-week")
+            bar.click()
+            page.wait_for_url(re.compile(r".*rule=CT_BEFORE_MRI.*"))
+            assert "since=" in page.url and "until=" in page.url and week
+            expect(page.locator("table.list tbody tr")).to_have_count(count)
+            # The CSV export button: the rows of the list, neutralised and quoted.
+            page.goto(f"{url}/")
+            with page.expect_download() as info:
+                page.click("#export-csv")
+            path = tmp_path / "export.csv"
+            info.value.save_as(path)
+            text = path.read_text(encoding="utf-8")
+            assert text.startswith('"id","received_at"') and len(text.splitlines()) == 1 + 7
+            # Auto-refresh, newest first: a new advisory shows without touching the page.
+            page.check("input[name=refresh]")
+            page.click("form.filters button[type=submit]")
+            expect(page.locator("#refreshing")).to_be_visible()
+            if shots:
+                page.screenshot(path=f"{shots}/quality-list.png")
+            new = recs["C5"].model_copy(update={"id": "fresh", "received_at": datetime.now(UTC)})
+            store.put(new)
+            expect(page.locator("#total-count")).to_have_text("8")
+            expect(page.locator("table.list tbody tr").first).to_contain_text(
+                local_time_of(new.received_at)
+            )
+            # Logging out ends the session: the old cookie no longer opens anything.
+            cookies = context.cookies()
+            page.click("button:has-text('Log out')")
+            context.add_cookies(cookies)  # put the old cookie back, as a thief would
+            page.goto(f"{url}/summary")
+            assert page.url.startswith(f"{url}/login")
+            # The 401 and 400 above are expected; nothing else (no CSP violation, no script).
+            assert [e for e in errors if "Failed to load resource" not in e] == []
+        finally:
+            browser.close()
+
+
+def local_time_of(when: datetime) -> str:
+    from worker.review.present import local_time
+
+    return local_time(when)

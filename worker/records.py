@@ -15,7 +15,9 @@ from pydantic import BaseModel, Field
 from worker.models import CheckResult
 
 Delivery = Literal["pending", "delivered", "undelivered", "not-sent"]
-DispositionState = Literal["open", "accepted", "overridden", "false-positive"]
+DispositionState = Literal["open", "accepted", "overridden", "false-positive", "missed"]
+# accepted, overridden, false-positive judge the flags an advisory raised; missed says that an
+# order should have been flagged under a rule and was not (Disposition.rule names it).
 # What an audit entry records: a review decision (it sets the record's disposition), or that a
 # radiologist protocolled the order (it leaves the disposition as it is; `state` repeats it).
 EntryKind = Literal["decision", "protocolled"]
@@ -37,6 +39,7 @@ class Disposition(BaseModel):
     state: DispositionState
     reason_code: str = ""
     text: str = ""
+    rule: str = ""  # missed: the flag rule the order should have raised
     reviewer: str
     at: datetime = Field(default_factory=lambda: datetime.now(UTC))
     kind: EntryKind = "decision"

@@ -135,6 +135,11 @@ class Settings(BaseSettings):
     review_users: dict[str, SecretStr] = Field(default_factory=dict)  # user -> password
     review_token: SecretStr | None = None
     review_secret: SecretStr | None = None  # signs sessions; random per start when unset
+    # Send the session cookie over HTTPS only (set it when a TLS reverse proxy serves the page).
+    review_cookie_secure: bool = False
+    # Address of the reverse proxy in front of the page: its X-Forwarded-For / -Proto / -Host
+    # are trusted (client address for login throttling, https links). Unset: trust no header.
+    review_trusted_proxy: str | None = None
     retention_days: int = Field(default=365, ge=1)  # advisories and raw messages kept this long
 
     # Logs, metrics and health.

@@ -7,7 +7,6 @@ filters by worker.review.filters). Errors print one line and exit 2, never a tra
 from __future__ import annotations
 
 import argparse
-import csv
 import getpass
 import json
 import sys
@@ -16,15 +15,17 @@ from typing import TextIO
 
 from worker.errors import OrdercheckError
 from worker.records import OVERRIDE_REASONS
-from worker.review.decide import STATES, DecisionError, decide, make_decision
+from worker.review.decide import STATES, DecisionError, decide, flag_rules, make_decision
 from worker.review.filters import DELIVERIES, DISPOSITIONS, VERDICTS, FilterError, Filters
+from worker.review.lookup import find
 from worker.review.present import (
-    CSV_COLUMNS,
-    csv_row,
     decision_line,
     detail_text,
     format_table,
+    json_safe,
+    printable,
     table_row,
+    write_csv,
 )
 from worker.review.summary import percent, summarise_store
 from worker.runtime import open_store
@@ -109,9 +110,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "show",
         help="one advisory in full: flags, facts and where each "
         "came from, audit trail, raw HL7 (patient data)",
+        description="Show the advisory KEY names: its id, its own MSH-10 (OC...), the order's "
+        "placer number or the order's MSH-10 (a message with several orders shows each). "
+        "Exit 0 when found, 2 when not.",
     )
-    show.add_argument("id", metavar="ID")
-    show.add_argument("--json", action="store_true", help="the whole record as JSON")
+    show.add_argument(
+        "id", metavar="KEY", help="advisory id, advisory MSH-10, placer number or order MSH-10"
+    )
+    show.add_argument(
+        "--json", action="store_true", help="the whole record as JSON (one object per line)"
+    )
     show.set_defaults(handler=_handler(_show))
 
     res = fsub.add_parser(
@@ -131,6 +139,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="override reason code (required with --as overridden)",
     )
     res.add_argument("--text", default="", metavar="T", help="free text kept with the decision")
+    res.add_argument(
+        "--rule",
+        default="",
+        metavar="RULE",
+        help="with --as missed: the flag rule the order should have raised ("
+        + ", ".join(flag_rules())
+        + ")",
+    )
     res.add_argument(
         "--reviewer", default="", metavar="NAME", help="who decided (default: the login name)"
     )
@@ -196,7 +212,8 @@ def _list(args: argparse.Namespace, store: AdvisoryStore, out: TextIO) -> int:
     if args.json:
         for rec in rows:
             out.write(
-                json.dumps(rec.flags_json(), ensure_ascii=False, separators=(",", ":")) + "\n"
+                json_safe(json.dumps(rec.flags_json(), ensure_ascii=False, separators=(",", ":")))
+                + "\n"
             )
     elif rows:
         out.write(format_table([table_row(rec) for rec in rows]))
@@ -210,10 +227,16 @@ def _list(args: argparse.Namespace, store: AdvisoryStore, out: TextIO) -> int:
 
 
 def _show(args: argparse.Namespace, store: AdvisoryStore, out: TextIO) -> int:
-    rec = store.get(args.id)
-    if rec is None:
-        return _fail(f"no advisory with id {args.id!r}")
-    out.write(rec.model_dump_json(indent=2) + "\n" if args.json else detail_text(rec))
+    found = find(store, args.id, keep_days=Settings().retention_days)
+    if not found:
+        return _fail(f"no advisory with id, MSH-10 or placer number {printable(args.id)[:200]!r}")
+    for i, rec in enumerate(found):
+        if args.json:
+            out.write(json_safe(rec.model_dump_json()) + "\n")
+        else:
+            out.write(("\n" if i else "") + detail_text(rec))
+    if len(found) > 1:
+        print(f"{len(found)} advisories match {printable(args.id)!r}", file=sys.stderr)
     return 0
 
 
@@ -227,10 +250,10 @@ def _reviewer(given: str) -> str:
 
 
 def _resolve(args: argparse.Namespace, store: AdvisoryStore, out: TextIO) -> int:
-    made = make_decision(args.state, _reviewer(args.reviewer), args.reason, args.text)
+    made = make_decision(args.state, _reviewer(args.reviewer), args.reason, args.text, args.rule)
     rec = decide(store, args.id, made)
     out.write(
-        f"{rec.id}: {decision_line(made)}\n"
+        f"{rec.id}: {printable(decision_line(made))}\n"
         f"  {len(rec.audit)} decision(s) in the audit trail; disposition now "
         f"{rec.disposition}\n"
     )
@@ -238,10 +261,7 @@ def _resolve(args: argparse.Namespace, store: AdvisoryStore, out: TextIO) -> int
 
 
 def _export(args: argparse.Namespace, store: AdvisoryStore, out: TextIO) -> int:
-    writer = csv.writer(out, lineterminator="\r\n")
-    writer.writerow(CSV_COLUMNS)
-    for rec in query(store, _filters(args).query(), 0, None):
-        writer.writerow(csv_row(rec))
+    write_csv(query(store, _filters(args).query(), 0, None), out)
     return 0
 
 
@@ -275,8 +295,24 @@ def _summary(args: argparse.Namespace, store: AdvisoryStore, out: TextIO) -> int
         out.write("\n")
         out.write(
             format_table(
-                [(p, str(s.provider_total(p))) for p in s.providers],
-                ("ORDERING PROVIDER", "FLAGGED"),
+                [
+                    (
+                        printable(p),
+                        str(s.provider_total(p)),
+                        str(s.provider_overridden(p)),
+                        percent(s.provider_share(p)),
+                    )
+                    for p in s.providers
+                ],
+                ("ORDERING PROVIDER", "FLAGGED", "OVERRIDDEN", "SHARE"),
+            )
+        )
+    if s.missed_rules:
+        out.write("\n")
+        out.write(
+            format_table(
+                [(r, str(s.missed_total(r))) for r in s.missed_rules],
+                ("MISSED FLAG RULE", "ORDERS"),
             )
         )
     return 0

@@ -4,7 +4,8 @@ Runs every message of the files through the same pipeline as `check` (one `Check
 bounded in-memory patient history shared across the files, in order) and sends nothing. Files
 are read in chunks and split as they stream (`worker.hl7.parse.iter_messages`), so a day of
 messages (hundreds of thousands) runs in flat memory. A progress bar goes to standard error when
-it is a terminal. The summary: messages, orders, in scope, verdicts, flags and advice by rule,
+it is a terminal; it follows the messages checked (their bytes, of the files' total size), not
+the bytes read ahead. The summary: messages, orders, in scope, verdicts, flags and advice by rule,
 flags by ordering provider (top 20), rejected messages; `--json` prints it as one JSON object.
 Exit 0 when every file was read, 2 when one could not be (the others are still replayed).
 """
@@ -50,6 +51,7 @@ class ReplaySummary:
     not_orders: int = 0  # readable messages that hold no order (results, ACKs, ...)
     unreadable_files: int = 0
     seconds: float = 0.0
+    bytes_checked: int = 0  # bytes of the messages checked so far (drives the progress bar)
 
     def add(self, outcome: MessageOutcome) -> None:
         self.messages += 1
@@ -109,6 +111,7 @@ class Replayer:
         started = time.perf_counter()
         try:
             for line, data in iter_messages(stream, CHUNK_BYTES, MAX_MESSAGE_BYTES):
+                self.summary.bytes_checked += len(data)
                 if data:
                     self.summary.add(self.checker.check_message(data, line, f"{label}:{line}"))
                 else:
@@ -159,18 +162,21 @@ def run_replay(
     if checker is None:
         return 2
     status = 0
-    with _progress(paths, progress) as (on_message, on_bytes):
-        replayer = Replayer(checker, on_message)
+    with _progress(paths, progress) as bar:
+        replayer = Replayer(checker, bar.on_message if bar else None)
         for path in paths:
             label = "<stdin>" if path == "-" else path
             try:
                 with _open(path) as stream:
-                    replayer.run_stream(_Counting(stream, on_bytes), label)
+                    replayer.run_stream(stream, label)
             except OSError as exc:
                 print(f"ordercheck: cannot read {path}: {exc.strerror or exc}", file=sys.stderr)
                 replayer.summary.unreadable_files += 1
                 status = 2
                 continue
+            finally:
+                if bar:
+                    bar.file_done(path, replayer.summary)
             replayer.summary.files.append(label)
     summary = replayer.summary
     if as_json:
@@ -190,61 +196,77 @@ def _open(path: str) -> Iterator[BinaryIO]:
         yield stream
 
 
-class _Counting:
-    """A read-only stream that reports how many bytes were read (for the progress bar)."""
+class ReplayProgress:
+    """A rich progress bar on standard error that follows the messages checked.
 
-    def __init__(self, stream: BinaryIO, on_bytes: Callable[[int], None]) -> None:
-        self._stream = stream
-        self._on_bytes = on_bytes
+    Its position is the bytes of the messages checked so far, out of the files' total size
+    (files are read a megabyte ahead: the bytes read would run ahead of the work); at the end of
+    each file it lands on that file's end (framing and separators included). The text beside it
+    counts messages.
+    """
 
-    def read(self, size: int = -1, /) -> bytes:
-        data = self._stream.read(size)
-        self._on_bytes(len(data))
-        return data
+    EVERY = 100  # messages between two updates of the bar
+
+    def __init__(self, paths: list[str], console: Any = None) -> None:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.sizes: dict[str, int] = {}
+        for path in paths:
+            with suppress(OSError):
+                self.sizes[path] = Path(path).stat().st_size if path != "-" else 0
+        total = sum(self.sizes.values())
+        self.bar = Progress(
+            TextColumn("replay"),
+            BarColumn(),
+            DownloadColumn(),
+            TextColumn("{task.fields[msgs]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=console or Console(stderr=True),
+            transient=True,
+        )
+        self.task = self.bar.add_task("replay", total=total or None, msgs="0 messages")
+        self._slack = 0  # file bytes outside messages (framing, separators), of finished files
+
+    @property
+    def completed(self) -> float:
+        return float(self.bar.tasks[0].completed)
+
+    def on_message(self, summary: ReplaySummary) -> None:
+        if summary.messages % self.EVERY == 0:
+            self._show(summary)
+
+    def file_done(self, path: str, summary: ReplaySummary) -> None:
+        """A file is finished: the bar lands on its end."""
+        done = sum(size for p, size in self.sizes.items() if p in summary.files or p == path)
+        self._slack = max(0, done - summary.bytes_checked)
+        self._show(summary)
+
+    def _show(self, summary: ReplaySummary) -> None:
+        self.bar.update(
+            self.task,
+            completed=summary.bytes_checked + self._slack,
+            msgs=f"{summary.messages:,} messages",
+        )
 
 
 @contextmanager
-def _progress(
-    paths: list[str], enabled: bool
-) -> Iterator[tuple[Callable[[ReplaySummary], None] | None, Callable[[int], None]]]:
-    """(on_message, on_bytes) callbacks driving a rich progress bar on stderr, or doing nothing."""
+def _progress(paths: list[str], enabled: bool) -> Iterator[ReplayProgress | None]:
+    """The progress bar (started and stopped around the run), or None when disabled."""
     if not enabled:
-        yield None, lambda n: None
+        yield None
         return
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    total = 0
-    for path in paths:
-        with suppress(OSError):
-            total += Path(path).stat().st_size if path != "-" else 0
-    with Progress(
-        TextColumn("replay"),
-        BarColumn(),
-        DownloadColumn(),
-        TextColumn("{task.fields[msgs]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        transient=True,
-    ) as bar:
-        task = bar.add_task("replay", total=total or None, msgs="0 messages")
-
-        def on_message(summary: ReplaySummary) -> None:
-            if summary.messages % 1000 == 0:
-                bar.update(task, msgs=f"{summary.messages:,} messages")
-
-        def on_bytes(n: int) -> None:
-            bar.advance(task, n)
-
-        yield on_message, on_bytes
+    progress = ReplayProgress(paths)
+    with progress.bar:
+        yield progress
 
 
 def render_summary(summary: ReplaySummary, out: TextIO) -> None:
@@ -256,17 +278,23 @@ def render_summary(summary: ReplaySummary, out: TextIO) -> None:
     totals = Table(title="Replay", show_header=False)
     totals.add_column("what")
     totals.add_column("count", justify="right")
+    # Indented rows add up to the row above them: messages = with an order + without + rejected;
+    # orders = the verdicts. In scope is a share of the orders, on a line of its own.
+    verdicts = [*VERDICTS, *sorted(v for v in summary.verdicts if v not in VERDICTS)]
     rows: list[tuple[str, int]] = [
         ("files", len(summary.files)),
         ("messages", summary.messages),
-        ("orders", summary.orders),
-        ("in scope", summary.in_scope),
-        *((f"  {v}", summary.verdicts.get(v, 0)) for v in VERDICTS),
-        ("messages without an order", summary.not_orders),
-        ("rejected messages", summary.rejected),
+        ("  with an order", summary.messages - summary.not_orders - summary.rejected),
+        ("  without an order", summary.not_orders),
+        ("  rejected", summary.rejected),
     ]
     if summary.oversized:
-        rows.append((f"  larger than {MAX_MESSAGE_BYTES >> 20} MiB", summary.oversized))
+        rows.append((f"    of which larger than {MAX_MESSAGE_BYTES >> 20} MiB", summary.oversized))
+    rows += [
+        ("orders (ORC/OBR groups), by verdict", summary.orders),
+        *((f"  {v}", summary.verdicts.get(v, 0)) for v in verdicts),
+        ("orders in scope of the guideline", summary.in_scope),
+    ]
     if summary.unreadable_files:
         rows.append(("unreadable files", summary.unreadable_files))
     for label, count in rows:

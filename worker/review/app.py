@@ -12,7 +12,7 @@ import logging
 import secrets
 from datetime import datetime, timedelta
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 from flask import (
     Flask,
@@ -30,10 +30,18 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response as BaseResponse
 
 from worker.records import OVERRIDE_REASONS
-from worker.review import chart
+from worker.review import chart, find_routes
 from worker.review import protocol as protocol_pages
-from worker.review.auth import Throttle, check_login, login_configured
-from worker.review.decide import STATES, DecisionError, decide, make_decision
+from worker.review.auth import Throttle, check_login, login_configured, throttle_key
+from worker.review.decide import (
+    STATES,
+    DecisionError,
+    allowed_states,
+    decide,
+    flag_rules,
+    make_decision,
+    missed_choices,
+)
 from worker.review.filters import (
     DELIVERIES,
     DISPOSITIONS,
@@ -43,8 +51,11 @@ from worker.review.filters import (
     Filters,
     local_tz,
 )
+from worker.review.lookup import page_and_total
 from worker.review.present import hl7_segments, local_time, procedure_of, reason_label
+from worker.review.sessions import sessions_for
 from worker.review.summary import (
+    UNKNOWN_PROVIDER,
     driving_facts,
     iso_week,
     percent,
@@ -53,7 +64,7 @@ from worker.review.summary import (
     week_start,
 )
 from worker.settings import Settings
-from worker.store import AdvisoryStore, query
+from worker.store import AdvisoryStore
 
 log = logging.getLogger("ordercheck.review")
 
@@ -61,6 +72,7 @@ PAGE_SIZE = 50
 SUMMARY_WEEKS = (4, 12, 26, 52)
 PUBLIC_ENDPOINTS = frozenset({"login", "static"})
 SESSION_HOURS = 8
+REFRESH_SECONDS = 60  # the list's auto-refresh interval (app.config["ORDERCHECK_REFRESH"])
 
 CSP = (
     "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; "
@@ -73,8 +85,20 @@ def _filters(args: Any) -> Filters:
 
 
 def _safe_next(target: str | None) -> str | None:
-    """A local path to return to after login; anything else (other hosts, schemes) is dropped."""
-    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+    """A local path to return to after login; anything else (other hosts, schemes) is dropped.
+
+    Browsers drop tabs and line breaks from a URL and read a backslash as a slash, so
+    "/\t/evil.example" would be "//evil.example" (another host): any whitespace, control
+    character or backslash refuses the target, and so does anything with a scheme or host.
+    """
+    if not target or len(target) > 2000 or not target.startswith("/"):
+        return None
+    if any(c.isspace() or not c.isprintable() for c in target) or "\\" in target:
+        return None
+    if target.startswith("//"):
+        return None
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc:
         return None
     return target
 
@@ -91,23 +115,45 @@ def create_app(store: AdvisoryStore, settings: Settings) -> Flask:
         SESSION_COOKIE_NAME="ordercheck_review",
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
-        # Plain HTTP on loopback by default; behind a TLS proxy set SESSION_COOKIE_SECURE.
-        SESSION_COOKIE_SECURE=False,
+        # Plain HTTP on loopback by default; behind a TLS proxy set
+        # ORDERCHECK_REVIEW_COOKIE_SECURE (and ORDERCHECK_REVIEW_TRUSTED_PROXY).
+        SESSION_COOKIE_SECURE=settings.review_cookie_secure,
         PERMANENT_SESSION_LIFETIME=timedelta(hours=SESSION_HOURS),
         WTF_CSRF_TIME_LIMIT=SESSION_HOURS * 3600,
+        # Over HTTPS Flask-WTF also wants a Referer from this host, but every page asks for
+        # no referrer (URLs carry filter values): the token and SameSite cookie guard forms.
+        WTF_CSRF_SSL_STRICT=False,
         MAX_CONTENT_LENGTH=64 * 1024,
+        ORDERCHECK_TRUSTED_PROXY=settings.review_trusted_proxy,  # read by ReviewServer
+        ORDERCHECK_REFRESH=REFRESH_SECONDS,
     )
     CSRFProtect(app)
     throttle = Throttle()
+    sessions = sessions_for(store, SESSION_HOURS * 3600)
+
+    def logged_in() -> bool:
+        """A session cookie whose server-side id is still live (not logged out)."""
+        sid = session.get("sid")
+        if session.get("reviewer") and isinstance(sid, str) and sessions.alive(sid):
+            return True
+        if session:
+            session.clear()
+        return False
+
     app.jinja_env.filters.update(
         local_time=local_time, percent=percent, reason_label=reason_label, procedure=procedure_of
     )
-    app.jinja_env.globals.update(OVERRIDE_REASONS=OVERRIDE_REASONS, STATES=STATES)
+    app.jinja_env.globals.update(
+        OVERRIDE_REASONS=OVERRIDE_REASONS,
+        STATES=STATES,
+        FLAG_RULES=flag_rules(),
+        search_by=find_routes.SEARCH_BY,
+    )
 
     # -- guards ----------------------------------------------------------------------------------
     @app.before_request
     def require_login() -> BaseResponse | None:
-        if request.endpoint in PUBLIC_ENDPOINTS or session.get("reviewer"):
+        if request.endpoint == "static" or logged_in() or request.endpoint in PUBLIC_ENDPOINTS:
             return None
         target = request.full_path.rstrip("?") if request.method == "GET" else None
         return redirect(
@@ -152,39 +198,45 @@ def create_app(store: AdvisoryStore, settings: Settings) -> Flask:
     def login() -> Any:
         nxt = _safe_next(request.values.get("next"))
         if request.method == "GET":
-            if session.get("reviewer"):
+            if session.get("reviewer"):  # logged_in() ran in require_login
                 return redirect(nxt or url_for("advisories"))
             return render_template("login.html", next=nxt, configured=login_configured(settings))
-        client = request.remote_addr or "?"
-        if throttle.blocked(client):
+        user = request.form.get("user", "")[:200]
+        # Per user name and address together: one reviewer's typos (or an attack on one
+        # name) do not lock out every reviewer behind the same proxy address.
+        key = throttle_key(user, request.remote_addr or "?")
+        if throttle.blocked(key):
             return render_template(
                 "login.html",
                 next=nxt,
                 configured=True,
+                user=user,
                 error="Too many failed logins; wait a few minutes.",
             ), 429
         reviewer = check_login(
-            settings,
-            request.form.get("user", ""),
-            request.form.get("password", ""),
-            request.form.get("token", ""),
+            settings, user, request.form.get("password", ""), request.form.get("token", "")
         )
         if reviewer is None:
-            throttle.failed(client)
+            throttle.failed(key)
             return render_template(
                 "login.html",
                 next=nxt,
                 configured=login_configured(settings),
+                user=user,
                 error="Wrong user, password or token.",
             ), 401
-        throttle.succeeded(client)
+        throttle.succeeded(key)
         session.clear()  # a fresh session (and CSRF token) per login
         session["reviewer"] = reviewer
+        session["sid"] = sessions.create()
         session.permanent = True
         return redirect(nxt or url_for("advisories"))
 
     @app.post("/logout")
     def logout() -> BaseResponse:
+        sid = session.get("sid")
+        if isinstance(sid, str):
+            sessions.revoke(sid)  # the old cookie stops working everywhere, now
         session.clear()
         return redirect(url_for("login"))
 
@@ -196,27 +248,42 @@ def create_app(store: AdvisoryStore, settings: Settings) -> Flask:
             page = max(1, min(int(request.args.get("page", "1")), 10_000))
         except ValueError:
             page = 1
-        error = ""
+        refresh = request.args.get("refresh", "") == "1"
+        error, total, exact = "", 0, True
+        rows: list[Any] = []
         try:
             q = filters.query()
-            rows = query(store, q, (page - 1) * PAGE_SIZE, PAGE_SIZE + 1)
+            rows, total, exact = page_and_total(store, q, (page - 1) * PAGE_SIZE, PAGE_SIZE)
         except FilterError as exc:
-            error, rows = str(exc), []
+            error = str(exc)
         keep = filters.items()
-        return render_template(
+        more = {**keep, "refresh": "1"} if refresh else keep
+        body = render_template(
             "list.html",
-            rows=rows[:PAGE_SIZE],
+            rows=rows,
+            total=total,
+            exact=exact,
             page=page,
+            pages=max(1, -(-total // PAGE_SIZE)),
             filters=filters,
             error=error,
-            prev_url=f"?{urlencode({**keep, 'page': page - 1})}" if page > 1 else None,
-            next_url=f"?{urlencode({**keep, 'page': page + 1})}" if len(rows) > PAGE_SIZE else None,
+            refresh=refresh,
+            refresh_seconds=app.config["ORDERCHECK_REFRESH"],
+            export_url=url_for("export_csv") + (f"?{urlencode(keep)}" if keep else ""),
+            prev_url=f"?{urlencode({**more, 'page': page - 1})}" if page > 1 else None,
+            next_url=f"?{urlencode({**more, 'page': page + 1})}"
+            if page * PAGE_SIZE < total
+            else None,
             verdicts=VERDICTS,
             rules=RULES,
             deliveries=DELIVERIES,
             dispositions=DISPOSITIONS,
             filtered=bool(keep),
         )
+        resp = Response(body)
+        if refresh and page == 1:  # newest first: page 1 is where new advisories appear
+            resp.headers["Refresh"] = str(app.config["ORDERCHECK_REFRESH"])
+        return resp
 
     # -- one advisory --------------------------------------------------------------------------
     def _detail(
@@ -234,6 +301,8 @@ def create_app(store: AdvisoryStore, settings: Settings) -> Flask:
             facts=driving_facts(rec.result.facts),
             error=error,
             form=form or {},
+            states=allowed_states(rec),
+            missed_choices=missed_choices(rec),
         ), status
 
     @app.get("/advisories/<advisory_id>")
@@ -242,20 +311,21 @@ def create_app(store: AdvisoryStore, settings: Settings) -> Flask:
 
     @app.post("/advisories/<advisory_id>/decision")
     def decision(advisory_id: str) -> Any:
-        form = {k: request.form.get(k, "") for k in ("state", "reason_code", "text")}
+        form = {k: request.form.get(k, "") for k in ("state", "reason_code", "text", "rule")}
         try:
             made = make_decision(
                 form["state"],
                 str(session["reviewer"]),
                 form["reason_code"] if form["state"] == "overridden" else "",
                 form["text"],
+                form["rule"] if form["state"] == "missed" else "",
             )
             decide(store, advisory_id, made)
         except DecisionError as exc:
             if store.get(advisory_id) is None:
                 abort(404)
-            return _detail(advisory_id, str(exc), form, 400)
-        flash(f"Recorded: {made.state}.")
+            return _detail(advisory_id, exc.page_message, form, 400)
+        flash(f"Recorded: {made.state}" + (f" ({made.rule})." if made.rule else "."))
         return redirect(url_for("advisory", advisory_id=advisory_id) + "#audit")
 
     # -- summary -----------------------------------------------------------------------------
@@ -276,6 +346,24 @@ def create_app(store: AdvisoryStore, settings: Settings) -> Flask:
         except FilterError as exc:
             error, result = str(exc), summarise([])
         labels = [w.week for w in result.weeks]
+
+        def week_link(i: int, **extra: str) -> str:
+            start = week_start(labels[i])
+            args = {
+                "since": start.isoformat(),
+                "until": (start + timedelta(days=6)).isoformat(),
+                **extra,
+            }
+            return url_for("advisories") + "?" + urlencode(args)
+
+        def rule_link(i: int, name: str) -> str:
+            return week_link(i, rule=name)
+
+        def provider_link(i: int, name: str) -> str | None:
+            if name in ("other", UNKNOWN_PROVIDER):
+                return None  # no list filter selects these
+            return week_link(i, provider=name)
+
         return render_template(
             "summary.html",
             s=result,
@@ -285,14 +373,17 @@ def create_app(store: AdvisoryStore, settings: Settings) -> Flask:
             error=error,
             rules=RULES,
             rule_chart=chart.stacked_bars(
-                labels, result.rule_series(), "Flags per ISO week, by rule"
+                labels, result.rule_series(), "Flags per ISO week, by rule", link=rule_link
             ),
             provider_chart=chart.stacked_bars(
                 labels,
                 result.provider_series(),
                 "Flagged orders per ISO week, by ordering provider",
+                link=provider_link,
             ),
         )
+
+    find_routes.register(app, store, _filters, settings.retention_days)
 
     # -- protocol worklist (worker/review/protocol.py) ------------------------------------------
     protocol_pages.register(app, store, settings, CSP)

@@ -1,8 +1,9 @@
 """Who may open the review page: a user and password, or the access token, from the settings.
 
-Passwords and tokens are compared in constant time. Repeated failures from one address are
-slowed down: after MAX_FAILURES in WINDOW seconds that address is refused until the window
-passes.
+Passwords and tokens are compared in constant time. Repeated failures are slowed down per user
+name and client address together (throttle_key): after MAX_FAILURES in WINDOW seconds that
+name is refused from that address until the window passes. Keyed by address alone, one
+reviewer's typos (or an attacker) behind a shared proxy address would lock every reviewer out.
 """
 
 from __future__ import annotations
@@ -51,8 +52,14 @@ def check_login(settings: Settings, user: str, password: str, token: str) -> str
     return user if ok else None
 
 
+def throttle_key(user: str, address: str) -> str:
+    """The throttle's key for a login attempt: the user name (case and spaces ignored, as the
+    login compares names after strip) and the client address."""
+    return f"{user.strip().casefold()[:100]}\x1f{address}"
+
+
 class Throttle:
-    """Counts failed logins per client address within WINDOW seconds."""
+    """Counts failed logins per key (throttle_key) within WINDOW seconds."""
 
     def __init__(self, max_failures: int = MAX_FAILURES, window: float = WINDOW) -> None:
         self.max = max_failures

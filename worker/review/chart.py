@@ -6,6 +6,7 @@ Content-Security-Policy needs no inline styles. Every text is escaped.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from html import escape
 
 from markupsafe import Markup
@@ -27,9 +28,17 @@ def _nice_max(value: int) -> int:
 
 
 def stacked_bars(
-    labels: list[str], series: dict[str, list[int]], title: str, width: int = 760, height: int = 280
+    labels: list[str],
+    series: dict[str, list[int]],
+    title: str,
+    width: int = 760,
+    height: int = 280,
+    link: Callable[[int, str], str | None] | None = None,
 ) -> Markup:
-    """A stacked bar chart: one bar per label (week), one colour per series (rule, provider)."""
+    """A stacked bar chart: one bar per label (week), one colour per series (rule, provider).
+
+    link(i, name): the page a bar segment opens (label i, series name), or None for none.
+    """
     left, right, top, bottom = 40, 10, 24, 52
     legend_h = 18 * max((len(series) + 2) // 3 - 1, 0)  # rows below the first
     plot_w, plot_h = width - left - right, height - top - bottom
@@ -71,11 +80,18 @@ def stacked_bars(
                 continue
             h = plot_h * vals[i] / ymax
             y -= h
-            out.append(
+            rect = (
                 f'<rect x="{x:.1f}" y="{y:.1f}" width="{bar_w:.1f}" height="{h:.1f}" '
                 f'fill="{colours[name]}"><title>{escape(label)} {escape(name)}: '
                 f"{vals[i]}</title></rect>"
             )
+            href = link(i, name) if link is not None else None
+            if href:
+                rect = (
+                    f'<a href="{escape(href)}" class="bar" data-week="{escape(label)}" '
+                    f'data-series="{escape(name)}">{rect}</a>'
+                )
+            out.append(rect)
         if totals[i]:
             out.append(
                 f'<text x="{x + bar_w / 2:.1f}" y="{y - 3:.1f}" font-size="10" '

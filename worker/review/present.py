@@ -6,8 +6,11 @@ to an authorised reader (the logged-in page, the operator's terminal), never to 
 
 from __future__ import annotations
 
+import csv
 import re
+from collections.abc import Iterable
 from datetime import datetime
+from typing import TextIO
 
 from worker.records import OVERRIDE_REASONS, AdvisoryRecord, Disposition
 from worker.review.filters import local_tz
@@ -15,6 +18,14 @@ from worker.review.summary import driving_facts
 
 _SEGMENT_END = re.compile(r"\r\n|\r|\n")
 _FRAMING = str.maketrans("", "", "\x0b\x1c")
+# What a terminal or a spreadsheet could act on: C0 controls, DEL, C1 controls (CSI is 0x9b),
+# and the bidirectional overrides that reorder what is shown ("Trojan Source").
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_CONTROL_KEEP_NEWLINE = re.compile(
+    "[\x00-\x09\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]"
+)
+# OWASP "CSV Injection": a cell starting with one of these is read as a formula.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 CSV_COLUMNS = (
     "id",
@@ -38,7 +49,46 @@ CSV_COLUMNS = (
     "reviewed_at",
     "override_reason",
     "review_text",
+    "missed_rule",
 )
+
+
+def printable(text: str) -> str:
+    """*text* without control characters (ESC sequences, NUL, bidi overrides): safe to print on
+    a terminal. Line breaks go too: a value is one line."""
+    return _CONTROL.sub("", text)
+
+
+_C1 = re.compile("[\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def json_safe(text: str) -> str:
+    """JSON text (json.dumps with ensure_ascii=False) with the controls it leaves raw (DEL, C1,
+    bidi overrides) written as \\u escapes: the same JSON value, harmless on a terminal."""
+    return _C1.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+def csv_cell(value: str) -> str:
+    """A CSV value a spreadsheet will not run: control characters dropped (line breaks kept)
+    and, as OWASP's CSV Injection page says, a value starting with = + - @ tab or CR gets a
+    leading single quote. Write the cells quoted (write_csv)."""
+    value = value.replace("\r\n", "\n")
+    if value.startswith(_FORMULA_START):
+        return "'" + _CONTROL_KEEP_NEWLINE.sub("", value)
+    value = _CONTROL_KEEP_NEWLINE.sub("", value)
+    return "'" + value if value.startswith(_FORMULA_START) else value
+
+
+def write_csv(records: Iterable[AdvisoryRecord], out: TextIO) -> int:
+    """The CSV export (`flags export --csv` and the page's button): a header and one row per
+    record, every field quoted and neutralised (csv_cell); returns the number of rows."""
+    writer = csv.writer(out, lineterminator="\r\n", quoting=csv.QUOTE_ALL)
+    writer.writerow(CSV_COLUMNS)
+    n = 0
+    for rec in records:
+        writer.writerow([csv_cell(v) for v in csv_row(rec)])
+        n += 1
+    return n
 
 
 def hl7_segments(raw: str) -> list[str]:
@@ -103,6 +153,7 @@ def csv_row(rec: AdvisoryRecord) -> list[str]:
         last.at.isoformat() if last else "",
         last.reason_code if last else "",
         last.text if last else "",
+        last.rule if last else "",
     ]
 
 
@@ -119,16 +170,20 @@ TABLE_HEAD = (
 
 
 def table_row(rec: AdvisoryRecord) -> tuple[str, ...]:
+    """One line of `flags list` (control characters removed: it goes to a terminal)."""
     r = rec.result
-    return (
-        rec.id,
-        local_time(rec.received_at),
-        r.verdict,
-        rules_of(rec) or "-",
-        r.ordering_provider or "-",
-        r.sending_facility or "-",
-        rec.delivery,
-        rec.disposition,
+    return tuple(
+        printable(c)
+        for c in (
+            rec.id,
+            local_time(rec.received_at),
+            r.verdict,
+            rules_of(rec) or "-",
+            r.ordering_provider or "-",
+            r.sending_facility or "-",
+            rec.delivery,
+            rec.disposition,
+        )
     )
 
 
@@ -146,7 +201,8 @@ def decision_line(d: Disposition) -> str:
     reason = f" ({d.reason_code}: {reason_label(d.reason_code)})" if d.reason_code else ""
     text = f" \u2014 {d.text}" if d.text else ""
     state = "protocolled" if d.kind == "protocolled" else d.state
-    return f"{local_time(d.at)}  {d.reviewer}: {state}{reason}{text}"
+    rule = f" flag {d.rule}" if d.rule else ""
+    return f"{local_time(d.at)}  {d.reviewer}: {state}{rule}{reason}{text}"
 
 
 def detail_text(rec: AdvisoryRecord) -> str:
@@ -197,4 +253,5 @@ def detail_text(rec: AdvisoryRecord) -> str:
     out += [f"  {s}" for s in hl7_segments(rec.raw_in)] or ["  (not kept)"]
     out += ["", "HL7 sent:"]
     out += [f"  {s}" for s in hl7_segments(rec.raw_out)] or ["  (nothing sent)"]
-    return "\n".join(out) + "\n"
+    # Every field may come from an order: no control character reaches the terminal.
+    return "\n".join(printable(line) for line in out) + "\n"

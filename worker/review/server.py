@@ -1,6 +1,11 @@
 """The review page's WSGI server: waitress, run in the foreground or in a background thread.
 
 Waitress does not log requests, so no URL (and no filter value) reaches a log from here.
+
+Behind a TLS reverse proxy (docs/review-proxy.md), the proxy's address goes in
+ORDERCHECK_REVIEW_TRUSTED_PROXY (the app carries it as config["ORDERCHECK_TRUSTED_PROXY"]):
+waitress then takes the client address and https from its X-Forwarded-For / -Proto / -Host
+headers, and from no one else.
 """
 
 from __future__ import annotations
@@ -14,7 +19,22 @@ from waitress.server import create_server
 class ReviewServer:
     """A waitress server bound to (host, port); port 0 picks a free port (see .port)."""
 
-    def __init__(self, app: Any, host: str, port: int, threads: int = 8) -> None:
+    def __init__(
+        self, app: Any, host: str, port: int, threads: int = 8, trusted_proxy: str | None = None
+    ) -> None:
+        config = getattr(app, "config", None)
+        proxy = trusted_proxy or (config.get("ORDERCHECK_TRUSTED_PROXY") if config else None)
+        proxy_options: dict[str, Any] = {}
+        if proxy:
+            proxy_options = {
+                "trusted_proxy": proxy,
+                "trusted_proxy_count": 1,
+                "trusted_proxy_headers": {
+                    "x-forwarded-for",
+                    "x-forwarded-proto",
+                    "x-forwarded-host",
+                },
+            }
         self._server: Any = create_server(
             app,
             host=host,
@@ -22,6 +42,7 @@ class ReviewServer:
             threads=threads,
             ident="ordercheck",
             clear_untrusted_proxy_headers=True,
+            **proxy_options,
         )
         self._thread: threading.Thread | None = None
 

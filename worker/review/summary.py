@@ -2,7 +2,9 @@
 by ordering provider, the share of flagged orders overridden, and the protocol worklist.
 
 A flagged order is one with at least one flag (verdict not-appropriate). Flags are counted per
-rule (an order with two flags counts once for each rule); providers count flagged orders.
+rule (an order with two flags counts once for each rule); providers count flagged orders and how
+many of them were overridden. Missed flags (a reviewer recorded that an order should have been
+flagged under a rule) are counted per rule, in the week the order was received.
 Weeks are ISO 8601 weeks ("2026-W47") of `received_at` in the server's local time zone.
 """
 
@@ -42,6 +44,8 @@ class WeekCounts:
     week: str
     by_rule: Counter[str] = field(default_factory=Counter)
     by_provider: Counter[str] = field(default_factory=Counter)
+    overridden_by_provider: Counter[str] = field(default_factory=Counter)
+    missed_by_rule: Counter[str] = field(default_factory=Counter)  # missed flags recorded
     flagged: int = 0  # orders with at least one flag
     overridden: int = 0  # of those, disposition overridden
     reviewed: int = 0  # of those, any disposition but open
@@ -58,6 +62,7 @@ class Summary:
     weeks: list[WeekCounts]
     rules: list[str]  # rules seen, most flags first
     providers: list[str]  # providers seen, most flagged orders first
+    missed_rules: list[str]  # rules with a missed flag recorded, most first
     flagged: int
     overridden: int
     reviewed: int
@@ -72,6 +77,20 @@ class Summary:
 
     def provider_total(self, provider: str) -> int:
         return sum(w.by_provider[provider] for w in self.weeks)
+
+    def provider_overridden(self, provider: str) -> int:
+        return sum(w.overridden_by_provider[provider] for w in self.weeks)
+
+    def provider_share(self, provider: str) -> float | None:
+        """Share of this provider's flagged orders that were overridden."""
+        total = self.provider_total(provider)
+        return self.provider_overridden(provider) / total if total else None
+
+    def missed_total(self, rule: str | None = None) -> int:
+        """Missed flags recorded for *rule* (every rule when None)."""
+        if rule is None:
+            return sum(sum(w.missed_by_rule.values()) for w in self.weeks)
+        return sum(w.missed_by_rule[rule] for w in self.weeks)
 
     def rule_series(self) -> dict[str, list[int]]:
         return {r: [w.by_rule[r] for w in self.weeks] for r in self.rules}
@@ -91,6 +110,17 @@ class Summary:
             "overridden": self.overridden,
             "reviewed": self.reviewed,
             "override_share": self.override_share,
+            "missed": self.missed_total(),
+            "missed_by_rule": {r: self.missed_total(r) for r in self.missed_rules},
+            "providers": [
+                {
+                    "provider": p,
+                    "flagged": self.provider_total(p),
+                    "overridden": self.provider_overridden(p),
+                    "override_share": self.provider_share(p),
+                }
+                for p in self.providers
+            ],
             "weeks": [
                 {
                     "week": w.week,
@@ -100,6 +130,7 @@ class Summary:
                     "override_share": w.override_share,
                     "by_rule": dict(w.by_rule),
                     "by_provider": dict(w.by_provider),
+                    "missed_by_rule": dict(w.missed_by_rule),
                 }
                 for w in self.weeks
             ],
@@ -116,7 +147,7 @@ def _span_weeks(labels: list[str]) -> int:
 def summarise(
     records: Iterable[AdvisoryRecord], first: datetime | None = None, last: datetime | None = None
 ) -> Summary:
-    """Weekly counts of the flagged records among *records*.
+    """Weekly counts of the flagged records among *records*, and of the missed flags recorded.
 
     Every week from the first to the last is listed, flags or not, so a chart shows gaps as
     gaps; *first* and *last* widen that range (the weeks of a query's since and until).
@@ -124,12 +155,18 @@ def summarise(
     weeks: dict[str, WeekCounts] = {}
     rules: Counter[str] = Counter()
     providers: Counter[str] = Counter()
+    missed: Counter[str] = Counter()
     for rec in records:
         flags = rec.result.flags
-        if not flags:
+        missed_rules = missed_flags(rec)
+        if not flags and not missed_rules:
             continue
         label = iso_week(rec.received_at)
         w = weeks.get(label) or weeks.setdefault(label, WeekCounts(label))
+        w.missed_by_rule.update(missed_rules)
+        missed.update(missed_rules)
+        if not flags:
+            continue
         provider = rec.result.ordering_provider.strip() or UNKNOWN_PROVIDER
         codes = {f.code for f in flags}
         w.by_rule.update(codes)
@@ -139,6 +176,7 @@ def summarise(
         w.flagged += 1
         if rec.disposition == "overridden":
             w.overridden += 1
+            w.overridden_by_provider[provider] += 1
         if rec.disposition != "open":
             w.reviewed += 1
     bounds = sorted(weeks) + [iso_week(t) for t in (first, last) if t is not None]
@@ -157,21 +195,27 @@ def summarise(
         weeks=ordered,
         rules=[r for r, _ in sorted(rules.items(), key=lambda kv: (-kv[1], kv[0]))],
         providers=[p for p, _ in sorted(providers.items(), key=lambda kv: (-kv[1], kv[0]))],
+        missed_rules=[r for r, _ in sorted(missed.items(), key=lambda kv: (-kv[1], kv[0]))],
         flagged=sum(w.flagged for w in ordered),
         overridden=sum(w.overridden for w in ordered),
         reviewed=sum(w.reviewed for w in ordered),
     )
 
 
+def missed_flags(rec: AdvisoryRecord) -> set[str]:
+    """The rules reviewers recorded as missed on *rec* (each counted once per order)."""
+    return {d.rule for d in rec.audit if d.state == "missed" and d.rule}
+
+
 def summarise_store(store: AdvisoryStore, q: AdvisoryQuery) -> Summary:
-    """The summary of the flagged records matching *q* (the shared query layer)."""
+    """The summary of the records matching *q* (the shared query layer): flagged ones and
+    those with a missed flag recorded."""
     from worker.store import query
 
-    flagged = q.model_copy(update={"flagged_only": True})
     last = (q.until - timedelta(microseconds=1)) if q.until else None
     if q.since and not q.until:
         last = datetime.now(local_tz())
-    return summarise(query(store, flagged, 0, None), q.since, last)
+    return summarise(query(store, q, 0, None), q.since, last)
 
 
 def percent(share: float | None) -> str:
