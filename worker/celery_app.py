@@ -63,3 +63,15 @@ def _logging(**_: object) -> None:
     from worker.logs import configure
 
     configure(settings.log_level)
+
+
+@signals.worker_ready.connect
+def _report_ready(**_: object) -> None:
+    """Tell `ordercheck serve`, which started this worker, that it is ready (worker/serve.py)."""
+    fd = os.environ.pop("ORDERCHECK_WORKER_READY_FD", "")
+    if fd.isdigit():
+        try:
+            os.write(int(fd), b"ready\n")
+            os.close(int(fd))
+        except OSError:
+            pass
