@@ -17,6 +17,7 @@ SAFE_FIELDS = (
     "advisories",
     "delivered",
     "attempt",
+    "destination",  # host:port of the ordering system
     "ack",
     "err",
     "trigger",

@@ -285,7 +285,9 @@ class Service:
             ) from None
         if self.settings.metrics_port is not None:
             try:
-                self.http = start_http(host, self.settings.metrics_port, self.health)
+                self.http = start_http(
+                    host, self.settings.metrics_port, self.health, self.ops_collector()
+                )
             except OSError as exc:
                 await self.server.close(0)
                 raise StartupError(
@@ -338,7 +340,37 @@ class Service:
             if all(v == "ok" for k, v in state.items() if k in ("redis", "workers"))
             else "degraded"
         )
+        # Delivery, like an integration engine's channel view: informational, it does not
+        # turn the status (an ordering system that is down is not a reason to restart us).
+        from worker.opsview import overview
+
+        try:
+            view = overview(self.stores.store, self.settings)
+        except Exception as exc:  # Redis down: said above
+            state["delivery"] = f"unknown: {type(exc).__name__}"
+            return state
+        state["pending"] = view.pending
+        state["undelivered"] = view.undelivered
+        state["not_sent"] = view.not_sent
+        state["destinations"] = {n: d.as_json() for n, d in sorted(view.destinations.items())}
         return state
+
+    def queue_depth(self) -> int:
+        if self.embedded is not None:
+            return int(self.embedded.queue.qsize())
+        from worker.celery_app import QUEUE
+
+        return int(redis_client(self.settings.redis_url).llen(QUEUE))
+
+    def workers_up(self) -> int:
+        if self.embedded is not None:
+            return 1
+        return 1 if self.celery is not None and self.celery.poll() is None else 0
+
+    def ops_collector(self) -> Any:
+        from worker.opsview import OpsCollector
+
+        return OpsCollector(self.stores.store, self.settings, self.queue_depth, self.workers_up)
 
     async def _supervise(self, interval: float = 1.0, longest: float = 60.0) -> None:
         """Start the Celery worker again when it exits (a crash must not stop processing),
@@ -591,9 +623,17 @@ def start_celery_worker(settings: Settings) -> CeleryWorker:
     return CeleryWorker(cmd, env)
 
 
-def start_http(host: str, port: int, health: Callable[[], dict[str, Any]]) -> ThreadingHTTPServer:
-    """/health (JSON) and /metrics (Prometheus) on host:port, in a thread."""
+def start_http(
+    host: str, port: int, health: Callable[[], dict[str, Any]], collector: Any = None
+) -> ThreadingHTTPServer:
+    """/health (JSON) and /metrics (Prometheus) on host:port, in a thread. *collector*: more
+    metrics computed at each scrape (worker/opsview.py), in a registry of their own."""
     from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+
+    extra = None
+    if collector is not None:
+        extra = CollectorRegistry(auto_describe=False)
+        extra.register(collector)
 
     registry = REGISTRY
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # add up the Celery worker processes
@@ -611,6 +651,8 @@ def start_http(host: str, port: int, health: Callable[[], dict[str, Any]]) -> Th
                 self.send_header("Content-Type", "application/json")
             elif self.path.startswith("/metrics"):
                 body = generate_latest(registry)
+                if extra is not None:
+                    body += generate_latest(extra)
                 self.send_response(200)
                 self.send_header("Content-Type", CONTENT_TYPE_LATEST)
             else:

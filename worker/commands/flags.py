@@ -48,7 +48,9 @@ def _add_filters(p: argparse.ArgumentParser) -> None:
         metavar="DATE",
         help="received up to and including DATE (YYYY-MM-DD), or before a date-time",
     )
-    g.add_argument("--verdict", default="", choices=VERDICTS)
+    g.add_argument(
+        "--verdict", default="", choices=VERDICTS, help="only this verdict (default: any)"
+    )
     g.add_argument(
         "--rule", default="", metavar="R", help="rule id in flags or advice, e.g. CT_BEFORE_MRI"
     )
@@ -59,8 +61,15 @@ def _add_filters(p: argparse.ArgumentParser) -> None:
         help="ordering provider contains P (case-insensitive)",
     )
     g.add_argument("--facility", default="", metavar="F", help="sending facility (MSH-4) is F")
-    g.add_argument("--delivery", default="", choices=DELIVERIES)
-    g.add_argument("--disposition", default="", choices=DISPOSITIONS)
+    g.add_argument(
+        "--delivery", default="", choices=DELIVERIES, help="only this delivery state (default: any)"
+    )
+    g.add_argument(
+        "--disposition",
+        default="",
+        choices=DISPOSITIONS,
+        help="only this review state (default: any)",
+    )
 
 
 def _filters(args: argparse.Namespace) -> Filters:
@@ -110,7 +119,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="one advisory in full: flags, facts and where each "
         "came from, audit trail, raw HL7 (patient data)",
     )
-    show.add_argument("id", metavar="ID")
+    show.add_argument("id", metavar="ID", help="the advisory id (first column of `flags list`)")
     show.add_argument("--json", action="store_true", help="the whole record as JSON")
     show.set_defaults(handler=_handler(_show))
 
@@ -121,8 +130,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         + "; ".join(f"{k} ({v})" for k, v in OVERRIDE_REASONS.items())
         + ".",
     )
-    res.add_argument("id", metavar="ID")
-    res.add_argument("--as", dest="state", required=True, choices=STATES)
+    res.add_argument("id", metavar="ID", help="the advisory id (first column of `flags list`)")
+    res.add_argument(
+        "--as", dest="state", required=True, choices=STATES, help="the decision (required)"
+    )
     res.add_argument(
         "--reason",
         default="",
@@ -146,7 +157,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="flags per ISO week by rule and by ordering "
         "provider, and the share overridden (as on the web page)",
     )
-    summ.add_argument("--json", action="store_true")
+    summ.add_argument("--json", action="store_true", help="one JSON object instead of tables")
     _add_filters(summ)
     summ.set_defaults(handler=_handler(_summary))
 
