@@ -136,7 +136,11 @@ class Settings(BaseSettings):
 
     # Logs, metrics and health.
     log_level: str = "INFO"  # JSON lines on stderr; never patient data
-    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)  # the listener's
+    # /metrics of a Celery worker started on its own (`celery -A worker.celery_app worker`,
+    # docker-compose's `worker`): its pool processes' metrics, added up. `serve`'s own worker
+    # reports through the listener's METRICS_PORT instead.
+    worker_metrics_port: int | None = Field(default=None, ge=0, le=65535)
 
     @field_validator("redis_url")
     @classmethod

@@ -33,7 +33,14 @@ def run_review(args: argparse.Namespace) -> int:
     if not 0 <= port <= 65535:
         print(f"ordercheck review: port {port} is out of range", file=sys.stderr)
         return 2
-    if not settings.redis_url:
+    if settings.redis_url:
+        from worker.preflight import redis_problem
+
+        problem = redis_problem(settings.redis_url)
+        if problem is not None:
+            print(f"ordercheck review: {problem}", file=sys.stderr)
+            return 2
+    else:
         print(
             "ordercheck review: note: ORDERCHECK_REDIS_URL is not set, so the page shows an "
             "empty in-memory store. Set it to the Redis of the running `ordercheck serve` "
