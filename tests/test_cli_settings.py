@@ -155,9 +155,12 @@ def test_every_subcommand_and_option_has_help_and_its_default() -> None:
             missing.append(f"{label}: no help")
             continue
         default = action.default
-        if action.option_strings and default not in (None, False, "", []):
-            if "default" not in action.help:
-                missing.append(f"{label}: help does not give the default {default!r}")
+        if (
+            action.option_strings
+            and default not in (None, False, "", [])
+            and "default" not in action.help
+        ):
+            missing.append(f"{label}: help does not give the default {default!r}")
     assert missing == []
 
 
