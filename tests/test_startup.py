@@ -153,6 +153,42 @@ def test_a_worker_that_dies_at_start_stops_serve_with_its_cause(
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
 
 
+@pytest.mark.redis
+def test_no_order_is_accepted_before_the_worker_is_ready(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import worker.serve as serve_module
+
+    monkeypatch.setattr(
+        serve_module,
+        "start_celery_worker",
+        lambda settings: CeleryWorker(
+            [sys.executable, "-c", "import time; time.sleep(30)"], dict(os.environ)
+        ),
+    )
+    port = free_port()
+    settings = Settings(redis_url=redis_url, listen_port=port)
+
+    async def start() -> tuple[str, bool, str]:
+        service = Service(settings)
+        await service.bind()
+        starting = asyncio.create_task(service.start_workers(timeout=3))
+        await asyncio.sleep(1)
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            refused = False
+        except OSError:
+            refused = True
+        health = service.health()
+        with pytest.raises(StartupError) as exc:
+            await starting
+        return health["listener"] + " " + health["status"], refused, str(exc.value)
+
+    health, refused, message = asyncio.run(start())
+    assert refused and health == "starting degraded"
+    assert message == "the Celery worker did not report ready within 3 s"
+
+
 def test_the_worker_ready_signal_and_silence() -> None:
     ready = (
         "import os, time; fd = int(os.environ['ORDERCHECK_WORKER_READY_FD']);"
@@ -253,6 +289,7 @@ def test_serve_without_a_destination_warns_keeps_not_sent_and_reports_it(
     for line in log.splitlines():  # no Celery banner or bare print among the JSON lines
         if line.strip() and not line.startswith("ordercheck:"):
             assert isinstance(json.loads(line), dict), line
+    assert "[config]" not in log and ".> transport:" not in log  # Celery's banner
     assert not list(tmp_path.glob("ordercheck-metrics-*"))  # removed on exit
 
 

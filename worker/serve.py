@@ -243,6 +243,7 @@ class Service:
             ssl=listener_ssl(settings),
         )
         self.http: ThreadingHTTPServer | None = None
+        self.accepting = False  # the MLLP listener accepts connections (workers ready)
         self._background: list[asyncio.Task[None]] = []
 
     async def _on_frame(self, frame: bytes) -> bytes | None:
@@ -272,24 +273,29 @@ class Service:
         await self.bind()
         await self.start_workers()
 
+    def _mllp_in_use(self) -> str:
+        return (
+            f"cannot listen on {self.settings.listen_host}:{self.settings.listen_port} (MLLP, "
+            f"ORDERCHECK_LISTEN_PORT)"
+        )
+
     async def bind(self) -> None:
-        """Bind every socket (MLLP, then /health and /metrics) before any worker starts, so a
-        port in use fails here, named, and leaves no Celery worker behind."""
+        """Check the MLLP port is free and bind /health and /metrics, before any worker
+        starts: a port in use fails here, named, and leaves no Celery worker behind. The MLLP
+        listener itself starts accepting in start_workers(), once the workers are ready, so no
+        order is ACKed while nobody could check it."""
         host = self.settings.listen_host
-        try:
-            await self.server.start()
-        except OSError as exc:
-            raise StartupError(
-                f"cannot listen on {host}:{self.settings.listen_port} (MLLP, "
-                f"ORDERCHECK_LISTEN_PORT): {exc.strerror or exc}"
-            ) from None
+        if self.settings.listen_port:
+            try:
+                port_free(host, self.settings.listen_port)
+            except OSError as exc:
+                raise StartupError(f"{self._mllp_in_use()}: {exc.strerror or exc}") from None
         if self.settings.metrics_port is not None:
             try:
                 self.http = start_http(
                     host, self.settings.metrics_port, self.health, self.ops_collector()
                 )
             except OSError as exc:
-                await self.server.close(0)
                 raise StartupError(
                     f"cannot listen on {host}:{self.settings.metrics_port} (/health and "
                     f"/metrics, ORDERCHECK_METRICS_PORT): {exc.strerror or exc}"
@@ -297,7 +303,9 @@ class Service:
 
     async def start_workers(self, timeout: float | None = None) -> None:
         """Start the workers; in Redis mode wait until the Celery worker says it is ready
-        (StartupError naming the cause when it exits or stays silent for *timeout* seconds)."""
+        (StartupError naming the cause when it exits or stays silent for *timeout* seconds).
+        Then accept MLLP connections (StartupError, the worker stopped, should the port have
+        been taken meanwhile)."""
         if self.embedded is not None:
             self.embedded.start()
         else:
@@ -311,6 +319,12 @@ class Service:
                 raise StartupError(problem)
             self._background.append(asyncio.create_task(self._supervise()))
             self._background.append(asyncio.create_task(self._requeue_lost()))
+        try:
+            await self.server.start()
+        except OSError as exc:
+            await self.stop(grace=0)
+            raise StartupError(f"{self._mllp_in_use()}: {exc.strerror or exc}") from None
+        self.accepting = True
         self._background.append(asyncio.create_task(self._purge_daily()))
         if self.settings.memory_release_interval and release_free_memory():
             self._background.append(asyncio.create_task(self._release_memory()))
@@ -321,7 +335,7 @@ class Service:
 
     def health(self) -> dict[str, Any]:
         state: dict[str, Any] = {
-            "listener": "ok",
+            "listener": "ok" if self.accepting else "starting",
             "mode": "redis" if self.settings.redis_url else "embedded",
         }
         if self.settings.redis_url:
@@ -337,7 +351,7 @@ class Service:
             state["queue"] = self.embedded.queue.qsize()
         state["status"] = (
             "ok"
-            if all(v == "ok" for k, v in state.items() if k in ("redis", "workers"))
+            if all(v == "ok" for k, v in state.items() if k in ("listener", "redis", "workers"))
             else "degraded"
         )
         # Delivery, like an integration engine's channel view: informational, it does not
@@ -477,6 +491,19 @@ def release_free_memory() -> bool:
         return False
     trim()
     return True
+
+
+def port_free(host: str, port: int) -> None:
+    """OSError when *port* cannot be bound on *host* now (in use, or not our address)."""
+    import socket
+
+    for family, kind, proto, _, address in socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    ):
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as asyncio does
+            probe.bind(address)
+        return
 
 
 class StartupError(Exception):

@@ -102,7 +102,8 @@ def main(argv: list[str]) -> int:
         )
     try:
         listening = wait_for(
-            lambda: serve.poll() is not None or b"listening on" in log.read_bytes(), START_TIMEOUT
+            lambda: serve.poll() is not None or b"ordercheck: listening on" in log.read_bytes(),
+            START_TIMEOUT,
         )
         if serve.poll() is not None:
             return fail(f"ordercheck serve exited with status {serve.returncode}", log)
