@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -135,6 +136,7 @@ def main(argv: list[str]) -> int:
         with contextlib.suppress(subprocess.TimeoutExpired):
             serve.wait(5)
         ris.stop()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
