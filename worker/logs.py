@@ -60,12 +60,8 @@ def configure(level: str = "INFO") -> None:
 def wrap_line(line: str, logger: str, level: str = "warning") -> str:
     """*line* if it is a JSON object already, else a JSON log line holding it (for output a
     library prints itself, such as Celery's on the worker's stdout)."""
-    if line.startswith("{"):
-        try:
-            json.loads(line)
-            return line
-        except ValueError:
-            pass
+    if line.startswith("{") and line.endswith("}"):  # ours (JSONFormatter): not parsed again
+        return line
     return json.dumps(
         {
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + "Z",
