@@ -337,3 +337,41 @@ def test_the_bare_e2e_script_delivers_an_advisory() -> None:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "bare_e2e: OK: advisory" in done.stdout
+
+
+@pytest.mark.redis
+def test_a_worker_that_keeps_dying_is_restarted_ever_more_slowly_with_its_cause(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    import worker.serve as serve_module
+
+    started: list[CeleryWorker] = []
+
+    def dying(settings: Settings) -> CeleryWorker:
+        worker = CeleryWorker(
+            [sys.executable, "-c", "import sys; sys.exit('RuntimeError: crashed at start')"],
+            dict(os.environ),
+        )
+        started.append(worker)
+        return worker
+
+    monkeypatch.setattr(serve_module, "start_celery_worker", dying)
+    service = Service(Settings(redis_url=redis_url, listen_port=0))
+
+    async def supervise() -> None:
+        service.celery = dying(service.settings)
+        task = asyncio.create_task(service._supervise(interval=0.1, longest=10))
+        await asyncio.sleep(2.0)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    with caplog.at_level(logging.ERROR, logger="ordercheck.serve"):
+        asyncio.run(supervise())
+    for worker in started:
+        worker.stop(5)
+    # Waits of 0.2, 0.4, 0.8, 1.6 s: at most 4 restarts in 2 s (every 0.1 s would be ~20).
+    assert 2 <= len(started) <= 5
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages and all("RuntimeError: crashed at start" in m for m in messages)

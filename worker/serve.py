@@ -405,6 +405,7 @@ class Service:
                 self.celery.cause(),
                 wait,
             )
+            self.celery.stop(timeout=1)  # exited already: closes its pipe, ends its relay
             await asyncio.sleep(wait - interval)
             self.celery = start_celery_worker(self.settings)
 
