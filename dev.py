@@ -37,12 +37,13 @@ def ensure(extra: str) -> None:
         print(f"creating {VENV.name}/", flush=True)
         venv.EnvBuilder(with_pip=True).create(VENV)
     stamp = VENV / f".installed-{extra or 'base'}"
-    project = ROOT / "pyproject.toml"
-    if stamp.exists() and stamp.stat().st_mtime >= project.stat().st_mtime:
+    inputs = [p for p in (ROOT / "pyproject.toml", ROOT / "constraints.txt") if p.exists()]
+    if stamp.exists() and all(stamp.stat().st_mtime >= p.stat().st_mtime for p in inputs):
         return
     run(PY, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--upgrade", "pip")
     target = f".[{extra}]" if extra else "."
-    run(PY, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-e", target)
+    pins = ["-c", "constraints.txt"] if (ROOT / "constraints.txt").exists() else []
+    run(PY, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *pins, "-e", target)
     stamp.touch()
 
 

@@ -57,9 +57,44 @@ def _lower_priority(**_: object) -> None:
         os.nice(settings.worker_nice)
 
 
+@signals.worker_init.connect
+def _serve_metrics(**_: object) -> None:
+    """/metrics of this worker on ORDERCHECK_WORKER_METRICS_PORT, when set (before the pool
+    forks: the server runs in a thread of the main process)."""
+    if settings.worker_metrics_port is not None:
+        start_worker_metrics("0.0.0.0", settings.worker_metrics_port)
+
+
+def start_worker_metrics(host: str, port: int) -> object:
+    """A Prometheus /metrics server in a thread: the pool processes' metrics added up when
+    PROMETHEUS_MULTIPROC_DIR is set (it must be, for a prefork pool), else this process's."""
+    from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
+
+    registry = REGISTRY
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    server, _thread = start_http_server(port, addr=host, registry=registry)
+    return server
+
+
 @signals.setup_logging.connect
 def _logging(**_: object) -> None:
     """Workers log JSON lines like the listener (worker/logs.py), not Celery's format."""
     from worker.logs import configure
 
     configure(settings.log_level)
+
+
+@signals.worker_ready.connect
+def _report_ready(**_: object) -> None:
+    """Tell `ordercheck serve`, which started this worker, that it is ready (worker/serve.py)."""
+    fd = os.environ.pop("ORDERCHECK_WORKER_READY_FD", "")
+    if fd.isdigit():
+        try:
+            os.write(int(fd), b"ready\n")
+            os.close(int(fd))
+        except OSError:
+            pass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -38,6 +39,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(exc: Exception) -> str | None:
+    """The one-line message for an error of the environment (a wrong setting, Redis down), or
+    None for anything else (a bug: its traceback is wanted)."""
+    from pydantic import ValidationError
+    from pydantic_settings import SettingsError as SourceError
+
+    from worker.settings import SettingsError, describe, redact_url
+
+    if isinstance(exc, SettingsError):
+        return "\n".join(f"ordercheck: {line}" for line in str(exc).splitlines())
+    if isinstance(exc, SourceError) or (
+        isinstance(exc, ValidationError) and exc.title == "Settings"
+    ):
+        return "\n".join(f"ordercheck: {line}" for line in describe(exc).splitlines())
+    import redis
+
+    if isinstance(exc, redis.RedisError):
+        url = os.environ.get("ORDERCHECK_REDIS_URL", "")
+        where = f" at {redact_url(url)}" if url else ""
+        return f"ordercheck: Redis{where} failed: {type(exc).__name__}: {exc}"
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -51,6 +75,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"unknown command {args.command}")
         code: int = handler(args)
         return code
+    except Exception as exc:
+        line = _one_line(exc)
+        if line is None:
+            raise
+        print(line, file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

@@ -29,6 +29,7 @@ SAFE_FIELDS = (
     "advisories",
     "delivered",
     "attempt",
+    "destination",  # host:port of the ordering system
     "ack",
     "err",
     "trigger",
@@ -112,3 +113,19 @@ def configure(level: str = "INFO") -> None:
     root.setLevel(level.upper())
     for noisy in ("celery", "kombu", "amqp", "waitress"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def wrap_line(line: str, logger: str, level: str = "warning") -> str:
+    """*line* if it is a JSON object already, else a JSON log line holding it (for output a
+    library prints itself, such as Celery's on the worker's stdout)."""
+    if line.startswith("{") and line.endswith("}"):  # ours (JSONFormatter): not parsed again
+        return line
+    return json.dumps(
+        {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + "Z",
+            "level": level,
+            "logger": logger,
+            "msg": line,
+        },
+        ensure_ascii=False,
+    )

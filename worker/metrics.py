@@ -1,7 +1,9 @@
 """Prometheus metrics. Labels carry codes and rule ids only, never patient data.
 
 In Redis mode the Celery workers are separate processes: `ordercheck serve` sets
-PROMETHEUS_MULTIPROC_DIR before starting them so the listener's /metrics adds theirs up.
+PROMETHEUS_MULTIPROC_DIR before starting them so the listener's /metrics adds theirs up. The
+gauges of the delivery view (queue depth, pending and undelivered by destination, workers up)
+are computed at each scrape of the listener: worker/opsview.py.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ ACK_LATENCY = Histogram(
 )
 DELIVERY_LATENCY = Histogram(
     "ordercheck_delivery_seconds",
-    "Message received to advisory ACKed by the ordering system (seconds)",
+    "End to end: order message received by the listener to its advisory ACKed by the "
+    "ordering system (seconds; includes queueing, checking and delivery retries)",
     buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 5, 30, 300),
 )
 INGEST_BATCH = Histogram(

@@ -499,14 +499,25 @@ class Processor:
         if not retry or attempt > self.settings.delivery_retries:
             mark_delivery(store, rec_id, "undelivered", attempt, outcome.error, outcome.destination)
             metrics.UNDELIVERED.inc()
-            log.error("undelivered after %d attempts", attempt, extra={"advisory": rec_id})
+            log.error(
+                "undelivered after %d attempts",
+                attempt,
+                extra={"advisory": rec_id, "destination": destination, "err": outcome.error},
+            )
             return False
         mark_delivery(store, rec_id, "pending", attempt, outcome.error, outcome.destination)
         delay = min(
             self.settings.delivery_backoff * 2 ** (attempt - 1), self.settings.delivery_backoff_max
         )
         log.warning(
-            "delivery failed, retry in %.1fs", delay, extra={"advisory": rec_id, "attempt": attempt}
+            "delivery failed, retry in %.1fs",
+            delay,
+            extra={
+                "advisory": rec_id,
+                "attempt": attempt,
+                "destination": destination,
+                "err": outcome.error,
+            },
         )
         self.schedule_retry(rec_id, attempt + 1, delay)
         return False

@@ -9,6 +9,7 @@ the listener. Both modes purge advisories older than ORDERCHECK_RETENTION_DAYS a
 from __future__ import annotations
 
 import asyncio
+import collections
 import ctypes
 import functools
 import json
@@ -19,6 +20,7 @@ import ssl
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -182,7 +184,7 @@ class Service:
         )  # a bad rule file fails here
         self.embedded: Any = None
         self.queued = 0  # tasks waiting in the broker queue after our last push
-        self.celery: subprocess.Popen[bytes] | None = None
+        self.celery: CeleryWorker | None = None
         if settings.redis_url:
             from worker import tasks
             from worker.celery_app import QUEUE
@@ -245,6 +247,7 @@ class Service:
             max_per_peer=settings.max_connections_per_peer,
         )
         self.http: ThreadingHTTPServer | None = None
+        self.accepting = False  # the MLLP listener accepts connections (workers ready)
         self._background: list[asyncio.Task[None]] = []
 
     async def _on_frame(self, frame: bytes) -> bytes | None:
@@ -269,20 +272,66 @@ class Service:
         return self.server.port
 
     async def start(self) -> None:
+        """bind() then start_workers(): StartupError (one line) when either fails, with
+        everything started so far stopped again."""
+        await self.bind()
+        await self.start_workers()
+
+    def _mllp_in_use(self) -> str:
+        return (
+            f"cannot listen on {self.settings.listen_host}:{self.settings.listen_port} (MLLP, "
+            f"ORDERCHECK_LISTEN_PORT)"
+        )
+
+    async def bind(self) -> None:
+        """Check the MLLP port is free and bind /health and /metrics, before any worker
+        starts: a port in use fails here, named, and leaves no Celery worker behind. The MLLP
+        listener itself starts accepting in start_workers(), once the workers are ready, so no
+        order is ACKed while nobody could check it."""
+        host = self.settings.listen_host
+        if self.settings.listen_port:
+            try:
+                port_free(host, self.settings.listen_port)
+            except OSError as exc:
+                raise StartupError(f"{self._mllp_in_use()}: {exc.strerror or exc}") from None
+        if self.settings.metrics_port is not None:
+            try:
+                self.http = start_http(
+                    host, self.settings.metrics_port, self.health, self.ops_collector()
+                )
+            except OSError as exc:
+                raise StartupError(
+                    f"cannot listen on {host}:{self.settings.metrics_port} (/health and "
+                    f"/metrics, ORDERCHECK_METRICS_PORT): {exc.strerror or exc}"
+                ) from None
+
+    async def start_workers(self, timeout: float | None = None) -> None:
+        """Start the workers; in Redis mode wait until the Celery worker says it is ready
+        (StartupError naming the cause when it exits or stays silent for *timeout* seconds).
+        Then accept MLLP connections (StartupError, the worker stopped, should the port have
+        been taken meanwhile)."""
         if self.embedded is not None:
             self.embedded.start()
         else:
             self.celery = start_celery_worker(self.settings)
+            loop = asyncio.get_running_loop()
+            problem = await loop.run_in_executor(
+                None, self.celery.wait_ready, timeout or WORKER_START_TIMEOUT
+            )
+            if problem is not None:
+                await self.stop(grace=0)
+                raise StartupError(problem)
             self._background.append(asyncio.create_task(self._supervise()))
             self._background.append(asyncio.create_task(self._requeue_lost()))
-        await self.server.start()
+        try:
+            await self.server.start()
+        except OSError as exc:
+            await self.stop(grace=0)
+            raise StartupError(f"{self._mllp_in_use()}: {exc.strerror or exc}") from None
+        self.accepting = True
         self._background.append(asyncio.create_task(self._purge_daily()))
         if self.settings.memory_release_interval and release_free_memory():
             self._background.append(asyncio.create_task(self._release_memory()))
-        if self.settings.metrics_port is not None:
-            self.http = start_http(
-                self.settings.listen_host, self.settings.metrics_port, self.health
-            )
         mode = "redis" if self.settings.redis_url else "embedded"
         log.warning(
             "ordercheck listening on %s:%d (%s mode)", self.settings.listen_host, self.port, mode
@@ -290,7 +339,7 @@ class Service:
 
     def health(self) -> dict[str, Any]:
         state: dict[str, Any] = {
-            "listener": "ok",
+            "listener": "ok" if self.accepting else "starting",
             "mode": "redis" if self.settings.redis_url else "embedded",
         }
         if self.settings.redis_url:
@@ -306,20 +355,63 @@ class Service:
             state["queue"] = self.embedded.queue.qsize()
         state["status"] = (
             "ok"
-            if all(v == "ok" for k, v in state.items() if k in ("redis", "workers"))
+            if all(v == "ok" for k, v in state.items() if k in ("listener", "redis", "workers"))
             else "degraded"
         )
+        # Delivery, like an integration engine's channel view: informational, it does not
+        # turn the status (an ordering system that is down is not a reason to restart us).
+        from worker.opsview import overview
+
+        try:
+            view = overview(self.stores.store, self.settings)
+        except Exception as exc:  # Redis down: said above
+            state["delivery"] = f"unknown: {type(exc).__name__}"
+            return state
+        state["pending"] = view.pending
+        state["undelivered"] = view.undelivered
+        state["not_sent"] = view.not_sent
+        state["destinations"] = {n: d.as_json() for n, d in sorted(view.destinations.items())}
         return state
 
-    async def _supervise(self, interval: float = 1.0) -> None:
-        """Start the Celery worker again when it exits (a crash must not stop processing)."""
+    def queue_depth(self) -> int:
+        if self.embedded is not None:
+            return int(self.embedded.queue.qsize())
+        from worker.celery_app import QUEUE
+
+        return int(redis_client(self.settings.redis_url).llen(QUEUE))
+
+    def workers_up(self) -> int:
+        if self.embedded is not None:
+            return 1
+        return 1 if self.celery is not None and self.celery.poll() is None else 0
+
+    def ops_collector(self) -> Any:
+        from worker.opsview import OpsCollector
+
+        return OpsCollector(self.stores.store, self.settings, self.queue_depth, self.workers_up)
+
+    async def _supervise(self, interval: float = 1.0, longest: float = 60.0) -> None:
+        """Start the Celery worker again when it exits (a crash must not stop processing),
+        waiting twice as long after each exit that came before it was ready (up to *longest*
+        seconds): a worker that cannot start is not restarted every second forever."""
+        wait = interval
         while True:
-            await asyncio.sleep(interval)
-            if self.celery is not None and self.celery.poll() is not None:
-                log.error(
-                    "celery worker exited with status %s; starting it again", self.celery.returncode
-                )
-                self.celery = start_celery_worker(self.settings)
+            await asyncio.sleep(wait)
+            if self.celery is None or self.celery.poll() is None:
+                if self.celery is not None and self.celery.poll_ready():
+                    wait = interval
+                continue
+            was_ready = self.celery.ready
+            wait = interval if was_ready else min(longest, wait * 2)
+            log.error(
+                "celery worker exited with status %s (%s); starting it again in %.0f s",
+                self.celery.returncode,
+                self.celery.cause(),
+                wait,
+            )
+            self.celery.stop(timeout=1)  # exited already: closes its pipe, ends its relay
+            await asyncio.sleep(wait - interval)
+            self.celery = start_celery_worker(self.settings)
 
     async def _requeue_lost(self) -> None:
         """Queue again accepted messages no worker processed (worker/journal.py): those still
@@ -374,14 +466,12 @@ class Service:
         self.pool.shutdown(wait=True)
         if self.embedded is not None:
             self.embedded.stop()
-        if self.celery is not None and self.celery.poll() is None:
-            self.celery.send_signal(signal.SIGTERM)  # warm shutdown: finish running tasks
-            try:
-                self.celery.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.celery.kill()
+        if self.celery is not None:
+            self.celery.stop()
         if self.http is not None:
             self.http.shutdown()
+            self.http.server_close()
+            self.http = None
 
 
 @functools.cache
@@ -408,15 +498,145 @@ def release_free_memory() -> bool:
     return True
 
 
-def start_celery_worker(settings: Settings) -> subprocess.Popen[bytes]:
+def port_free(host: str, port: int) -> None:
+    """OSError when *port* cannot be bound on *host* now (in use, or not our address)."""
+    import socket
+
+    for family, kind, proto, _, address in socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    ):
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as asyncio does
+            probe.bind(address)
+        return
+
+
+class StartupError(Exception):
+    """`serve` cannot start; str() is the one line that says why."""
+
+
+WORKER_START_TIMEOUT = 60.0  # seconds for the Celery worker to report ready
+READY_FD = "ORDERCHECK_WORKER_READY_FD"  # not a setting: serve -> its own Celery worker
+
+
+class CeleryWorker:
+    """`celery worker` in a subprocess. Its output (stdout and stderr: Celery prints some lines
+    there itself) is relayed to our stderr as JSON lines (worker/logs.py), the lines that are
+    not JSON wrapped, and the last lines kept to name the cause when it exits."""
+
+    def __init__(self, cmd: list[str], env: dict[str, str]) -> None:
+        read_end, write_end = os.pipe()
+        env = {**env, READY_FD: str(write_end)}
+        self.proc = subprocess.Popen(
+            cmd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            pass_fds=(write_end,),
+        )
+        os.close(write_end)
+        self._ready_fd = read_end
+        self.ready = False
+        self._tail: collections.deque[str] = collections.deque(maxlen=40)
+        self._relay = threading.Thread(target=self._read, name="celery-output", daemon=True)
+        self._relay.start()
+
+    @property
+    def returncode(self) -> int | None:
+        return self.proc.returncode
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def poll(self) -> int | None:
+        return self.proc.poll()
+
+    def _read(self) -> None:
+        from worker.logs import wrap_line
+
+        assert self.proc.stdout is not None
+        for raw in iter(self.proc.stdout.readline, b""):
+            line = raw.decode("utf-8", "replace").rstrip()
+            if not line.strip():
+                continue
+            self._tail.append(line)
+            try:
+                sys.stderr.write(wrap_line(line, "celery.worker") + "\n")
+                sys.stderr.flush()
+            except (OSError, ValueError):  # our stderr is gone: keep draining the pipe
+                pass
+
+    def cause(self) -> str:
+        """The last error line it wrote (a traceback's last line), else its last line."""
+        lines = [line.strip() for line in self._tail]
+        for line in reversed(lines):
+            if line.startswith("{"):
+                try:
+                    data = json.loads(line)
+                except ValueError:
+                    continue
+                if data.get("level") in ("error", "critical"):
+                    return str(data.get("msg", ""))
+                continue
+            head = line.split(":", 1)[0]
+            if head.endswith(("Error", "Exception", "Exit")) or head == "KeyboardInterrupt":
+                return line
+        return lines[-1] if lines else "no output"
+
+    def poll_ready(self) -> bool:
+        """True once the worker has reported ready (Celery's worker_ready signal)."""
+        import select
+
+        if not self.ready and self._ready_fd >= 0 and select.select([self._ready_fd], [], [], 0)[0]:
+            self.ready = bool(os.read(self._ready_fd, 64))
+            os.close(self._ready_fd)
+            self._ready_fd = -1
+        return self.ready
+
+    def wait_ready(self, timeout: float) -> str | None:
+        """Wait until the worker reports ready (None), exits or *timeout* passes (the line
+        that says so)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.poll_ready():
+                return None
+            if self.proc.poll() is not None:
+                self._relay.join(2)
+                return (
+                    f"the Celery worker exited at start (status {self.proc.returncode}): "
+                    f"{self.cause()}"
+                )
+            time.sleep(0.05)
+        return f"the Celery worker did not report ready within {timeout:g} s"
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Warm shutdown (running tasks finish), killed after *timeout* seconds."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        if self._ready_fd >= 0:
+            os.close(self._ready_fd)
+            self._ready_fd = -1
+        self._relay.join(5)
+
+
+def start_celery_worker(settings: Settings) -> CeleryWorker:
     concurrency = settings.workers or os.cpu_count() or 1
     env = dict(os.environ)  # PROMETHEUS_MULTIPROC_DIR, when set, is shared with the listener
+    env.pop("ORDERCHECK_WORKER_METRICS_PORT", None)  # the listener's /metrics has theirs
     cmd = [
         sys.executable,
         "-m",
         "celery",
         "-A",
         "worker.celery_app",
+        "--quiet",  # no banner: the output is JSON lines
         "worker",
         "--concurrency",
         str(concurrency),
@@ -432,12 +652,20 @@ def start_celery_worker(settings: Settings) -> subprocess.Popen[bytes]:
         "-n",
         f"ordercheck-{os.getpid()}@%h",
     ]
-    return subprocess.Popen(cmd, env=env)
+    return CeleryWorker(cmd, env)
 
 
-def start_http(host: str, port: int, health: Callable[[], dict[str, Any]]) -> ThreadingHTTPServer:
-    """/health (JSON) and /metrics (Prometheus) on host:port, in a thread."""
+def start_http(
+    host: str, port: int, health: Callable[[], dict[str, Any]], collector: Any = None
+) -> ThreadingHTTPServer:
+    """/health (JSON) and /metrics (Prometheus) on host:port, in a thread. *collector*: more
+    metrics computed at each scrape (worker/opsview.py), in a registry of their own."""
     from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+
+    extra = None
+    if collector is not None:
+        extra = CollectorRegistry(auto_describe=False)
+        extra.register(collector)
 
     registry = REGISTRY
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # add up the Celery worker processes
@@ -455,6 +683,8 @@ def start_http(host: str, port: int, health: Callable[[], dict[str, Any]]) -> Th
                 self.send_header("Content-Type", "application/json")
             elif self.path.startswith("/metrics"):
                 body = generate_latest(registry)
+                if extra is not None:
+                    body += generate_latest(extra)
                 self.send_response(200)
                 self.send_header("Content-Type", CONTENT_TYPE_LATEST)
             else:
@@ -491,16 +721,59 @@ def start_review(settings: Settings, stores: Stores) -> Any:
     return server
 
 
+def destination_warning(settings: Settings) -> str | None:
+    """The start-up warning when no advisory has anywhere to go."""
+    if (settings.advisory_host and settings.advisory_port) or settings.advisory_routes:
+        return None
+    return (
+        "ordercheck: warning: ORDERCHECK_ADVISORY_HOST/PORT (or ADVISORY_ROUTES) not set: "
+        "orders are checked and kept, advisories are not sent (state not-sent; `ordercheck "
+        "advisories --undelivered` lists them)"
+    )
+
+
 def run(settings: Settings, with_review: bool = False) -> int:
-    """Serve until SIGTERM or SIGINT, then stop gracefully."""
+    """Check Redis and the worker's imports, bind every socket, start the workers, say
+    "listening"; serve until SIGTERM or SIGINT, then stop gracefully. A start-up failure is
+    one line on stderr and exit status 2 (3 when the Celery worker cannot start)."""
     from worker.logs import configure
+    from worker.preflight import redis_problem, worker_problem
 
     configure(settings.log_level)
+    if settings.redis_url:
+        problem = redis_problem(settings.redis_url)
+        if problem is not None:
+            print(f"ordercheck: {problem}", file=sys.stderr, flush=True)
+            return 2
+        problem = worker_problem(settings.redis_url)
+        if problem is not None:
+            print(f"ordercheck: {problem}", file=sys.stderr, flush=True)
+            return 3
+    warning = destination_warning(settings)
+    if warning is not None:
+        print(warning, file=sys.stderr, flush=True)
+        log.warning("no advisory destination configured: advisories are not sent")
 
-    async def main() -> None:
+    async def main() -> int:
         service = Service(settings)
-        await service.start()
-        review = start_review(settings, service.stores) if with_review else None
+        review = None
+        try:
+            await service.bind()
+            if with_review:
+                try:
+                    review = start_review(settings, service.stores)
+                except OSError as exc:
+                    await service.stop(grace=0)
+                    raise StartupError(
+                        f"cannot listen on {settings.review_host}:{settings.review_port} "
+                        f"(review page, ORDERCHECK_REVIEW_PORT): {exc.strerror or exc}"
+                    ) from None
+            await service.start_workers()
+        except StartupError as exc:
+            if review is not None:
+                review.stop()
+            print(f"ordercheck: {exc}", file=sys.stderr, flush=True)
+            return 3 if "Celery worker" in str(exc) else 2
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -515,6 +788,6 @@ def run(settings: Settings, with_review: bool = False) -> int:
         await service.stop()
         if review is not None:
             review.stop()
+        return 0
 
-    asyncio.run(main())
-    return 0
+    return asyncio.run(main())

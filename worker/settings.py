@@ -7,13 +7,22 @@ values use "__" (ORDERCHECK_ADVISORY_ROUTES__EPIC__PORT=2576) or JSON
 
 from __future__ import annotations
 
+import os
+import re
+import typing
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsError as _SourceError
 
+from worker.errors import OrdercheckError
 from worker.models import SiteSettings
+
+# Settings whose values are secrets (or may hold one): an error names them, never their value.
+SECRET_FIELDS = frozenset({"review_users", "review_token", "review_secret"})
 
 
 class Route(BaseModel):
@@ -25,7 +34,7 @@ class Route(BaseModel):
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_prefix="ORDERCHECK_", env_nested_delimiter="__", extra="ignore"
+        env_prefix="ORDERCHECK_", env_nested_delimiter="__", extra="ignore", env_ignore_empty=True
     )
 
     # Broker and store. None: the embedded default (one process, in memory, no Redis).
@@ -144,7 +153,29 @@ class Settings(BaseSettings):
 
     # Logs, metrics and health.
     log_level: str = "INFO"  # JSON lines on stderr; never patient data
-    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)  # the listener's
+    # /metrics of a Celery worker started on its own (`celery -A worker.celery_app worker`,
+    # docker-compose's `worker`): its pool processes' metrics, added up. `serve`'s own worker
+    # reports through the listener's METRICS_PORT instead.
+    worker_metrics_port: int | None = Field(default=None, ge=0, le=65535)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        """redis://[:password@]host[:port][/db], rediss://..., or unix:///path/to/socket."""
+        if not value:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("not a Redis URL (redis://host:6379/0, rediss://... or unix://...)")
+        try:
+            parts.port  # noqa: B018 - raises ValueError on a port that is not a number
+        except ValueError:
+            raise ValueError("the port is not a number") from None
+        db = parts.path.strip("/")
+        if parts.scheme != "unix" and db and not db.isdigit():
+            raise ValueError(f"the database {db!r} is not a number (redis://host:6379/0)")
+        return value
 
     def site(self) -> SiteSettings:
         return SiteSettings(
@@ -173,3 +204,91 @@ class Settings(BaseSettings):
             if want_app == app and (not sep or want_fac == fac):
                 return True
         return False
+
+
+class SettingsError(OrdercheckError):
+    """Settings that do not validate; str() is one line per wrong setting, naming it."""
+
+
+def redact_url(url: str) -> str:
+    """*url* without its password (for messages and logs)."""
+    return re.sub(r"(//[^:/@]*:)[^@]*@", r"\1***@", url)
+
+
+def _env_name(field: str) -> str:
+    return f"ORDERCHECK_{field.upper()}"
+
+
+def _shown(field: str, value: object) -> str:
+    if field in SECRET_FIELDS:
+        return ""
+    if field == "redis_url" and isinstance(value, str):
+        value = redact_url(value)
+    return f"={value!r}" if isinstance(value, str) else f"={str(value)!r}"
+
+
+def _json_hint(field: str) -> str:
+    info = Settings.model_fields.get(field)
+    origin = typing.get_origin(info.annotation) if info is not None else None
+    if origin is list:
+        return 'not a JSON list (e.g. \'["EPIC", "RIS|RADIOLOGY"]\')'
+    if origin is dict:
+        return 'not a JSON object (e.g. \'{"quality": "..."}\')'
+    return "not valid JSON"
+
+
+def _reason(err: Any) -> str:
+    kind = err.get("type", "")
+    ctx = err.get("ctx") or {}
+    if kind in ("int_parsing", "int_from_float", "int_type"):
+        return "not an integer"
+    if kind in ("float_parsing", "float_type"):
+        return "not a number"
+    if kind in ("bool_parsing", "bool_type"):
+        return "not true or false"
+    if kind == "greater_than_equal":
+        return f"must be {ctx.get('ge')} or more"
+    if kind == "less_than_equal":
+        return f"must be {ctx.get('le')} or less"
+    if kind == "greater_than":
+        return f"must be more than {ctx.get('gt')}"
+    if kind == "less_than":
+        return f"must be less than {ctx.get('lt')}"
+    if kind == "missing":
+        return "not set (required)"
+    if kind == "literal_error":
+        return f"must be one of {ctx.get('expected', '')}"
+    if kind in ("json_invalid", "list_type", "dict_type"):
+        return _json_hint(str(err["loc"][0]))
+    if kind == "value_error":
+        return str(err.get("msg", "")).removeprefix("Value error, ")
+    return str(err.get("msg", "invalid"))
+
+
+def describe(exc: ValidationError | _SourceError) -> str:
+    """One line per wrong setting: ORDERCHECK_WORKERS='abc': not an integer."""
+    if isinstance(exc, _SourceError):
+        found = re.search(r'field "([^"]+)"', str(exc))
+        field = found.group(1) if found else ""
+        if not field:
+            return f"invalid settings: {exc}"
+        raw = next(
+            (v for k, v in os.environ.items() if k.upper() == _env_name(field)), "(not found)"
+        )
+        return f"{_env_name(field)}{_shown(field, raw)}: {_json_hint(field)}"
+    lines = []
+    for err in exc.errors():
+        loc = [str(p) for p in err.get("loc", ())]
+        field = loc[0] if loc else ""
+        name = _env_name(field) + "".join(f"__{p.upper()}" for p in loc[1:])
+        shown = "" if err.get("type") == "missing" else _shown(field, err.get("input"))
+        lines.append(f"{name}{shown}: {_reason(err)}")
+    return "\n".join(lines)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from the environment (and *overrides*); SettingsError names what is wrong."""
+    try:
+        return Settings(**overrides)
+    except (ValidationError, _SourceError) as exc:
+        raise SettingsError(describe(exc)) from None

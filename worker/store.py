@@ -6,7 +6,9 @@ Redis layout (prefix "oc:" by default; patient keys are hashed, never stored in 
                          delivery_error, delivered_at, destination, disposition
     oc:adv:{id}:audit    list of Disposition JSON, append only
     oc:adv:index         sorted set of ids by received_at (epoch seconds)
-    oc:adv:undelivered   set of ids whose delivery gave up
+    oc:adv:undelivered   set of ids whose delivery gave up, or that had nowhere to go (not-sent)
+    oc:adv:pending       sorted set of ids waiting for delivery, by received_at (a resent one:
+                         by the time of the resend)
     oc:advisories        stream: one JSON entry per advisory, for other consumers
     oc:dedup:{sha}       the ACK we gave to (MSH-3, MSH-4, MSH-10), with a TTL
     oc:hist:{sha}        set of HistoryEntry JSON for one patient identifier
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -317,7 +320,10 @@ _ADD_ADVISORY = """
 if redis.call('HSETNX', KEYS[1], 'record', ARGV[6]) == 0 then return 0 end
 if #ARGV > 6 then redis.call('HSET', KEYS[1], unpack(ARGV, 7)) end
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
-for i = 4, #KEYS do
+if redis.call('HGET', KEYS[1], 'delivery') == 'pending' then
+  redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
+end
+for i = 5, #KEYS do
   redis.call('ZADD', KEYS[i], ARGV[2], ARGV[1])
   redis.call('EXPIRE', KEYS[i], ARGV[5])
 end
@@ -373,6 +379,7 @@ class RedisStore:
             self._key(record.id),
             f"{self.p}adv:index",
             f"{self.p}advisories",
+            f"{self.p}adv:pending",
             *(f"{self.p}patadv:{_sha(k)}" for k in patient_keys),
         ]
         entry = json.dumps(record.flags_json()) if stream else ""
@@ -428,10 +435,15 @@ class RedisStore:
                 k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in fields.items()
             }
             pipe.hset(self._key(advisory_id), mapping=self._mutable_fields(values))
-            if fields.get("delivery") == "undelivered":
+            state = fields.get("delivery")
+            if state in ("undelivered", "not-sent"):
                 pipe.sadd(f"{self.p}adv:undelivered", advisory_id)
-            elif "delivery" in fields:
+            elif state is not None:
                 pipe.srem(f"{self.p}adv:undelivered", advisory_id)
+            if state == "pending":  # a retry keeps its place; a resend queues at its time
+                pipe.zadd(f"{self.p}adv:pending", {advisory_id: time.time()}, nx=True)
+            elif state is not None:
+                pipe.zrem(f"{self.p}adv:pending", advisory_id)
 
     def dispose(self, advisory_id: str, disposition: Disposition) -> AdvisoryRecord:
         key = self._key(advisory_id)
@@ -469,7 +481,28 @@ class RedisStore:
             start += page
 
     def undelivered_ids(self) -> list[str]:
+        """Ids of the advisories the ordering system did not get: undelivered and not-sent."""
         return sorted(i.decode() for i in self.r.smembers(f"{self.p}adv:undelivered"))
+
+    def pending_ids(self, limit: int = 10_000) -> list[tuple[str, float]]:
+        """The oldest *limit* advisories waiting for delivery: (id, epoch seconds queued)."""
+        found = self.r.zrange(f"{self.p}adv:pending", 0, limit - 1, withscores=True)
+        return [(i.decode(), float(s)) for i, s in found]
+
+    def delivery_fields_of(self, ids: list[str]) -> list[dict[str, str]]:
+        """delivery, delivery_attempts, delivery_error and destination of each id (no patient
+        data: the record itself is not read)."""
+        names = ("delivery", "delivery_attempts", "delivery_error", "destination")
+        pipe = self.r.pipeline(transaction=False)
+        for i in ids:
+            pipe.hmget(self._key(i), names)
+        return [
+            {
+                n: (v.decode("utf-8", "replace") if v is not None else "")
+                for n, v in zip(names, row, strict=True)
+            }
+            for row in pipe.execute()
+        ]
 
     def publish(self, record: AdvisoryRecord) -> None:
         self.r.xadd(
@@ -545,6 +578,8 @@ class RedisStore:
             },
         )
         pipe.rpush(f"{key}:audit", note.model_dump_json())
+        pipe.srem(f"{self.p}adv:undelivered", advisory_id)
+        pipe.zadd(f"{self.p}adv:pending", {advisory_id: time.time()}, nx=True)
         pipe.execute()
         out = self.get(advisory_id)
         assert out is not None
@@ -580,6 +615,7 @@ class RedisStore:
             pipe.delete(key, f"{key}:audit")
             pipe.srem(f"{self.p}adv:undelivered", i)
         pipe.zrem(f"{self.p}adv:index", *ids)
+        pipe.zrem(f"{self.p}adv:pending", *ids)
         pipe.execute()
         return len(ids)
 

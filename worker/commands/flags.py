@@ -49,7 +49,9 @@ def _add_filters(p: argparse.ArgumentParser) -> None:
         metavar="DATE",
         help="received up to and including DATE (YYYY-MM-DD), or before a date-time",
     )
-    g.add_argument("--verdict", default="", choices=VERDICTS)
+    g.add_argument(
+        "--verdict", default="", choices=VERDICTS, help="only this verdict (default: any)"
+    )
     g.add_argument(
         "--rule", default="", metavar="R", help="rule id in flags or advice, e.g. CT_BEFORE_MRI"
     )
@@ -60,8 +62,15 @@ def _add_filters(p: argparse.ArgumentParser) -> None:
         help="ordering provider contains P (case-insensitive)",
     )
     g.add_argument("--facility", default="", metavar="F", help="sending facility (MSH-4) is F")
-    g.add_argument("--delivery", default="", choices=DELIVERIES)
-    g.add_argument("--disposition", default="", choices=DISPOSITIONS)
+    g.add_argument(
+        "--delivery", default="", choices=DELIVERIES, help="only this delivery state (default: any)"
+    )
+    g.add_argument(
+        "--disposition",
+        default="",
+        choices=DISPOSITIONS,
+        help="only this review state (default: any)",
+    )
 
 
 def _filters(args: argparse.Namespace) -> Filters:
@@ -129,8 +138,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         + "; ".join(f"{k} ({v})" for k, v in OVERRIDE_REASONS.items())
         + ".",
     )
-    res.add_argument("id", metavar="ID")
-    res.add_argument("--as", dest="state", required=True, choices=STATES)
+    res.add_argument("id", metavar="ID", help="the advisory id (first column of `flags list`)")
+    res.add_argument(
+        "--as", dest="state", required=True, choices=STATES, help="the decision (required)"
+    )
     res.add_argument(
         "--reason",
         default="",
@@ -162,7 +173,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="flags per ISO week by rule and by ordering "
         "provider, and the share overridden (as on the web page)",
     )
-    summ.add_argument("--json", action="store_true")
+    summ.add_argument("--json", action="store_true", help="one JSON object instead of tables")
     _add_filters(summ)
     summ.set_defaults(handler=_handler(_summary))
 
@@ -180,10 +191,7 @@ def _handler(
     def run(args: argparse.Namespace) -> int:
         import redis
 
-        try:
-            settings = Settings()
-        except ValueError as exc:
-            return _fail(f"invalid settings: {exc}")
+        settings = Settings()  # a wrong setting: one line per setting at the CLI edge
         if not settings.redis_url:
             print(
                 "ordercheck flags: note: ORDERCHECK_REDIS_URL is not set, so this reads an "

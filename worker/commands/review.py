@@ -28,17 +28,20 @@ def run_review(args: argparse.Namespace) -> int:
     from worker.runtime import open_store
     from worker.settings import Settings
 
-    try:
-        settings = Settings()
-    except ValueError as exc:
-        print(f"ordercheck review: invalid settings: {exc}", file=sys.stderr)
-        return 2
+    settings = Settings()  # a wrong setting: one line per setting at the CLI edge
     host = args.host or settings.review_host
     port = settings.review_port if args.port is None else args.port
     if not 0 <= port <= 65535:
         print(f"ordercheck review: port {port} is out of range", file=sys.stderr)
         return 2
-    if not settings.redis_url:
+    if settings.redis_url:
+        from worker.preflight import redis_problem
+
+        problem = redis_problem(settings.redis_url)
+        if problem is not None:
+            print(f"ordercheck review: {problem}", file=sys.stderr)
+            return 2
+    else:
         print(
             "ordercheck review: note: ORDERCHECK_REDIS_URL is not set, so the page shows an "
             "empty in-memory store. Set it to the Redis of the running `ordercheck serve` "
