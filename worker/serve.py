@@ -749,6 +749,8 @@ def run(settings: Settings, with_review: bool = False) -> int:
         if problem is not None:
             print(f"ordercheck: {problem}", file=sys.stderr, flush=True)
             return 3
+    # A broken data file (code map, protocol map) stops start-up before anything else is said.
+    load_knowledge(settings.code_map, protocols=settings.protocols_file)
     warning = destination_warning(settings)
     if warning is not None:
         print(warning, file=sys.stderr, flush=True)

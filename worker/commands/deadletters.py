@@ -20,7 +20,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "dead-letters", help="list messages set aside after they kept killing workers"
     )
-    p.add_argument("--limit", type=int, default=100)
+    p.add_argument("--limit", type=int, default=100, help="how many, newest first (default 100)")
     p.add_argument("--json", action="store_true", help="JSON Lines, one object per message")
     p.add_argument("--raw", action="store_true", help="include the message text (patient data)")
     p.set_defaults(handler=run)
