@@ -427,9 +427,13 @@ class Knowledge:
                 compile_terms(lf.language.detect, f"{where} language.detect"),
                 lf.language.min_words,
             )
-            for section in _TERM_SECTIONS:
+            for section in _TERM_SECTIONS:  # a bad entry fails at start-up, not at first use
+                base = getattr(vocab, section)
                 for key, pats in getattr(lf, section).items():
-                    compile_terms(pats, f"{where} {section}.{key}")  # fails at start-up
+                    known = base.get(key) if isinstance(base, dict) else getattr(base, key, None)
+                    if not isinstance(known, list):
+                        raise ValueError(f"{where}: {section}.{key} is not a term list")
+                    compile_terms(pats, f"{where} {section}.{key}")
             for c in lf.language.citations:
                 if c.source not in guideline.sources:
                     raise ValueError(f"{where}: unknown citation source {c.source!r}")
