@@ -437,6 +437,9 @@ class Knowledge:
             for c in lf.language.citations:
                 if c.source not in guideline.sources:
                     raise ValueError(f"{where}: unknown citation source {c.source!r}")
+        words = list(dict.fromkeys(w for lf in self.languages.values() for w in lf.language.detect))
+        self.detect_words = compile_terms(words, "language.detect")
+        """Every language's typical words in one pattern: one scan of a text finds them all."""
         self._in_language: dict[str, Knowledge] = {"en": self}
         self._lock = threading.Lock()
         self.version = guideline.guideline.version
@@ -505,6 +508,7 @@ class Knowledge:
                 kn.languages = self.languages
                 kn.language_alias = self.language_alias
                 kn.detectors = self.detectors
+                kn.detect_words = self.detect_words
                 kn._in_language = self._in_language
                 self._in_language[code] = kn
         return kn

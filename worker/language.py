@@ -12,6 +12,7 @@ added to the English ones.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 from worker.guideline import Knowledge, fold
 from worker.models import Order, ParsedMessage
@@ -65,13 +66,15 @@ def detect(texts: list[str], kn: Knowledge) -> str | None:
             break
         parts.append(t[:budget])
         budget -= len(parts[-1]) + 1
-    text = fold(" ".join(parts))
-    scores: dict[str, int] = {}
-    for code, (pattern, min_words) in kn.detectors.items():
-        words = {m.group(0) for m in pattern.finditer(text)}
-        if len(words) >= min_words or code == "en":
-            scores[code] = len(words)
-    english = scores.pop("en", 0)
+    found: dict[str, set[str]] = {code: set() for code in kn.detectors}
+    for m in kn.detect_words.finditer(fold(" ".join(parts))):
+        word = m.group(0)
+        for code in _languages_of(word, kn):
+            found[code].add(word)
+    english = len(found.pop("en", ()))
+    scores = {
+        code: len(words) for code, words in found.items() if len(words) >= kn.detectors[code][1]
+    }
     if not scores:
         return None
     best = max(scores.values())
@@ -79,6 +82,12 @@ def detect(texts: list[str], kn: Knowledge) -> str | None:
     if len(leaders) != 1 or best <= english:
         return None
     return leaders[0]
+
+
+@lru_cache(maxsize=4096)
+def _languages_of(word: str, kn: Knowledge) -> tuple[str, ...]:
+    """The languages whose typical words include *word* (a match of kn.detect_words)."""
+    return tuple(code for code, (pattern, _) in kn.detectors.items() if pattern.fullmatch(word))
 
 
 def order_language(order: Order, message: ParsedMessage, kn: Knowledge) -> Language:
