@@ -144,3 +144,162 @@ def test_a_language_file_with_an_unknown_key_fails_at_start_up(tmp_path: Path) -
     )
     with pytest.raises(GuidelineError, match=r"vocabulary\.nl\.toml"):
         load_knowledge(data_dir=tmp_path)
+
+
+# Wordings beyond the generated grid, each with the guideline's outcome: (procedure, indication,
+# verdict, flags, advice that must be given).
+MORE = [
+    (
+        "TC muslo derecho",
+        "Recidiva de liposarcoma en cicatriz de muslo derecho",
+        "not-appropriate",
+        {"CT_BEFORE_MRI"},
+        set(),
+    ),
+    ("MRT Knie links", "V.a. Meniskusläsion, Schwellung", "no-criteria-apply", set(), set()),
+    (
+        "TC de tórax",
+        "Estudio de extensión de sarcoma de muslo izquierdo",
+        "no-criteria-apply",
+        set(),
+        set(),
+    ),
+    (
+        "Ecografía de partes blandas muslo derecho",
+        "Bulto de 3 cm, blando",
+        "appropriate",
+        set(),
+        {"RADIOGRAPH_FIRST"},
+    ),
+    ("RM coscia dx con mdc", "massa della coscia dx", "appropriate", set(), {"MRI_NO_PRECONTRAST"}),
+    (
+        "MRT Oberschenkel rechts mit KM",
+        "Raumforderung Oberschenkel rechts",
+        "appropriate",
+        set(),
+        {"MRI_NO_PRECONTRAST"},
+    ),
+    (
+        "PET-TC",
+        "Masa en muslo izquierdo, valoración inicial",
+        "not-appropriate",
+        {"PET_INITIAL"},
+        set(),
+    ),
+    (
+        "PET-TC",
+        "Estadificación de sarcoma de muslo izquierdo confirmado por biopsia",
+        "appropriate",
+        set(),
+        set(),
+    ),
+    (
+        "Stanzbiopsie Oberschenkel links",
+        "Raumforderung Oberschenkel links. MRT Oberschenkel rechts 2024 unauffällig",
+        "not-appropriate",
+        {"BIOPSY_BEFORE_MRI"},
+        set(),
+    ),
+    (
+        "TC muslo izquierdo",
+        "Masa en muslo izquierdo. Claustrofobia",
+        "not-appropriate",
+        {"CT_BEFORE_MRI"},
+        set(),
+    ),
+    (
+        "TC muslo izquierdo",
+        "Masa en muslo izquierdo. Clavo endomedular en fémur izquierdo",
+        "appropriate",
+        set(),
+        {"MRI_CONTRAINDICATED"},
+    ),
+    (
+        "TC muslo izquierdo sin contraste",
+        "Masa con calcificaciones en muslo izquierdo: descartar miositis osificante"
+        " vs osteosarcoma extraesquelético",
+        "appropriate",
+        set(),
+        {"CT_FOR_MINERALISATION"},
+    ),
+    (
+        "IRM cuisse droite avec injection",
+        "masse de la cuisse droite, DFG 25",
+        "appropriate",
+        set(),
+        {"CONTRAST_CAUTION"},
+    ),
+    (
+        "RM coscia sinistra senza e con mdc",
+        "massa coscia sinistra, paziente in dialisi",
+        "appropriate",
+        set(),
+        {"CONTRAST_CAUTION"},
+    ),
+    (
+        "TDM cuisse gauche",
+        "masse de la cuisse gauche, pas de pacemaker",
+        "not-appropriate",
+        {"CT_BEFORE_MRI"},
+        set(),
+    ),
+    (
+        "CT Oberschenkel links",
+        "Raumforderung OS links, Schrittmacher 2019 entfernt",
+        "not-appropriate",
+        {"CT_BEFORE_MRI"},
+        set(),
+    ),
+    (
+        "Scanner de la cuisse gauche",
+        "hématome de la cuisse gauche après chute",
+        "no-criteria-apply",
+        set(),
+        set(),
+    ),
+    (
+        "TC coscia sinistra",
+        "ematoma post-traumatico coscia sinistra",
+        "no-criteria-apply",
+        set(),
+        set(),
+    ),
+    ("CT Becken", "Raumforderung Oberschenkel links", "no-criteria-apply", set(), set()),
+    (
+        "TC muslo izquierdo con contraste",
+        "Masa en muslo izquierdo. Marcapasos compatible con RM",
+        "not-appropriate",
+        {"CT_BEFORE_MRI"},
+        set(),
+    ),
+    (
+        "TC coscia sinistra con mdc",
+        "massa della coscia sinistra. RM della coscia sinistra eseguita il 03/11/2026:"
+        " massa di 7 cm",
+        "appropriate",
+        set(),
+        set(),
+    ),
+    (
+        "Biopsia coscia destra",
+        "massa coscia destra. RM della coscia sinistra eseguita il 03/11/2026",
+        "not-appropriate",
+        {"BIOPSY_BEFORE_MRI"},
+        set(),
+    ),
+]
+
+
+@pytest.mark.parametrize(("procedure", "reason", "verdict", "flags", "advice"), MORE)
+def test_more_wordings_follow_the_guideline(
+    knowledge: Knowledge,
+    procedure: str,
+    reason: str,
+    verdict: str,
+    flags: set[str],
+    advice: set[str],
+) -> None:
+    r = run(knowledge, Case("", "more", procedure, reason))
+    assert r.verdict == verdict, r.reason
+    assert {f.code for f in r.flags} == flags, r.reason
+    assert advice <= {a.code for a in r.advice}, r.reason
