@@ -303,3 +303,22 @@ def test_more_wordings_follow_the_guideline(
     assert r.verdict == verdict, r.reason
     assert {f.code for f in r.flags} == flags, r.reason
     assert advice <= {a.code for a in r.advice}, r.reason
+
+
+def test_a_result_in_spanish_enters_the_history_and_covers_the_biopsy(knowledge: Knowledge) -> None:
+    checker = Checker(knowledge, InMemoryHistory())
+    biopsy = order_message(
+        procedure="^Biopsia con aguja gruesa ecoguiada muslo izquierdo",
+        reason="^Masa en muslo izquierdo",
+        control_id="B1",
+    )
+    assert {f.code for f in checker.check_message(biopsy).results[0].flags} == {"BIOPSY_BEFORE_MRI"}
+    result = order_message(
+        procedure="^RM MUSLO IZQUIERDO CON Y SIN CONTRASTE",
+        reason="^Masa de partes blandas",
+        msg_type="ORU^R01",
+        control_id="R1",
+    )
+    assert checker.check_message(result).recorded == 1
+    r = checker.check_message(biopsy).results[0]
+    assert r.verdict == "appropriate" and not r.flags, r.reason
