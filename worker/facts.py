@@ -11,6 +11,7 @@ import re
 from datetime import date, datetime
 
 from worker.guideline import CodeMapEntry, Knowledge, ProcedureCodeDef
+from worker.language import reading
 from worker.models import (
     Coded,
     Contrast,
@@ -245,7 +246,10 @@ def extract(
 ) -> OrderFacts:
     """The facts of one order. Pure: reads only its arguments. At most *max_text_chars* of text
     are read; facts.text_left_out counts the characters that were not."""
+    kn, lang = reading(order, message, kn)  # English plus the order's language (MSH-19 or text)
     col = _Collector()
+    if lang.code != "en":
+        col.note("language", lang.code, "MSH-19" if lang.how == "MSH-19" else "order text")
     facts = OrderFacts()
     proc_text = procedure_text(order)[:max_text_chars]
     budget = max_text_chars - len(proc_text)

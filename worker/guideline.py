@@ -9,6 +9,7 @@ entry fails at start-up with the file and the entry named (GuidelineError), neve
 from __future__ import annotations
 
 import re
+import threading
 import tomllib
 from functools import cache
 from importlib import resources
@@ -256,6 +257,67 @@ class VocabularyFile(_Strict):
     caution: CautionDef
 
 
+_TERM_SECTIONS = (
+    "negation",
+    "procedure_class",
+    "contrast",
+    "region",
+    "laterality",
+    "indication",
+    "findings",
+    "contraindication",
+    "caution",
+)
+
+
+class LanguageDef(_Strict):
+    """How a language is named in MSH-19 and recognised in text."""
+
+    code: str = Field(pattern=r"^[a-z]{2}$")  # ISO 639-1
+    name: str
+    # MSH-19 identifiers and names that mean this language (ISO 639-1/-2, English and own name).
+    aliases: list[str] = Field(default_factory=list)
+    # Words typical of the language and rare in the others: the text is in this language when
+    # it holds at least `min_words` different ones, more than any other language's.
+    detect: list[str] = Field(min_length=1)
+    min_words: int = Field(default=2, ge=1)
+    citations: list[Citation] = Field(default_factory=list)
+
+
+class LanguageFile(_Strict):
+    """worker/data/vocabulary.<code>.toml: the terms of one more language, section by section
+    as in vocabulary.toml. They are added to the English lists (English always applies: an
+    order in German may use English abbreviations), and the result is validated again as a
+    VocabularyFile. vocabulary.en.toml has no terms: it says how English text is recognised."""
+
+    version: str
+    language: LanguageDef
+    negation: dict[str, list[str]] = Field(default_factory=dict)
+    procedure_class: dict[str, list[str]] = Field(default_factory=dict)
+    contrast: dict[str, list[str]] = Field(default_factory=dict)
+    region: dict[str, list[str]] = Field(default_factory=dict)
+    laterality: dict[str, list[str]] = Field(default_factory=dict)
+    indication: dict[str, list[str]] = Field(default_factory=dict)
+    findings: dict[str, list[str]] = Field(default_factory=dict)
+    contraindication: dict[str, list[str]] = Field(default_factory=dict)
+    caution: dict[str, list[str]] = Field(default_factory=dict)
+
+    def merged_into(self, vocab: VocabularyFile) -> VocabularyFile:
+        """*vocab* with this language's terms added after the English ones."""
+        data = vocab.model_dump(by_alias=True)
+        for section in _TERM_SECTIONS:
+            for key, patterns in getattr(self, section).items():
+                base = data[section].get(key)
+                if not isinstance(base, list):
+                    raise ValueError(
+                        f"{self.language.code}: {section}.{key} is not a term list of"
+                        " vocabulary.toml"
+                    )
+                data[section][key] = [*base, *patterns]
+        merged: VocabularyFile = VocabularyFile.model_validate(data)
+        return merged
+
+
 _ESCAPE_OR_CHAR = re.compile(r"\\.|.", re.DOTALL)
 
 
@@ -347,11 +409,43 @@ class Knowledge:
         vocab: VocabularyFile,
         code_map: CodeMapFile,
         protocols: ProtocolMapFile | None = None,
+        languages: dict[str, LanguageFile] | None = None,
     ) -> None:
         self.guideline = guideline
         self.protocols = ProtocolMap(protocols or ProtocolMapFile())
         self.codes = codes
         self.vocab = vocab
+        self.code_map = code_map
+        self.language = "en"
+        self.languages = dict(languages or {})
+        """Every language file by ISO 639-1 code, English included when its file is there."""
+        self.language_alias: dict[str, str] = {}
+        self.detectors: dict[str, tuple[re.Pattern[str], int]] = {}
+        for code, lf in self.languages.items():
+            where = f"vocabulary.{code}.toml"
+            if lf.language.code != code:
+                raise ValueError(f"{where}: language.code is {lf.language.code!r}")
+            for alias in [code, lf.language.name, *lf.language.aliases]:
+                self.language_alias[alias.strip().lower()] = code
+            self.detectors[code] = (
+                compile_terms(lf.language.detect, f"{where} language.detect"),
+                lf.language.min_words,
+            )
+            for section in _TERM_SECTIONS:  # a bad entry fails at start-up, not at first use
+                base = getattr(vocab, section)
+                for key, pats in getattr(lf, section).items():
+                    known = base.get(key) if isinstance(base, dict) else getattr(base, key, None)
+                    if not isinstance(known, list):
+                        raise ValueError(f"{where}: {section}.{key} is not a term list")
+                    compile_terms(pats, f"{where} {section}.{key}")
+            for c in lf.language.citations:
+                if c.source not in guideline.sources:
+                    raise ValueError(f"{where}: unknown citation source {c.source!r}")
+        words = list(dict.fromkeys(w for lf in self.languages.values() for w in lf.language.detect))
+        self.detect_words = compile_terms(words, "language.detect")
+        """Every language's typical words in one pattern: one scan of a text finds them all."""
+        self._in_language: dict[str, Knowledge] = {"en": self}
+        self._lock = threading.Lock()
         self.version = guideline.guideline.version
         self.system_alias: dict[str, str] = {}
         for canonical, aliases in codes.systems.items():
@@ -397,6 +491,32 @@ class Knowledge:
 
     def rule(self, rule_id: str) -> RuleDef:
         return self.guideline.rules[rule_id]
+
+    def in_language(self, code: str) -> Knowledge:
+        """This knowledge reading *code* (ISO 639-1) as well as English: the language's terms
+        added to every English list. Built on first use, once per process; English (or a
+        language without a file) is this object itself."""
+        kn = self._in_language.get(code)
+        if kn is not None:
+            return kn
+        lf = self.languages.get(code)
+        if lf is None or not any(getattr(lf, s) for s in _TERM_SECTIONS):
+            return self
+        with self._lock:
+            kn = self._in_language.get(code)
+            if kn is None:
+                kn = Knowledge(
+                    self.guideline, self.codes, lf.merged_into(self.vocab), self.code_map
+                )
+                kn.protocols = self.protocols
+                kn.language = code
+                kn.languages = self.languages
+                kn.language_alias = self.language_alias
+                kn.detectors = self.detectors
+                kn.detect_words = self.detect_words
+                kn._in_language = self._in_language
+                self._in_language[code] = kn
+        return kn
 
     def cite(self, citations: list[Citation]) -> list[str]:
         """Citation strings for output: "TAG: source text (detail)"."""
@@ -476,6 +596,9 @@ def _validate(model: type[BaseModel], data: dict[str, Any], label: str) -> Any:
         ) from None
 
 
+_LANGUAGE_FILE = re.compile(r"^vocabulary\.([a-z]{2})\.toml$")
+
+
 def load_protocol_map(path: Path | None = None, data_dir: Path | None = None) -> ProtocolMapFile:
     """The site protocol map *path*, else the packaged protocols.toml. Raises GuidelineError."""
     base: Any = data_dir if data_dir is not None else resources.files("worker") / "data"
@@ -498,13 +621,24 @@ def load_knowledge(
         ("vocabulary.toml", VocabularyFile),
     ):
         files[name] = _validate(model, _read_toml(base / name, name), name)
+    languages: dict[str, LanguageFile] = {}
+    for entry in sorted(base.iterdir(), key=lambda e: e.name):
+        m = _LANGUAGE_FILE.match(entry.name)
+        if m is not None:
+            lf = _validate(LanguageFile, _read_toml(entry, entry.name), entry.name)
+            languages[m.group(1)] = lf
     map_path: Any = code_map if code_map is not None else base / "codemap.toml"
     map_label = str(code_map) if code_map is not None else "codemap.toml"
     cmap = _validate(CodeMapFile, _read_toml(map_path, map_label), map_label)
     pmap = load_protocol_map(protocols, data_dir)
     try:
         return Knowledge(
-            files["guideline.toml"], files["codes.toml"], files["vocabulary.toml"], cmap, pmap
+            files["guideline.toml"],
+            files["codes.toml"],
+            files["vocabulary.toml"],
+            cmap,
+            pmap,
+            languages,
         )
     except ValueError as exc:
         raise GuidelineError(f"guideline data: {exc}") from None

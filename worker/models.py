@@ -84,6 +84,7 @@ class MessageHeader(_Model):
     accept_ack_type: str = ""  # MSH-15 (table 0155)
     application_ack_type: str = ""  # MSH-16 (table 0155)
     charset: str = ""  # MSH-18
+    language: str = ""  # MSH-19 principal language: identifier, else text ("de", "German")
 
     @property
     def type_label(self) -> str:

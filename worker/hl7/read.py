@@ -176,6 +176,7 @@ def read_header(msg: RawMessage) -> MessageHeader:
         accept_ack_type=msg.value(msh.get(15)).upper(),
         application_ack_type=msg.value(msh.get(16)).upper(),
         charset=msg.value(msh.get(18).split(msg.delimiters.repetition or "\x00")[0]),
+        language=comp(msh.get(19), 1) or comp(msh.get(19), 2),
     )
 
 
