@@ -41,7 +41,9 @@ def main() -> None:
         for data in wordings.messages(w, n):
             r = checker.check_message(data).results[0]
         assert r is not None
-        found = wordings.problems(w, r.verdict, {f.code for f in r.flags}, {a.code for a in r.advice})
+        found = wordings.problems(
+            w, r.verdict, {f.code for f in r.flags}, {a.code for a in r.advice}
+        )
         total[w.category] += 1
         right[w.category] += not found
         false[w.category] += wordings.false_flag(w, r.verdict)

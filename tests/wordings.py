@@ -112,7 +112,11 @@ BIOPSY = (
 PET = ("78815^PET/CT SKULL BASE TO MID THIGH^CPT4", "78816^PET CT WHOLE BODY^CPT4")
 ORDERS = {"ct": CT, "biopsy": BIOPSY, "pet": PET}
 FLAG = {"ct": "CT_BEFORE_MRI", "biopsy": "BIOPSY_BEFORE_MRI", "pet": "PET_INITIAL"}
-MRI_WO = ("73718^MRI LOWER EXTREMITY WO^CPT4", "^^^^MRI {S} THIGH WITHOUT CONTRAST", "24702-3^MR Thigh^LN")
+MRI_WO = (
+    "73718^MRI LOWER EXTREMITY WO^CPT4",
+    "^^^^MRI {S} THIGH WITHOUT CONTRAST",
+    "24702-3^MR Thigh^LN",
+)
 
 MASS = (
     "{Side} thigh mass 6 cm",
@@ -194,7 +198,9 @@ MRI_DONE = (
 
 def mri_documented(rng: random.Random) -> list[Wording]:
     out: list[Wording] = []
-    for i, (template, kind) in enumerate(product(MRI_DONE, ("ct", "biopsy", "pet", "ct", "biopsy"))):
+    for i, (template, kind) in enumerate(
+        product(MRI_DONE, ("ct", "biopsy", "pet", "ct", "biopsy"))
+    ):
         words = _side_words("any", rng)
         words["wwo"] = rng.choice(ANY_CONTRAST)
         words["date"] = rng.choice(PAST_DATES)
@@ -290,9 +296,7 @@ def mri_planned(rng: random.Random) -> list[Wording]:
         mass = _fill(rng.choice(MASS), words)
         plan = _fill(template, words)
         text = _styled(_join(rng, mass, plan) if i % 3 else _join(rng, plan, mass), rng)
-        out.append(
-            Wording("mri_planned", proc, text, FLAGGED, frozenset({FLAG[kind]}), key=str(i))
-        )
+        out.append(Wording("mri_planned", proc, text, FLAGGED, frozenset({FLAG[kind]}), key=str(i)))
     return out
 
 

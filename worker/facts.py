@@ -11,6 +11,7 @@ import re
 from datetime import date, datetime
 
 from worker.guideline import CodeMapEntry, Knowledge, ProcedureCodeDef
+from worker.imaging import mri_mentions
 from worker.models import (
     Coded,
     Contrast,
@@ -26,6 +27,7 @@ from worker.models import (
 from worker.text import affirmed, affirmed_hits, clause_bounds, folded, largest_size_cm
 
 _CLASS_ORDER: tuple[ProcedureClass, ...] = (
+    "lab",
     "biopsy",
     "excision",
     "pet",
@@ -190,6 +192,25 @@ class _Collector:
         return False
 
 
+_SENTENCE = re.compile(r"[;!?\n]|\.(?!\d)|\s-\s")
+
+
+def _mass_side(text: str, kn: Knowledge) -> Laterality | None:
+    """The side named in the sentence of the first mass word of *text* that is not negated
+    ("MRI right thigh 2024 normal. New mass of the left thigh": left), or None."""
+    hit = affirmed(kn.terms["mass_strong"], text, kn)
+    if hit is None:
+        return None
+    low = folded(text)
+    lo = max(0, hit.start - 200)
+    start = lo
+    for m in _SENTENCE.finditer(low, lo, hit.start):
+        start = m.end()
+    end_m = _SENTENCE.search(low, hit.end, min(len(low), hit.end + 200))
+    end = end_m.start() if end_m else min(len(low), hit.end + 200)
+    return laterality_from_text(low[start:end], kn, allow_letters=False)
+
+
 def _opposite(side: Laterality) -> Laterality | None:
     return "right" if side == "left" else "left" if side == "right" else None
 
@@ -327,6 +348,8 @@ def extract(
     if side is None:
         for src in indication:
             side = laterality_from_text(src.text, kn, allow_letters=False)
+            if side == "bilateral":  # both sides named: the side of the mass, when it has one
+                side = _mass_side(src.text, kn) or side
             if side:
                 break
     facts.laterality = side or "unknown"
@@ -401,15 +424,14 @@ def extract(
         if sib is not order and classify_text(procedure_text(sib), kn) == "radiograph":
             facts.radiograph_documented = True
             col.note("radiograph_documented", procedure_text(sib), "OBR-4 of another order")
-    # An MRI documented in the order: done (not planned), and not of the other thigh.
-    facts.prior_mri_documented = col.first_study(
-        "prior_mri_documented",
-        kn.terms["prior_mri"],
-        indication,
-        kn,
-        planned=True,
-        side=facts.laterality,
-    )
+    # Prior imaging named in the order's text, as structured studies; an MRI documented in
+    # the order is one that covers this thigh (done or of unknown status, same side or none).
+    ref = (order.ordered_at or message.header.timestamp or datetime.now()).date()
+    facts.prior_imaging = [s for src in indication for s in mri_mentions(src, kn, ref)]
+    covering = next((s for s in facts.prior_imaging if s.covers(facts.laterality)), None)
+    if covering is not None:
+        facts.prior_mri_documented = True
+        col.note("prior_mri_documented", covering.words, covering.source)
     if facts.procedure_class == "pet":  # staging or a known diagnosis: evidence PET_INITIAL reads
         col.first_affirmed("known_diagnosis", kn.terms["known_diagnosis"], indication, kn)
 
@@ -468,7 +490,6 @@ def extract(
     facts.contrast_cautions = cautions  # type: ignore[assignment]
 
     # Patient and provider.
-    ref = (order.ordered_at or message.header.timestamp or datetime.now()).date()
     age = age_on(message.patient.birth_date, ref)
     if age is not None and age < 0:
         age = age_on(message.patient.birth_date, date.today())

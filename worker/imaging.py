@@ -1,0 +1,348 @@
+"""Prior imaging as a structured fact: each study named in the order's text or held in the
+patient's history, with its modality, body site, side, contrast, status and date.
+
+Text is read the ConText way (Harkema et al., J Biomed Inform 2009): a study word's modifiers
+(negated, planned / hypothetical, done / historical, other experiencer) act only within its own
+phrase and sentence, and a phrase ends at terminators (sentence punctuation, ": " before a
+finding, " - ", a comma outside brackets). The phrase gives the study's site, side, contrast and
+date; a date after the order date makes it planned. Every scan is bounded per study word (a
+phrase reaches at most PHRASE_REACH characters), and at most MAX_MENTIONS study words are read per
+text, so reading stays linear in the text's length.
+
+Whether a study covers the order ("an MRI of this thigh") is decided from those fields alone:
+an MRI, done or of unknown status (never planned or future-dated), of the thigh, the lower limb,
+the whole body or an unnamed site, on the same side or with no side or both sides. An MRI of
+another body part, or of the other thigh against a one-sided mass, never covers.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from datetime import date, timedelta
+from functools import cache
+from importlib import resources
+
+from pydantic import BaseModel, ConfigDict
+
+from worker.guideline import Knowledge, compile_terms
+from worker.models import HistoryEntry, PriorStudy, Region, StudyStatus, TextSource
+from worker.text import folded, is_negated
+
+PHRASE_REACH = 120
+"""Characters a study's phrase reaches after its word at most (and half of it before)."""
+MAX_MENTIONS = 16
+"""Study words read per text at most: real orders name a few."""
+
+
+class _ContextTerms(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    version: str
+    mri: list[str]
+    not_study_after: list[str]
+    not_study_before: list[str]
+    planned: list[str]
+    done: list[str]
+    elsewhere: list[str]
+
+
+class ContextLexicon:
+    """The compiled terms of worker/data/context.toml."""
+
+    def __init__(self, terms: _ContextTerms) -> None:
+        self.version = terms.version
+        self.mri = compile_terms(terms.mri, "context.mri")
+        self.not_study_after = compile_terms(terms.not_study_after, "context.not_study_after")
+        self.not_study_before = compile_terms(terms.not_study_before, "context.not_study_before")
+        self.planned = compile_terms(terms.planned, "context.planned")
+        self.done = compile_terms(terms.done, "context.done")
+        self.elsewhere = compile_terms(terms.elsewhere, "context.elsewhere")
+
+
+@cache
+def lexicon() -> ContextLexicon:
+    text = (resources.files("worker") / "data" / "context.toml").read_text(encoding="utf-8")
+    return ContextLexicon(_ContextTerms.model_validate(tomllib.loads(text)))
+
+
+# -- phrases -----------------------------------------------------------------------------------
+
+# A phrase also ends at ": " before a finding, " - ", and a comma outside brackets.
+_PHRASE_END_BEFORE = re.compile(r"[;!?\n,]|\.(?!\d)|:\s|\s-\s")
+
+
+def _head_end(low: str, pos: int) -> int:
+    """Where the phrase that follows a study word at *pos* ends (bounded by PHRASE_REACH)."""
+    hi = min(len(low), pos + PHRASE_REACH)
+    depth = 0
+    i = pos
+    # A colon right after the study word is a heading ("MRI: left thigh mass"): skip it.
+    j = i
+    while j < hi and low[j] == " ":
+        j += 1
+    if j < hi and low[j] == ":":
+        i = j + 1
+    while i < hi:
+        c = low[i]
+        if c == "(":
+            depth += 1
+        elif c == ")":
+            depth = max(0, depth - 1)
+        elif _ends_phrase(low, i, c, depth):
+            return i
+        i += 1
+    return hi
+
+
+def _ends_phrase(low: str, i: int, c: str, depth: int) -> bool:
+    """Whether the character *c* at *i* ends a study's phrase (outside brackets for , : -)."""
+    if c in ";!?\n":
+        return True
+    if c == ".":
+        return not (i + 1 < len(low) and low[i + 1].isdigit())
+    if depth:
+        return False
+    if c == ",":
+        return True
+    if c == ":":
+        return low[i + 1 : i + 2] in (" ", "\t")
+    return c == "-" and low[i - 1 : i] == " " and low[i + 1 : i + 2] == " "
+
+
+def _head_start(low: str, pos: int) -> int:
+    """Where the phrase that holds a study word at *pos* begins (bounded)."""
+    lo = max(0, pos - PHRASE_REACH // 2)
+    start = lo
+    for m in _PHRASE_END_BEFORE.finditer(low, lo, pos):
+        start = m.end()
+    return start
+
+
+# -- dates -------------------------------------------------------------------------------------
+
+_MONTHS = {
+    m: i + 1
+    for i, names in enumerate(
+        (
+            ("jan", "january"),
+            ("feb", "february"),
+            ("mar", "march"),
+            ("apr", "april"),
+            ("may",),
+            ("jun", "june"),
+            ("jul", "july"),
+            ("aug", "august"),
+            ("sep", "sept", "september"),
+            ("oct", "october"),
+            ("nov", "november"),
+            ("dec", "december"),
+        )
+    )
+    for m in names
+}
+_MONTH_WORD = (
+    r"(?P<mon>jan(?:uary)?|feb(?:ruary)?|mar(?:ch)?|apr(?:il)?|may|june?|july?|aug(?:ust)?"
+    r"|sept?(?:ember)?|oct(?:ober)?|nov(?:ember)?|dec(?:ember)?)\.?"
+)
+# Dates as written in orders: 2026-10-15; 10/28, 10/28/2026, 3/14/25 (month first unless the
+# first number exceeds 12); 11.11.2026 and 11-11-2026 (day first; a year is required, so that
+# "6.5 cm" and "5-6 cm" are no dates); 09/2026; Oct 2026, Oct 28, Oct 28, 2026; 2024.
+_DATE = re.compile(
+    r"(?<![\w/.-])(?:"
+    r"(?P<iso>(?P<iy>(?:19|20)\d{2})-(?P<im>\d{1,2})-(?P<id>\d{1,2}))"
+    r"|(?P<us>(?P<a>\d{1,2})/(?P<b>\d{1,2})(?:/(?P<y>(?:19|20)?\d{2}))?)"
+    r"|(?P<eu>(?P<ed>\d{1,2})(?P<sep>[.-])(?P<em>\d{1,2})(?P=sep)(?P<ey>(?:19|20)?\d{2}))"
+    r"|(?P<my>(?P<mm>\d{1,2})/(?P<myy>(?:19|20)\d{2}))"
+    rf"|(?P<wm>{_MONTH_WORD}\s+(?:(?P<wd>\d{{1,2}})(?:st|nd|rd|th)?,?\s*)?(?P<wy>(?:19|20)\d{{2}})?)"
+    r"|(?P<year>(?:19|20)\d{2})"
+    r")(?![\w/])"
+)
+_RELATIVE_PAST = re.compile(
+    r"\b(?:\d+|a|one|two|three|four|five|six|several|few)\s+"
+    r"(?:days?|wks?|weeks?|mos?|months?|yrs?|years?)\s+ago\b"
+    r"|\blast\s+(?:week|month|year)\b|\byesterday\b"
+    r"|\bearlier\s+(?:this|in\s+the)\s+(?:week|month|year)\b"
+)
+_RELATIVE_FUTURE = re.compile(
+    r"\bnext\s+(?:week|month|year|\w+day)\b|\btomorrow\b"
+    r"|\bin\s+(?:\d+|a|one|two|three|few)\s+(?:days?|weeks?|months?)\b"
+    r"|\blater\s+this\s+(?:week|month)\b"
+)
+
+
+def _safe_date(y: int, m: int, d: int) -> date | None:
+    try:
+        return date(y, m, d)
+    except ValueError:
+        return None
+
+
+def _year(two_or_four: str) -> int:
+    y = int(two_or_four)
+    return y + 2000 if y < 100 else y
+
+
+def find_date(phrase: str, ref: date) -> tuple[date | None, bool | None]:
+    """The first date written in *phrase* (folded), resolved against the order date *ref*, and
+    whether it lies after it (None when no date is written). A month or year alone stands for
+    its first day, and is after *ref* only when the whole month or year is."""
+    if _RELATIVE_FUTURE.search(phrase):
+        return None, True
+    if _RELATIVE_PAST.search(phrase):
+        return None, False
+    for m in _DATE.finditer(phrase):
+        g = m.groupdict()
+        if g["iso"]:
+            d = _safe_date(int(g["iy"]), int(g["im"]), int(g["id"]))
+            if d:
+                return d, d > ref
+        elif g["eu"]:
+            d = _safe_date(_year(g["ey"]), int(g["em"]), int(g["ed"]))
+            if d:
+                return d, d > ref
+        elif g["us"]:
+            a, b = int(g["a"]), int(g["b"])
+            month, day = (b, a) if a > 12 else (a, b)
+            if g["y"]:
+                d = _safe_date(_year(g["y"]), month, day)
+                if d:
+                    return d, d > ref
+                continue
+            d = _safe_date(ref.year, month, day)
+            if d is None:
+                continue
+            if d > ref + timedelta(days=183):  # "12/18" written in January: last December
+                d = _safe_date(ref.year - 1, month, day) or d
+            return d, d > ref
+        elif g["my"]:
+            month, year = int(g["mm"]), int(g["myy"])
+            if 1 <= month <= 12:
+                d = date(year, month, 1)
+                return d, (year, month) > (ref.year, ref.month)
+        elif g["wm"]:
+            month = _MONTHS[g["mon"]]
+            if g["wy"]:
+                year = int(g["wy"])
+                if g["wd"]:
+                    d = _safe_date(year, month, int(g["wd"]))
+                    if d:
+                        return d, d > ref
+                return date(year, month, 1), (year, month) > (ref.year, ref.month)
+            if g["wd"]:
+                d = _safe_date(ref.year, month, int(g["wd"]))
+                if d is None:
+                    continue
+                if d > ref + timedelta(days=183):
+                    d = _safe_date(ref.year - 1, month, int(g["wd"])) or d
+                return d, d > ref
+        elif g["year"]:
+            year = int(g["year"])
+            return date(year, 1, 1), year > ref.year
+    return None, None
+
+
+# -- reading -----------------------------------------------------------------------------------
+
+
+_OTHER_SITES: tuple[Region, ...] = (
+    "whole_body",
+    "knee",
+    "hip",
+    "ankle",
+    "chest",
+    "abdomen",
+    "pelvis",
+    "spine",
+    "head",
+    "upper_extremity",
+)
+
+
+def _site(phrase: str, kn: Knowledge, lex: ContextLexicon) -> Region:
+    """The body site a study's phrase names: the thigh wins when it is among them."""
+    if kn.terms["thigh_site"].search(phrase) or kn.region["thigh"].search(phrase):
+        return "thigh"
+    for region in _OTHER_SITES:
+        if kn.region[region].search(phrase):
+            return region
+    if lex.elsewhere.search(phrase):
+        return "other"
+    if kn.region["lower_extremity"].search(phrase):
+        return "lower_extremity"
+    return "unknown"
+
+
+def mri_mentions(src: TextSource, kn: Knowledge, ref: date) -> list[PriorStudy]:
+    """Every MRI named in one text (up to MAX_MENTIONS), with what its phrase says of it.
+    Negated mentions ("no prior MRI", "MRI: none") and mentions that are no study of the
+    patient ("MR conditional", "cannot have MRI") are left out."""
+    from worker.facts import contrast_from_text, laterality_from_text
+
+    if src.negated:
+        return []
+    lex = lexicon()
+    low = folded(src.text)
+    out: list[PriorStudy] = []
+    for n, m in enumerate(lex.mri.finditer(low)):
+        if n >= MAX_MENTIONS:
+            break
+        if lex.not_study_after.match(low, m.end(), min(len(low), m.end() + 40)):
+            continue
+        start = _head_start(low, m.start())
+        end = _head_end(low, m.end())
+        before = low[start : m.start()]
+        after = low[m.end() : end]
+        if lex.not_study_before.search(before):
+            continue
+        # A heading just before the phrase ("Plan: MRI thigh", "Imaging: MRI ...") modifies it.
+        heading = low[max(0, start - 24) : start] if low.startswith(": ", start - 2) else ""
+        heading = heading[heading.rfind(".") + 1 :] if heading else ""
+        if is_negated(low, m.start(), m.end(), kn, study=True):
+            continue
+        phrase = low[start:end]
+        when, future = find_date(after, ref) if after else (None, None)
+        if when is None and future is None:
+            when, future = find_date(before, ref)
+        if future or lex.planned.search(phrase) or lex.planned.search(heading):
+            status: StudyStatus = "planned"
+        elif (
+            future is False
+            or lex.done.search(phrase)
+            or lex.done.search(before)  # "seen on MRI": anchored at the study word
+            or lex.done.search(heading)
+            or low.startswith(":", end)  # "MRI L thigh w/wo 10/28: 6 cm mass" reports a finding
+            or low.startswith(" - ", end)
+        ):
+            status = "done"
+        else:
+            status = "unknown"
+        out.append(
+            PriorStudy(
+                modality="mri",
+                site=_site(phrase, kn, lex),
+                side=laterality_from_text(phrase, kn, allow_letters=False) or "unknown",
+                contrast=contrast_from_text(after, kn) if after.strip() else "unspecified",
+                status=status,
+                on=when,
+                source=src.source,
+                words=src.text[start:end].strip()[:120],
+            )
+        )
+    return out
+
+
+def _entry_study(entry: HistoryEntry) -> PriorStudy:
+    return PriorStudy(
+        modality=entry.procedure_class,
+        site=entry.region,
+        side=entry.laterality,
+        status="done",
+        on=entry.at.date() if entry.at is not None else None,
+        source=f"history ({entry.source})",
+    )
+
+
+def from_history(entries: list[HistoryEntry]) -> list[PriorStudy]:
+    """The patient's recorded studies as prior studies (done, with their recorded date)."""
+    return [_entry_study(e) for e in entries]
