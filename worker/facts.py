@@ -427,7 +427,9 @@ def extract(
     # Prior imaging named in the order's text, as structured studies; an MRI documented in
     # the order is one that covers this thigh (done or of unknown status, same side or none).
     ref = (order.ordered_at or message.header.timestamp or datetime.now()).date()
-    facts.prior_imaging = [s for src in indication for s in mri_mentions(src, kn, ref)]
+    facts.prior_imaging = [
+        s for src in indication for s in mri_mentions(src, kn, ref, facts.laterality)
+    ]
     covering = next((s for s in facts.prior_imaging if s.covers(facts.laterality)), None)
     if covering is not None:
         facts.prior_mri_documented = True

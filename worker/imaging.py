@@ -26,7 +26,7 @@ from importlib import resources
 from pydantic import BaseModel, ConfigDict
 
 from worker.guideline import Knowledge, compile_terms
-from worker.models import HistoryEntry, PriorStudy, Region, StudyStatus, TextSource
+from worker.models import HistoryEntry, Laterality, PriorStudy, Region, StudyStatus, TextSource
 from worker.text import folded, is_negated
 
 PHRASE_REACH = 120
@@ -43,8 +43,10 @@ class _ContextTerms(BaseModel):
     not_study_after: list[str]
     not_study_before: list[str]
     planned: list[str]
+    not_done: list[str]
     done: list[str]
     elsewhere: list[str]
+    other_side: list[str]
 
 
 class ContextLexicon:
@@ -56,8 +58,10 @@ class ContextLexicon:
         self.not_study_after = compile_terms(terms.not_study_after, "context.not_study_after")
         self.not_study_before = compile_terms(terms.not_study_before, "context.not_study_before")
         self.planned = compile_terms(terms.planned, "context.planned")
+        self.not_done = compile_terms(terms.not_done, "context.not_done")
         self.done = compile_terms(terms.done, "context.done")
         self.elsewhere = compile_terms(terms.elsewhere, "context.elsewhere")
+        self.other_side = compile_terms(terms.other_side, "context.other_side")
 
 
 @cache
@@ -273,11 +277,25 @@ def _site(phrase: str, kn: Knowledge, lex: ContextLexicon) -> Region:
     return "unknown"
 
 
-def mri_mentions(src: TextSource, kn: Knowledge, ref: date) -> list[PriorStudy]:
-    """Every MRI named in one text (up to MAX_MENTIONS), with what its phrase says of it.
-    Negated mentions ("no prior MRI", "MRI: none") and mentions that are no study of the
-    patient ("MR conditional", "cannot have MRI") are left out."""
-    from worker.facts import contrast_from_text, laterality_from_text
+def _study_side(
+    phrase: str, kn: Knowledge, lex: ContextLexicon, mass_side: Laterality
+) -> Laterality:
+    """The side a study's phrase names; "the other thigh" is the side opposite the mass."""
+    from worker.facts import laterality_from_text
+
+    if lex.other_side.search(phrase) and mass_side in ("left", "right"):
+        return "right" if mass_side == "left" else "left"
+    return laterality_from_text(phrase, kn, allow_letters=False) or "unknown"
+
+
+def mri_mentions(
+    src: TextSource, kn: Knowledge, ref: date, side: Laterality = "unknown"
+) -> list[PriorStudy]:
+    """Every MRI named in one text (up to MAX_MENTIONS), with what its phrase says of it; *ref*
+    is the order date, *side* the side of the mass ("the other thigh" is the opposite one).
+    Negated mentions ("no prior MRI", "MRI: none"), MRIs not done ("MRI cancelled") and mentions
+    that are no study of the patient ("MR conditional", "cannot have MRI") are left out."""
+    from worker.facts import contrast_from_text
 
     if src.negated:
         return []
@@ -293,7 +311,7 @@ def mri_mentions(src: TextSource, kn: Knowledge, ref: date) -> list[PriorStudy]:
         end = _head_end(low, m.end())
         before = low[start : m.start()]
         after = low[m.end() : end]
-        if lex.not_study_before.search(before):
+        if lex.not_study_before.search(before) or lex.not_done.search(after):
             continue
         # A heading just before the phrase ("Plan: MRI thigh", "Imaging: MRI ...") modifies it.
         heading = low[max(0, start - 24) : start] if low.startswith(": ", start - 2) else ""
@@ -304,7 +322,9 @@ def mri_mentions(src: TextSource, kn: Knowledge, ref: date) -> list[PriorStudy]:
         when, future = find_date(after, ref) if after else (None, None)
         if when is None and future is None:
             when, future = find_date(before, ref)
-        if future or lex.planned.search(phrase) or lex.planned.search(heading):
+        # A question ("?MRI", "MRI?") is a thought, not a record.
+        asked = before.rstrip().endswith("?") or low.startswith("?", end)
+        if future or asked or lex.planned.search(phrase) or lex.planned.search(heading):
             status: StudyStatus = "planned"
         elif (
             future is False
@@ -321,7 +341,7 @@ def mri_mentions(src: TextSource, kn: Knowledge, ref: date) -> list[PriorStudy]:
             PriorStudy(
                 modality="mri",
                 site=_site(phrase, kn, lex),
-                side=laterality_from_text(phrase, kn, allow_letters=False) or "unknown",
+                side=_study_side(phrase, kn, lex, side),
                 contrast=contrast_from_text(after, kn) if after.strip() else "unspecified",
                 status=status,
                 on=when,
