@@ -60,6 +60,7 @@ class Wording:
     advice_in: frozenset[str] = frozenset()  # advice codes that must be given
     advice_out: frozenset[str] = frozenset()  # advice codes that must not be given
     history: tuple[str, ...] = ()
+    obx: tuple[tuple[str, str], ...] = ()  # ask-at-order-entry questions and answers
     key: str = field(default="", compare=False)
 
     @property
@@ -229,8 +230,31 @@ MRI_DONE = (
 )
 
 
+OBX_DONE = (
+    ("Prior MRI?", "Yes {date}"),
+    ("Has the patient had an MRI of this area?", "Y"),
+    ("Prior imaging", "MRI {S} thigh {date}"),
+    ("Relevant prior studies", "MRI {wwo} {date} - 6 cm mass"),
+    ("Previous MRI of the thigh", "Yes, {date}"),
+)
+OBX_NONE = (
+    ("Has the patient had an MRI of this area?", "N"),
+    ("Prior imaging", "none"),
+    ("Prior MRI?", "No"),
+    ("Previous MRI", "Not done"),
+)
+
+
 def mri_documented(rng: random.Random) -> list[Wording]:
     out: list[Wording] = []
+    for i, ((q, a), kind) in enumerate(product(OBX_DONE, ("ct", "biopsy", "pet", "biopsy"))):
+        words = _side_words("any", rng)
+        words["wwo"] = rng.choice(WWO)
+        words["date"] = rng.choice(PAST_DATES)
+        proc = _fill(rng.choice(ORDERS[kind]), words)
+        mass = _fill(rng.choice(MASS), words)
+        obx = ((q, _fill(a, words)),)
+        out.append(Wording("mri_documented", proc, mass, APPROPRIATE, obx=obx, key=f"obx{i}"))
     for i, (template, kind) in enumerate(
         product(MRI_DONE, ("ct", "biopsy", "pet", "ct", "biopsy"))
     ):
@@ -385,6 +409,16 @@ NO_MASS = (
     "{S} thigh ache, mass not present on exam",
     "Palpable mass - none. {S} thigh pain",
     "{Side} thigh pain without mass",
+    "Thigh pain. Exam: no palpable mass",
+    "{S} thigh pain; mass: not palpable",
+    "Mass - not felt. {S} thigh pain",
+    "{S} thigh tenderness, no lump palpated",
+    "{S} thigh pain, negative for mass",
+    "{S} thigh ache, no masses",
+    "Lump? no. {S} thigh pain",
+    "Pain {S} thigh, mass not appreciated",
+    "{S} thigh pain, mass ruled out clinically",
+    "{S} thigh pain w/o mass",
 )
 CALM_FINDINGS = (
     "3 cm superficial mass {side} thigh. No calcification. Not deep. Not painful",
@@ -428,6 +462,21 @@ def negation(rng: random.Random) -> list[Wording]:
                 key=f"calm{i}",
             )
         )
+    for i, ((q, a), kind) in enumerate(product(OBX_NONE, ("ct", "biopsy", "pet"))):
+        words = _side_words("any", rng)
+        proc = _fill(rng.choice(ORDERS[kind]), words)
+        mass = _fill(rng.choice(MASS), words)
+        out.append(
+            Wording(
+                "negation",
+                proc,
+                mass,
+                FLAGGED,
+                frozenset({FLAG[kind]}),
+                obx=((q, a),),
+                key=f"obx{i}",
+            )
+        )
     for i, (template, kind) in enumerate(product(NO_MRI, ("ct", "biopsy", "pet"))):
         words = _side_words("any", rng)
         proc = _fill(rng.choice(ORDERS[kind]), words)
@@ -452,6 +501,12 @@ MINERAL_ASK = (
     "assess mineralisation pattern",
     "query MO",
     "r/o myositis ossificans vs sarcoma",
+    "?MO. CT to assess calcification",
+    "ddx myositis ossificans vs sarcoma",
+    "calcified, query MO",
+    "concern for MO after trauma",
+    "likely MO, CT to characterise",
+    "MO vs parosteal OS",
 )
 MASS_ABBREV = (
     "STM {S} thigh",
@@ -471,7 +526,7 @@ def abbreviation(rng: random.Random) -> list[Wording]:
         words = _side_words("any", rng)
         proc = _fill(rng.choice(CT), words)
         mass = _fill(rng.choice(MASS), words)
-        text = _styled(_join(rng, mass, "XR: calcification", template), rng)
+        text = _styled(_join(rng, mass, "XR: calcification", _fill(template, words)), rng)
         out.append(
             Wording(
                 "abbreviation",
@@ -528,7 +583,9 @@ BIG = ("7 cm mass", "mass 8 x 5 cm", "6.5cm lump", "deep mass 3 cm", "90 mm mass
 
 def size_distance(rng: random.Random) -> list[Wording]:
     out: list[Wording] = []
-    for i, (template, small) in enumerate(product(DISTANCES, (True, True, False))):
+    for i, (template, small) in enumerate(
+        product(DISTANCES, (True, True, False, True, False, True))
+    ):
         words = _side_words("any", rng)
         words["d"] = str(rng.choice((6, 7, 8, 10, 12, 15, 20)))
         proc = _fill(rng.choice(MRI_WO), words)
@@ -554,6 +611,13 @@ LABS = (
     "86706^HEP B SURFACE ANTIBODY^CPT4",
     "88305^TISSUE EXAM BY PATHOLOGIST^CPT4",
     "13952-7^HBV core Ab^LN",
+    "LAB123^HEP B CORE AB^LOCAL",
+    "5196-1^Hepatitis B virus surface Ag [Presence] in Serum^LN",
+    "^^^^Hepatitis B core antibody",
+    "2951-2^Sodium [Moles/volume] in Serum or Plasma^LN",
+    "36415^VENIPUNCTURE^CPT4",
+    "87040^BLOOD CULTURE^CPT4",
+    "^^^^CBC",
 )
 CODED_IMAGING = (
     ("73700^^CPT4", "ct"),
@@ -666,6 +730,7 @@ def messages(w: Wording, n: int) -> list[bytes]:
             procedure=w.procedure,
             reason=f"^{_escape(w.reason)}",
             notes=tuple(_escape(x) for x in w.notes),
+            obx=tuple((_escape(q), _escape(a)) for q, a in w.obx),
             patient_id=patient,
             placer=f"WP{n:05d}",
         )

@@ -43,6 +43,7 @@ class _ContextTerms(BaseModel):
     not_study_after: list[str]
     not_study_before: list[str]
     planned: list[str]
+    answer_yes: list[str]
     not_done: list[str]
     done: list[str]
     elsewhere: list[str]
@@ -58,6 +59,7 @@ class ContextLexicon:
         self.not_study_after = compile_terms(terms.not_study_after, "context.not_study_after")
         self.not_study_before = compile_terms(terms.not_study_before, "context.not_study_before")
         self.planned = compile_terms(terms.planned, "context.planned")
+        self.answer_yes = compile_terms(terms.answer_yes, "context.answer_yes")
         self.not_done = compile_terms(terms.not_done, "context.not_done")
         self.done = compile_terms(terms.done, "context.done")
         self.elsewhere = compile_terms(terms.elsewhere, "context.elsewhere")
@@ -322,12 +324,17 @@ def mri_mentions(
         when, future = find_date(after, ref) if after else (None, None)
         if when is None and future is None:
             when, future = find_date(before, ref)
-        # A question ("?MRI", "MRI?") is a thought, not a record.
-        asked = before.rstrip().endswith("?") or low.startswith("?", end)
+        # A question ("?MRI", "MRI?") is a thought, not a record, unless answered yes.
+        answered = lex.answer_yes.match(low, end, min(len(low), end + 20))
+        asked = before.rstrip().endswith("?") or (low.startswith("?", end) and not answered)
+        if answered:
+            after = low[m.end() : _head_end(low, answered.end())]
+            when, future = find_date(after, ref)
         if future or asked or lex.planned.search(phrase) or lex.planned.search(heading):
             status: StudyStatus = "planned"
         elif (
             future is False
+            or answered
             or lex.done.search(phrase)
             or lex.done.search(before)  # "seen on MRI": anchored at the study word
             or lex.done.search(heading)

@@ -135,6 +135,8 @@ def is_negated(text: str, start: int, end: int, kn: Knowledge, study: bool = Fal
     elif text.startswith(" - ", right):  # "Palpable mass - none": the answer follows the dash
         rest = text[right + 3 : _next_clause_end(text, right + 3, kn)]
         answer = kn.negation_answer.match(f"{after}: {rest}")
+        if answer is None and not after.strip():  # "Mass - not felt"
+            answer = kn.negation_after.match(rest.lstrip())
     else:
         answer = kn.negation_answer.match(after)
     if answer and not (study and kn.negation_result.search(answer.group(0))):
