@@ -53,6 +53,17 @@ class RuleContext:
         return any(s.covers(self.facts.laterality) for s in self.prior_studies)
 
     @property
+    def unclear_mri(self) -> PriorStudy | None:
+        """The MRI the order names without saying whether it was done (no date, result or
+        plan), when no other study settles it: the rules that need "no MRI yet" are then not
+        evaluated rather than guessed (guideline.md is silent on such a mention)."""
+        side = self.facts.laterality
+        studies = [s for s in self.prior_studies if s.covers(side)]
+        if not studies or any(s.status == "done" for s in studies):
+            return None
+        return studies[0]
+
+    @property
     def radiograph_on_record(self) -> bool:
         if self.facts.radiograph_documented:
             return True
