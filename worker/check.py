@@ -296,7 +296,7 @@ def _unclear_mri(ctx: RuleContext) -> str:
     if study is None:
         return ""
     return (
-        f" Not evaluated: {rule}, since the order names an MRI (\"{study.words}\") without"
+        f' Not evaluated: {rule}, since the order names an MRI ("{study.words}") without'
         " saying whether it was done."
     )
 
