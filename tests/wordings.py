@@ -227,6 +227,14 @@ MRI_DONE = (
     "MRI (outside) {date} - suspicious",
     "MRI {side} femur {wwo} {date}: 6 cm mass abutting cortex",
     "MRI shows mass",
+    "MRI {date} showed a mass which should be biopsied",
+    "MRI showed possible liposarcoma",
+    "MRI from {date} showed probable lipoma",
+    "MRI showed mass extending to the knee",
+    "MRI {date}: mass, biopsy recommended",
+    "MRI {side} hip to knee {date}: 8 cm mass",
+    "MRI showed a lesion that will need biopsy",
+    "MRI {date} demonstrated a mass near the hip, plan biopsy",
 )
 
 
@@ -379,6 +387,10 @@ MRI_PLANNED = (
     "MRI attempted but aborted",
     "MRI insurance denied",
     "Awaiting MRI slot",
+    "Seen by Mr Smith in clinic",
+    "Referred by Mr Jones, orthopaedics",
+    "MR# 448812",
+    "Echo: moderate MR",
 )
 
 
@@ -391,7 +403,9 @@ def mri_planned(rng: random.Random) -> list[Wording]:
         proc = _fill(rng.choice(ORDERS[kind]), words)
         mass = _fill(rng.choice(MASS), words)
         plan = _fill(template, words)
-        text = _styled(_join(rng, mass, plan) if i % 3 else _join(rng, plan, mass), rng)
+        text = _join(rng, mass, plan) if i % 3 else _join(rng, plan, mass)
+        # "Mr Smith" is a title by its case alone ("MR" is a study): kept as typed.
+        text = text if "Mr" in plan else _styled(text, rng)
         out.append(Wording("mri_planned", proc, text, FLAGGED, frozenset({FLAG[kind]}), key=str(i)))
     return out
 

@@ -43,6 +43,7 @@ class _ContextTerms(BaseModel):
     not_study_after: list[str]
     not_study_before: list[str]
     planned: list[str]
+    result: list[str]
     answer_yes: list[str]
     not_done: list[str]
     done: list[str]
@@ -59,6 +60,7 @@ class ContextLexicon:
         self.not_study_after = compile_terms(terms.not_study_after, "context.not_study_after")
         self.not_study_before = compile_terms(terms.not_study_before, "context.not_study_before")
         self.planned = compile_terms(terms.planned, "context.planned")
+        self.result = compile_terms(terms.result, "context.result")
         self.answer_yes = compile_terms(terms.answer_yes, "context.answer_yes")
         self.not_done = compile_terms(terms.not_done, "context.not_done")
         self.done = compile_terms(terms.done, "context.done")
@@ -269,6 +271,8 @@ def _site(phrase: str, kn: Knowledge, lex: ContextLexicon) -> Region:
     """The body site a study's phrase names: the thigh wins when it is among them."""
     if kn.terms["thigh_site"].search(phrase) or kn.region["thigh"].search(phrase):
         return "thigh"
+    if kn.region["hip"].search(phrase) and kn.region["knee"].search(phrase):
+        return "thigh"  # "MRI hip to knee" spans the thigh
     for region in _OTHER_SITES:
         if kn.region[region].search(phrase):
             return region
@@ -277,6 +281,14 @@ def _site(phrase: str, kn: Knowledge, lex: ContextLexicon) -> Region:
     if kn.region["lower_extremity"].search(phrase):
         return "lower_extremity"
     return "unknown"
+
+
+_TITLE_NAME = re.compile(r"\.?\s+[A-Z][a-z]")
+
+
+def _is_title(text: str, start: int, end: int) -> bool:
+    """ "Mr Smith", "Mr. Jones": a title before a name, not an MR study."""
+    return text[start:end] == "Mr" and _TITLE_NAME.match(text, end) is not None
 
 
 def _study_side(
@@ -309,33 +321,44 @@ def mri_mentions(
             break
         if lex.not_study_after.match(low, m.end(), min(len(low), m.end() + 40)):
             continue
+        if _is_title(src.text, m.start(), m.end()):
+            continue
         start = _head_start(low, m.start())
         end = _head_end(low, m.end())
-        before = low[start : m.start()]
-        after = low[m.end() : end]
-        if lex.not_study_before.search(before) or lex.not_done.search(after):
-            continue
         # A heading just before the phrase ("Plan: MRI thigh", "Imaging: MRI ...") modifies it.
         heading = low[max(0, start - 24) : start] if low.startswith(": ", start - 2) else ""
         heading = heading[heading.rfind(".") + 1 :] if heading else ""
+        before = low[start : m.start()]
+        # A question answered yes ("Prior MRI?: Yes 10/28") goes on into its answer.
+        answered = lex.answer_yes.match(low, end, min(len(low), end + 20))
+        if answered:
+            end = _head_end(low, answered.end())
+        after = low[m.end() : end]
+        # The study's own words, then its findings: modifiers of the study act in its words.
+        r = lex.result.search(after)
+        own = after[: r.start()] if r else after
+        findings = after[r.start() :] if r else ""
+        if lex.not_study_before.search(before) or lex.not_done.search(own):
+            continue
         if is_negated(low, m.start(), m.end(), kn, study=True):
             continue
-        phrase = low[start:end]
-        when, future = find_date(after, ref) if after else (None, None)
+        described = f"{before} {own}"
+        when, future = find_date(own, ref) if own.strip() else (None, None)
         if when is None and future is None:
             when, future = find_date(before, ref)
+        if when is None and future is None and findings:
+            when, future = find_date(findings, ref)
+            if future:  # a date in the findings is no appointment of this study
+                when, future = None, None
         # A question ("?MRI", "MRI?") is a thought, not a record, unless answered yes.
-        answered = lex.answer_yes.match(low, end, min(len(low), end + 20))
-        asked = before.rstrip().endswith("?") or (low.startswith("?", end) and not answered)
-        if answered:
-            after = low[m.end() : _head_end(low, answered.end())]
-            when, future = find_date(after, ref)
-        if future or asked or lex.planned.search(phrase) or lex.planned.search(heading):
+        asked = not answered and (before.rstrip().endswith("?") or low.startswith("?", end))
+        if future or asked or lex.planned.search(described) or lex.planned.search(heading):
             status: StudyStatus = "planned"
         elif (
             future is False
             or answered
-            or lex.done.search(phrase)
+            or r is not None
+            or lex.done.search(described)
             or lex.done.search(before)  # "seen on MRI": anchored at the study word
             or lex.done.search(heading)
             or low.startswith(":", end)  # "MRI L thigh w/wo 10/28: 6 cm mass" reports a finding
@@ -344,12 +367,18 @@ def mri_mentions(
             status = "done"
         else:
             status = "unknown"
+        site = _site(described, kn, lex)
+        if site == "unknown" and findings and _site(findings, kn, lex) == "thigh":
+            site = "thigh"
+        study_side = _study_side(described, kn, lex, side)
+        if study_side == "unknown" and findings:
+            study_side = _study_side(findings, kn, lex, side)
         out.append(
             PriorStudy(
                 modality="mri",
-                site=_site(phrase, kn, lex),
-                side=_study_side(phrase, kn, lex, side),
-                contrast=contrast_from_text(after, kn) if after.strip() else "unspecified",
+                site=site,
+                side=study_side,
+                contrast=contrast_from_text(own, kn) if own.strip() else "unspecified",
                 status=status,
                 on=when,
                 source=src.source,
