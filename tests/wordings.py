@@ -253,8 +253,29 @@ OBX_NONE = (
 )
 
 
+# The MRI's report is the only place the mass is named: a contrast word is no negation.
+MRI_ONLY = (
+    "MRI {S} thigh {wwo}: 6 cm enhancing mass. US core bx",
+    "MRI THIGH {wwo} {date}: 6 CM MASS",
+    "MRI {side} thigh {wwo} {date} - deep mass",
+    "MRI {wwo} {date}: {side} thigh mass 7 cm",
+    "{side} thigh MRI {wwo}: heterogeneous mass, CT for surgical planning",
+)
+
+
 def mri_documented(rng: random.Random) -> list[Wording]:
     out: list[Wording] = []
+    for i, (template, kind) in enumerate(
+        product(MRI_ONLY, ("ct", "biopsy", "pet", "ct", "biopsy"))
+    ):
+        words = _side_words("any", rng)
+        words["wwo"] = rng.choice(
+            ("w/wo", "w/o", "WO/W", "w/o contrast", "wo & w", "without and with")
+        )
+        words["date"] = rng.choice(PAST_DATES)
+        proc = _fill(rng.choice(ORDERS[kind]), words)
+        text = _styled(_fill(template, words), rng)
+        out.append(Wording("mri_documented", proc, text, APPROPRIATE, key=f"only{i}"))
     for i, ((q, a), kind) in enumerate(product(OBX_DONE, ("ct", "biopsy", "pet", "biopsy"))):
         words = _side_words("any", rng)
         words["wwo"] = rng.choice(WWO)
@@ -433,6 +454,7 @@ NO_MASS = (
     "Pain {S} thigh, mass not appreciated",
     "{S} thigh pain, mass ruled out clinically",
     "{S} thigh pain w/o mass",
+    "{S} thigh pain. MRI w/o contrast: no mass",
 )
 CALM_FINDINGS = (
     "3 cm superficial mass {side} thigh. No calcification. Not deep. Not painful",
