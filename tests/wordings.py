@@ -463,6 +463,12 @@ CALM_FINDINGS = (
     "{S} thigh subcutaneous mass 3cm, mobile, no pain, no calcifications",
     "superficial {side} thigh lump 1.5 cm. Denies pain. XR: no calcification, cortex intact",
 )
+# A change of the mass is no absence of it: in scope, and CT before MRI is flagged.
+MASS_CHANGED = (
+    "No change in {S} thigh mass since 2024",
+    "{Side} thigh mass, no interval growth of the mass",
+    "No significant change of the {side} thigh lump",
+)
 NO_MRI = (
     "No prior MRI",
     "MRI not done",
@@ -497,6 +503,13 @@ def negation(rng: random.Random) -> list[Wording]:
                 advice_out=frozenset({"MRI_ADD_CONTRAST", "REFER_SARCOMA_CENTRE"}),
                 key=f"calm{i}",
             )
+        )
+    for i, template in enumerate(MASS_CHANGED * 3):
+        words = _side_words("any", rng)
+        proc = _fill(rng.choice(CT), words)
+        text = _styled(_fill(template, words), rng)
+        out.append(
+            Wording("negation", proc, text, FLAGGED, frozenset({"CT_BEFORE_MRI"}), key=f"chg{i}")
         )
     for i, ((q, a), kind) in enumerate(product(OBX_NONE, ("ct", "biopsy", "pet"))):
         words = _side_words("any", rng)
@@ -611,6 +624,8 @@ DISTANCES = (
     "{d} cm from the knee",
     "centred {d} cm above the joint line",
     "{d} cm distal to the inguinal ligament",
+    "{d} cm scar from prior excision nearby",
+    "healed {d} cm incision",
 )
 SMALL = ("1.5 cm superficial mass", "superficial lump 2 cm", "2 x 1.5 cm subcutaneous nodule")
 SMALL += ("small superficial mass (3 cm)", "25 mm subcutaneous lump")
@@ -654,6 +669,9 @@ LABS = (
     "36415^VENIPUNCTURE^CPT4",
     "87040^BLOOD CULTURE^CPT4",
     "^^^^CBC",
+    "^^^^CT/NG PCR",
+    "LAB77^Anti-HBc total^LOCAL",
+    "88172^CYTOPATHOLOGY FNA EVALUATION^CPT4",
 )
 CODED_IMAGING = (
     ("73700^^CPT4", "ct"),

@@ -218,11 +218,15 @@ _ABOVE = re.compile(
 
 
 # A distance from a landmark, not a size: "10 cm above the knee", "7 cm proximal to the patella",
-# "12cm from the greater trochanter". Read right after the number and its unit.
+# "12cm from the greater trochanter"; or the size of a scar or a bruise. Read right after the
+# number and its unit.
 _DISTANCE = re.compile(
     r"\s*(?:(?:located|situated)\s+)?(?:above|below|proximal(?:ly)?|distal(?:ly)?|superior(?:ly)?"
     r"|inferior(?:ly)?|cranial(?:ly)?|caudal(?:ly)?|medial(?:ly)?|lateral(?:ly)?|(?:away\s+)?from"
-    r"|up\s+from|down\s+from|short\s+of)\b",
+    r"|up\s+from|down\s+from|short\s+of"
+    # the size of something else than the mass: a scar, an incision, a bruise
+    r"|(?:long\s+|old\s+|healed\s+|surgical\s+)?(?:scars?|incisions?|wounds?|lacerations?"
+    r"|bruis\w*|ecchymos\w*|erythema|redness|margins?))\b",
     re.IGNORECASE,
 )
 
