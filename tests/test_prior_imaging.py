@@ -5,12 +5,15 @@ that thigh", "no MRI yet")."""
 from __future__ import annotations
 
 from datetime import date
+from importlib import resources
+from pathlib import Path
 
 import pytest
 from hl7build import order_message
 
 from worker.check import Checker
-from worker.guideline import Knowledge
+from worker.guideline import Knowledge, load_knowledge
+from worker.history import InMemoryHistory
 from worker.imaging import MAX_MENTIONS, find_date, mri_mentions
 from worker.models import PriorStudy, TextSource
 from worker.text import largest_size_cm
@@ -171,3 +174,24 @@ def test_the_studies_are_in_the_facts(checker: Checker) -> None:
 def test_a_distance_is_no_size(text: str, cm: float) -> None:
     size = largest_size_cm(text)
     assert size is not None and size[0] == cm
+
+
+def test_a_text_with_no_english_mri_word_is_read_by_the_vocabularys_prior_mri(
+    tmp_path: Path,
+) -> None:
+    """Other languages' words for a done MRI (vocabulary.toml prior_mri) still document one."""
+    data = resources.files("worker") / "data"
+    for name in ("guideline.toml", "codes.toml", "vocabulary.toml", "codemap.toml"):
+        (tmp_path / name).write_text((data / name).read_text(encoding="utf-8"), encoding="utf-8")
+    vocab = tmp_path / "vocabulary.toml"
+    text = vocab.read_text(encoding="utf-8")
+    vocab.write_text(
+        text.replace("prior_mri = [", "prior_mri = ['\\brm\\s+(?:\\w+\\s+){0,3}realizada\\b', ", 1),
+        encoding="utf-8",
+    )
+    checker = Checker(load_knowledge(data_dir=tmp_path), InMemoryHistory())
+    done = "left thigh mass 6 cm. RM muslo izquierdo realizada"
+    r = _check(checker, done).results[0]  # type: ignore[attr-defined]
+    assert r.verdict == "appropriate" and not r.flags
+    r = _check(checker, "left thigh mass 6 cm").results[0]  # type: ignore[attr-defined]
+    assert {f.code for f in r.flags} == {"BIOPSY_BEFORE_MRI"}

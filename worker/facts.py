@@ -11,6 +11,7 @@ import re
 from datetime import date, datetime
 
 from worker.guideline import CodeMapEntry, Knowledge, ProcedureCodeDef
+from worker.imaging import lexicon as context_lexicon
 from worker.imaging import mri_mentions
 from worker.models import (
     Coded,
@@ -434,6 +435,19 @@ def extract(
     if covering is not None:
         facts.prior_mri_documented = True
         col.note("prior_mri_documented", covering.words, covering.source)
+    else:
+        # Texts with no English MRI word at all: the vocabulary's prior_mri terms (other
+        # languages' words for a done MRI) still document one, done and not of the other side.
+        lex = context_lexicon()
+        others = [s for s in indication if lex.mri.search(folded(s.text)) is None]
+        facts.prior_mri_documented = bool(others) and col.first_study(
+            "prior_mri_documented",
+            kn.terms["prior_mri"],
+            others,
+            kn,
+            planned=True,
+            side=facts.laterality,
+        )
     if facts.procedure_class == "pet":  # staging or a known diagnosis: evidence PET_INITIAL reads
         col.first_affirmed("known_diagnosis", kn.terms["known_diagnosis"], indication, kn)
 
