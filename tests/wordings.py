@@ -566,6 +566,8 @@ MASS_ABBREV = (
     "mass {S} thigh, hx 6 mo",
     "{S} thigh mass ?lipoma",
     "{S} thigh mass (6cm), ? STS",
+    "{S} thigh mass for 3 mo or longer",
+    "{S} thigh lump, 2 mo vs 3 mo duration",
 )
 
 
