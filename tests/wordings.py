@@ -334,6 +334,8 @@ MRI_ELSEWHERE = (
     "MRI {other} femur {date} for stress fracture: healed",
     "Had MRI of lower back {date}",
     "Prostate MRI {date} PIRADS 2",
+    "{Other} thigh: MRI {date} normal",
+    "Knee: MRI {date} normal",
 )
 
 

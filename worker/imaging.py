@@ -368,9 +368,13 @@ def mri_mentions(
         else:
             status = "unknown"
         site = _site(described, kn, lex)
+        if site == "unknown" and heading:  # "Left knee: MRI 2024 normal"
+            site = _site(heading, kn, lex)
         if site == "unknown" and findings and _site(findings, kn, lex) == "thigh":
             site = "thigh"
         study_side = _study_side(described, kn, lex, side)
+        if study_side == "unknown" and heading:
+            study_side = _study_side(heading, kn, lex, side)
         if study_side == "unknown" and findings:
             study_side = _study_side(findings, kn, lex, side)
         out.append(
