@@ -87,8 +87,11 @@ PAST_DATES = (
     "11.11.2026",
     "last week",
     "2 weeks ago",
+    "28 Oct",
+    "1st November 2026",
 )
 FUTURE_DATES = ("12/18", "12/03/2026", "2026-12-01", "Dec 4", "11/27", "1/15/2027", "next week")
+FUTURE_DATES += ("3 Dec", "15th December", "in 2 weeks")
 WWO = ("w/wo", "W+WO", "WWO", "w/ & w/o", "wo/w", "with and without contrast", "w/o & w/")
 WWO += ("W/WO CONTRAST", "w+w/o", "pre and post contrast", "+/- gad", "with/without", "w wo")
 ANY_CONTRAST = (*WWO, "(no contrast)", "without contrast", "w/ contrast", "with gadolinium", "")
@@ -235,6 +238,9 @@ MRI_DONE = (
     "MRI {side} hip to knee {date}: 8 cm mass",
     "MRI showed a lesion that will need biopsy",
     "MRI {date} demonstrated a mass near the hip, plan biopsy",
+    "MRI {date} (no contrast, pt refused gad): 6cm mass",
+    "Patient declined contrast for MRI {date}: mass",
+    "MRI {S} thigh {date} \u2013 6 cm mass",
 )
 
 
@@ -414,6 +420,9 @@ MRI_PLANNED = (
     "Referred by Mr Jones, orthopaedics",
     "MR# 448812",
     "Echo: moderate MR",
+    "For MRI {wwo}",
+    "Pt refused MRI",
+    "MRI refused",
 )
 
 

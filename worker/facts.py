@@ -193,7 +193,7 @@ class _Collector:
         return False
 
 
-_SENTENCE = re.compile(r"[;!?\n]|\.(?!\d)|\s-\s")
+_SENTENCE = re.compile(r"[;!?\n]|\.(?!\d)|\s[-–—]\s")
 
 
 def _mass_side(text: str, kn: Knowledge) -> Laterality | None:

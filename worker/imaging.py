@@ -77,7 +77,7 @@ def lexicon() -> ContextLexicon:
 # -- phrases -----------------------------------------------------------------------------------
 
 # A phrase also ends at ": " before a finding, " - ", and a comma outside brackets.
-_PHRASE_END_BEFORE = re.compile(r"[;!?\n,]|\.(?!\d)|:\s|\s-\s")
+_PHRASE_END_BEFORE = re.compile(r"[;!?\n,]|\.(?!\d)|:\s|\s[-–—]\s")
 
 
 def _head_end(low: str, pos: int) -> int:
@@ -115,7 +115,7 @@ def _ends_phrase(low: str, i: int, c: str, depth: int) -> bool:
         return True
     if c == ":":
         return low[i + 1 : i + 2] in (" ", "\t")
-    return c == "-" and low[i - 1 : i] == " " and low[i + 1 : i + 2] == " "
+    return c in "-–—" and low[i - 1 : i] == " " and low[i + 1 : i + 2] == " "
 
 
 def _head_start(low: str, pos: int) -> int:
@@ -162,6 +162,8 @@ _DATE = re.compile(
     r"|(?P<us>(?P<a>\d{1,2})/(?P<b>\d{1,2})(?:/(?P<y>(?:19|20)?\d{2}))?)"
     r"|(?P<eu>(?P<ed>\d{1,2})(?P<sep>[.-])(?P<em>\d{1,2})(?P=sep)(?P<ey>(?:19|20)?\d{2}))"
     r"|(?P<my>(?P<mm>\d{1,2})/(?P<myy>(?:19|20)\d{2}))"
+    rf"|(?P<dm>(?P<dd>\d{{1,2}})(?:st|nd|rd|th)?\s+{_MONTH_WORD.replace('mon>', 'dmon>')}"
+    r"(?:,?\s*(?P<dy>(?:19|20)\d{2}))?(?![\w/]))"
     rf"|(?P<wm>{_MONTH_WORD}\s+(?:(?P<wd>\d{{1,2}})(?:st|nd|rd|th)?,?\s*)?(?P<wy>(?:19|20)\d{{2}})?)"
     r"|(?P<year>(?:19|20)\d{2})"
     r")(?![\w/])"
@@ -244,6 +246,15 @@ def find_date(phrase: str, ref: date) -> tuple[date | None, bool | None]:
                 if d > ref + timedelta(days=183):
                     d = _safe_date(ref.year - 1, month, int(g["wd"])) or d
                 return d, d > ref
+        elif g["dm"]:
+            month, day = _MONTHS[g["dmon"]], int(g["dd"])
+            year = int(g["dy"]) if g["dy"] else ref.year
+            d = _safe_date(year, month, day)
+            if d is None:
+                continue
+            if not g["dy"] and d > ref + timedelta(days=183):
+                d = _safe_date(ref.year - 1, month, day) or d
+            return d, d > ref
         elif g["year"]:
             year = int(g["year"])
             return date(year, 1, 1), year > ref.year
@@ -281,6 +292,17 @@ def _site(phrase: str, kn: Knowledge, lex: ContextLexicon) -> Region:
     if kn.region["lower_extremity"].search(phrase):
         return "lower_extremity"
     return "unknown"
+
+
+# Words about the contrast or the sedation, not the study: "refused gad", "declined contrast".
+_CONTRAST_NEXT = re.compile(
+    r"\W*(?:\w+\W+)?(?:contrast|gad\w*|dye|iv|sedation|injection|cannula\w*|medication)\b"
+)
+
+
+def _about_the_study(pattern: re.Pattern[str], text: str) -> bool:
+    """Whether *pattern* is found in *text* other than right before a contrast word."""
+    return any(not _CONTRAST_NEXT.match(text, m.end()) for m in pattern.finditer(text))
 
 
 _TITLE_NAME = re.compile(r"\.?\s+[A-Z][a-z]")
@@ -338,11 +360,11 @@ def mri_mentions(
         r = lex.result.search(after)
         own = after[: r.start()] if r else after
         findings = after[r.start() :] if r else ""
-        if lex.not_study_before.search(before) or lex.not_done.search(own):
+        if _about_the_study(lex.not_study_before, before) or _about_the_study(lex.not_done, own):
             continue
         if is_negated(low, m.start(), m.end(), kn, study=True):
             continue
-        described = f"{before} {own}"
+        described = low[start : m.end()] + own
         when, future = find_date(own, ref) if own.strip() else (None, None)
         if when is None and future is None:
             when, future = find_date(before, ref)
@@ -362,7 +384,7 @@ def mri_mentions(
             or lex.done.search(before)  # "seen on MRI": anchored at the study word
             or lex.done.search(heading)
             or low.startswith(":", end)  # "MRI L thigh w/wo 10/28: 6 cm mass" reports a finding
-            or low.startswith(" - ", end)
+            or low[end : end + 3] in (" - ", " – ", " — ")
         ):
             status = "done"
         else:
