@@ -241,6 +241,20 @@ MRI_DONE = (
     "MRI {date} (no contrast, pt refused gad): 6cm mass",
     "Patient declined contrast for MRI {date}: mass",
     "MRI {S} thigh {date} \u2013 6 cm mass",
+    "MRI {side} thigh {wwo} has been performed",
+    "Patient has had an MRI which showed a lipoma-like lesion",
+    "MRI done {date} at Mercy, report to follow",
+    "MRI report to follow",
+    "MDT: MRI reviewed, proceed to biopsy",
+    "Imaging reviewed at MDT (MRI + XR)",
+    "MRI pending read",
+    "awaiting MRI report",
+    "MRI completed, report pending",
+    "mri=lipoma",
+    "MRI-> 6cm deep mass",
+    "MRI ({date})",
+    "Previous imaging: US and MRI ({date})",
+    "{Side} thigh sarcoma on MRI",
 )
 
 
@@ -341,6 +355,8 @@ MRI_ELSEWHERE = (
     "Had MRI of lower back {date}",
     "Prostate MRI {date} PIRADS 2",
     "{Other} thigh: MRI {date} normal",
+    "Wife had MRI {date}",
+    "Hx {other} thigh lipoma; MRI {other} thigh {date} showed lipoma",
     "Knee: MRI {date} normal",
 )
 
@@ -421,6 +437,10 @@ MRI_PLANNED = (
     "MR# 448812",
     "Echo: moderate MR",
     "For MRI {wwo}",
+    "MRI Friday",
+    "Get MRI",
+    "MRI after biopsy",
+    "MRI scheduled {fdate} but pt wants biopsy first",
     "Pt refused MRI",
     "MRI refused",
 )

@@ -196,20 +196,42 @@ class _Collector:
 _SENTENCE = re.compile(r"[;!?\n]|\.(?!\d)|\s[-–—]\s")
 
 
+_PAST_MASS = re.compile(
+    r"\b(?:hx|h/o|history\s+of|prior|previous|past|old|excised|resected|removed|s/p|status\s+post)\b"
+)
+_NEW_MASS = re.compile(
+    r"\b(?:new|newly|now|current(?:ly)?|presents?|presenting|enlarging|growing|increasing)\b"
+)
+_MASS_HITS = 8
+"""Mass words looked at for the side of the mass, at most."""
+
+
 def _mass_side(text: str, kn: Knowledge) -> Laterality | None:
-    """The side named in the sentence of the first mass word of *text* that is not negated
-    ("MRI right thigh 2024 normal. New mass of the left thigh": left), or None."""
-    hit = affirmed(kn.terms["mass_strong"], text, kn)
-    if hit is None:
-        return None
+    """The side named in the sentence of the mass of *text*: of the first mass words that are
+    not negated, one said to be new, else the first not about a past one, else the first ("Hx R
+    thigh lipoma. New L thigh lump": left; "MRI right thigh 2024 normal. New mass of the left
+    thigh": left), or None."""
     low = folded(text)
-    lo = max(0, hit.start - 200)
-    start = lo
-    for m in _SENTENCE.finditer(low, lo, hit.start):
-        start = m.end()
-    end_m = _SENTENCE.search(low, hit.end, min(len(low), hit.end + 200))
-    end = end_m.start() if end_m else min(len(low), hit.end + 200)
-    return laterality_from_text(low[start:end], kn, allow_letters=False)
+    first: Laterality | None = None
+    current: Laterality | None = None
+    for i, hit in enumerate(affirmed_hits(kn.terms["mass_strong"], text, kn)):
+        if i >= _MASS_HITS:
+            break
+        lo = max(0, hit.start - 200)
+        start = lo
+        for m in _SENTENCE.finditer(low, lo, hit.start):
+            start = m.end()
+        end_m = _SENTENCE.search(low, hit.end, min(len(low), hit.end + 200))
+        end = end_m.start() if end_m else min(len(low), hit.end + 200)
+        side = laterality_from_text(low[start:end], kn, allow_letters=False)
+        if side is None:
+            continue
+        if _NEW_MASS.search(low, start, end):
+            return side
+        if not _PAST_MASS.search(low, start, end):
+            current = current or side
+        first = first or side
+    return current or first
 
 
 def _opposite(side: Laterality) -> Laterality | None:

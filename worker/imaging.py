@@ -43,6 +43,8 @@ class _ContextTerms(BaseModel):
     not_study_after: list[str]
     not_study_before: list[str]
     planned: list[str]
+    report_pending: list[str]
+    other_person: list[str]
     result: list[str]
     answer_yes: list[str]
     not_done: list[str]
@@ -60,6 +62,8 @@ class ContextLexicon:
         self.not_study_after = compile_terms(terms.not_study_after, "context.not_study_after")
         self.not_study_before = compile_terms(terms.not_study_before, "context.not_study_before")
         self.planned = compile_terms(terms.planned, "context.planned")
+        self.report_pending = compile_terms(terms.report_pending, "context.report_pending")
+        self.other_person = compile_terms(terms.other_person, "context.other_person")
         self.result = compile_terms(terms.result, "context.result")
         self.answer_yes = compile_terms(terms.answer_yes, "context.answer_yes")
         self.not_done = compile_terms(terms.not_done, "context.not_done")
@@ -294,6 +298,8 @@ def _site(phrase: str, kn: Knowledge, lex: ContextLexicon) -> Region:
     return "unknown"
 
 
+_WEEKDAY = re.compile(r"(?<!last )(?<!past )\b(?:mon|tues|wednes|thurs|fri|satur|sun)day\b")
+
 # Words about the contrast or the sedation, not the study: "refused gad", "declined contrast".
 _CONTRAST_NEXT = re.compile(
     r"\W*(?:\w+\W+)?(?:contrast|gad\w*|dye|iv|sedation|injection|cannula\w*|medication)\b"
@@ -360,11 +366,17 @@ def mri_mentions(
         r = lex.result.search(after)
         own = after[: r.start()] if r else after
         findings = after[r.start() :] if r else ""
-        if _about_the_study(lex.not_study_before, before) or _about_the_study(lex.not_done, own):
+        described = low[start : m.end()] + own
+        # Only its report is awaited: the study is done ("MRI done, awaiting report").
+        reported = lex.report_pending.search(f"{described}{findings}") is not None
+        if lex.other_person.search(before):
+            continue  # someone else's study
+        if not reported and (
+            _about_the_study(lex.not_study_before, before) or _about_the_study(lex.not_done, own)
+        ):
             continue
         if is_negated(low, m.start(), m.end(), kn, study=True):
             continue
-        described = low[start : m.end()] + own
         when, future = find_date(own, ref) if own.strip() else (None, None)
         if when is None and future is None:
             when, future = find_date(before, ref)
@@ -374,8 +386,18 @@ def mri_mentions(
                 when, future = None, None
         # A question ("?MRI", "MRI?") is a thought, not a record, unless answered yes.
         asked = not answered and (before.rstrip().endswith("?") or low.startswith("?", end))
-        if future or asked or lex.planned.search(described) or lex.planned.search(heading):
-            status: StudyStatus = "planned"
+        # A weekday alone ("MRI Friday") is an appointment, unless results follow.
+        weekday = r is None and _WEEKDAY.search(own) is not None
+        if reported:
+            status: StudyStatus = "done"
+        elif (
+            future
+            or asked
+            or weekday
+            or lex.planned.search(described)
+            or lex.planned.search(heading)
+        ):
+            status = "planned"
         elif (
             future is False
             or answered
