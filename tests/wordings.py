@@ -112,6 +112,7 @@ BIOPSY = (
     "^^^^CT GUIDED CORE NEEDLE BIOPSY {S} THIGH",
     "10005^FNA BIOPSY US GUIDED FIRST LESION^CPT4",
     "^^^^Ultrasound guided biopsy {side} thigh mass",
+    "^^^^US GUIDED BX THIGH R/O SARCOMA",
 )
 PET = ("78815^PET/CT SKULL BASE TO MID THIGH^CPT4", "78816^PET CT WHOLE BODY^CPT4")
 ORDERS = {"ct": CT, "biopsy": BIOPSY, "pet": PET}
@@ -627,6 +628,21 @@ def abbreviation(rng: random.Random) -> list[Wording]:
         out.append(
             Wording("abbreviation", proc, text, FLAGGED, frozenset({FLAG[kind]}), key=f"m{i}")
         )
+    # "?MO" alone names the mass: CT asks the mineralisation question; a biopsy still needs MRI.
+    for i, (template, kind) in enumerate(
+        product(
+            ("{S} thigh ?MO", "r/o MO {side} thigh", "{Side} thigh: query MO"), ("ct", "biopsy")
+        )
+    ):
+        words = _side_words("any", rng)
+        proc = _fill(rng.choice(ORDERS[kind]), words)
+        text = _styled(_fill(template, words) + ". XR: calcification", rng)
+        if kind == "ct":
+            expect = {"advice_in": frozenset({"CT_FOR_MINERALISATION"})}
+            out.append(Wording("abbreviation", proc, text, APPROPRIATE, key=f"mo_{i}", **expect))
+        else:
+            flag = frozenset({FLAG[kind]})
+            out.append(Wording("abbreviation", proc, text, FLAGGED, flag, key=f"mo_{i}"))
     # Contrast written every way on an MRI of the thigh: without and with needs no advice.
     for i, wwo in enumerate(WWO * 2):
         words = _side_words("any", rng)

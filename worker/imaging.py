@@ -355,7 +355,7 @@ def mri_mentions(
         end = _head_end(low, m.end())
         # A heading just before the phrase ("Plan: MRI thigh", "Imaging: MRI ...") modifies it.
         heading = low[max(0, start - 24) : start] if low.startswith(": ", start - 2) else ""
-        heading = heading[heading.rfind(".") + 1 :] if heading else ""
+        heading = heading[max(heading.rfind(c) for c in ".;!?\n,") + 1 :] if heading else ""
         before = low[start : m.start()]
         # A question answered yes ("Prior MRI?: Yes 10/28") goes on into its answer.
         answered = lex.answer_yes.match(low, end, min(len(low), end + 20))
