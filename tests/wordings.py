@@ -256,6 +256,8 @@ MRI_DONE = (
     "MRI ({date})",
     "Previous imaging: US and MRI ({date})",
     "{Side} thigh sarcoma on MRI",
+    "MRI pelvis {date} showed a mass in the {side} adductor compartment",
+    "MRI {S} hip {date}: mass extends into the proximal thigh",
 )
 
 

@@ -268,6 +268,8 @@ def find_date(phrase: str, ref: date) -> tuple[date | None, bool | None]:
 # -- reading -----------------------------------------------------------------------------------
 
 
+_NEIGHBOURS: tuple[Region, ...] = ("unknown", "hip", "pelvis", "knee", "lower_extremity")
+"""Sites next to the thigh: an MRI of one whose findings name the thigh imaged the mass."""
 _OTHER_SITES: tuple[Region, ...] = (
     "whole_body",
     "knee",
@@ -414,8 +416,10 @@ def mri_mentions(
         site = _site(described, kn, lex)
         if site == "unknown" and heading:  # "Left knee: MRI 2024 normal"
             site = _site(heading, kn, lex)
-        if site == "unknown" and findings and _site(findings, kn, lex) == "thigh":
-            site = "thigh"
+        if low[end : end + 1] == ":" or low[end : end + 3] in (" - ", " – ", " — "):
+            findings += low[end : _head_end(low, end + 2)]  # "MRI hip 10/28: mass in the thigh"
+        if site in _NEIGHBOURS and findings and _site(findings, kn, lex) == "thigh":
+            site = "thigh"  # "MRI pelvis showed a mass in the adductors": the mass was imaged
         study_side = _study_side(described, kn, lex, side)
         if study_side == "unknown" and heading:
             study_side = _study_side(heading, kn, lex, side)
