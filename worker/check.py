@@ -202,7 +202,7 @@ class Checker:
         red = ", ".join(ctx.red_flags) or "none stated"
         result.reason = (
             f"In scope: {why}. {flags_txt[0].upper()}{flags_txt[1:]}. Red flags: {red}."
-            f"{_left_out(facts)}"
+            f"{_unclear_mri(ctx)}{_left_out(facts)}"
         )
         return result
 
@@ -278,6 +278,21 @@ class Checker:
             reason="The message could not be read.",
             source=source,
         )
+
+
+_NEEDS_NO_MRI = {"ct": "CT_BEFORE_MRI", "biopsy": "BIOPSY_BEFORE_MRI", "pet": "PET_INITIAL"}
+
+
+def _unclear_mri(ctx: RuleContext) -> str:
+    """The reason's note when the rule that needs "no MRI yet" was not evaluated, or ""."""
+    rule = _NEEDS_NO_MRI.get(ctx.facts.procedure_class)
+    study = ctx.unclear_mri if rule is not None else None
+    if study is None:
+        return ""
+    return (
+        f' Not evaluated: {rule}, since the order names an MRI ("{study.words}") without'
+        " saying whether it was done."
+    )
 
 
 def _left_out(facts: OrderFacts) -> str:

@@ -11,6 +11,8 @@ import re
 from datetime import date, datetime
 
 from worker.guideline import CodeMapEntry, Knowledge, ProcedureCodeDef
+from worker.imaging import lexicon as context_lexicon
+from worker.imaging import mri_mentions
 from worker.language import reading
 from worker.models import (
     Coded,
@@ -27,6 +29,7 @@ from worker.models import (
 from worker.text import affirmed, affirmed_hits, clause_bounds, folded, largest_size_cm
 
 _CLASS_ORDER: tuple[ProcedureClass, ...] = (
+    "lab",
     "biopsy",
     "excision",
     "pet",
@@ -191,6 +194,47 @@ class _Collector:
         return False
 
 
+_SENTENCE = re.compile(r"[;!?\n]|\.(?!\d)|\s[-–—]\s")
+
+
+_PAST_MASS = re.compile(
+    r"\b(?:hx|h/o|history\s+of|prior|previous|past|old|excised|resected|removed|s/p|status\s+post)\b"
+)
+_NEW_MASS = re.compile(
+    r"\b(?:new|newly|now|current(?:ly)?|presents?|presenting|enlarging|growing|increasing)\b"
+)
+_MASS_HITS = 8
+"""Mass words looked at for the side of the mass, at most."""
+
+
+def _mass_side(text: str, kn: Knowledge) -> Laterality | None:
+    """The side named in the sentence of the mass of *text*: of the first mass words that are
+    not negated, one said to be new, else the first not about a past one, else the first ("Hx R
+    thigh lipoma. New L thigh lump": left; "MRI right thigh 2024 normal. New mass of the left
+    thigh": left), or None."""
+    low = folded(text)
+    first: Laterality | None = None
+    current: Laterality | None = None
+    for i, hit in enumerate(affirmed_hits(kn.terms["mass_strong"], text, kn)):
+        if i >= _MASS_HITS:
+            break
+        lo = max(0, hit.start - 200)
+        start = lo
+        for m in _SENTENCE.finditer(low, lo, hit.start):
+            start = m.end()
+        end_m = _SENTENCE.search(low, hit.end, min(len(low), hit.end + 200))
+        end = end_m.start() if end_m else min(len(low), hit.end + 200)
+        side = laterality_from_text(low[start:end], kn, allow_letters=False)
+        if side is None:
+            continue
+        if _NEW_MASS.search(low, start, end):
+            return side
+        if not _PAST_MASS.search(low, start, end):
+            current = current or side
+        first = first or side
+    return current or first
+
+
 def _opposite(side: Laterality) -> Laterality | None:
     return "right" if side == "left" else "left" if side == "right" else None
 
@@ -331,6 +375,8 @@ def extract(
     if side is None:
         for src in indication:
             side = laterality_from_text(src.text, kn, allow_letters=False)
+            if side == "bilateral":  # both sides named: the side of the mass, when it has one
+                side = _mass_side(src.text, kn) or side
             if side:
                 break
     facts.laterality = side or "unknown"
@@ -405,15 +451,29 @@ def extract(
         if sib is not order and classify_text(procedure_text(sib), kn) == "radiograph":
             facts.radiograph_documented = True
             col.note("radiograph_documented", procedure_text(sib), "OBR-4 of another order")
-    # An MRI documented in the order: done (not planned), and not of the other thigh.
-    facts.prior_mri_documented = col.first_study(
-        "prior_mri_documented",
-        kn.terms["prior_mri"],
-        indication,
-        kn,
-        planned=True,
-        side=facts.laterality,
-    )
+    # Prior imaging named in the order's text, as structured studies; an MRI documented in
+    # the order is one that covers this thigh (done or of unknown status, same side or none).
+    ref = (order.ordered_at or message.header.timestamp or datetime.now()).date()
+    facts.prior_imaging = [
+        s for src in indication for s in mri_mentions(src, kn, ref, facts.laterality)
+    ]
+    covering = next((s for s in facts.prior_imaging if s.covers(facts.laterality)), None)
+    if covering is not None:
+        facts.prior_mri_documented = True
+        col.note("prior_mri_documented", covering.words, covering.source)
+    else:
+        # Texts with no English MRI word at all: the vocabulary's prior_mri terms (other
+        # languages' words for a done MRI) still document one, done and not of the other side.
+        lex = context_lexicon()
+        others = [s for s in indication if lex.mri.search(folded(s.text)) is None]
+        facts.prior_mri_documented = bool(others) and col.first_study(
+            "prior_mri_documented",
+            kn.terms["prior_mri"],
+            others,
+            kn,
+            planned=True,
+            side=facts.laterality,
+        )
     if facts.procedure_class == "pet":  # staging or a known diagnosis: evidence PET_INITIAL reads
         col.first_affirmed("known_diagnosis", kn.terms["known_diagnosis"], indication, kn)
 
@@ -472,7 +532,6 @@ def extract(
     facts.contrast_cautions = cautions  # type: ignore[assignment]
 
     # Patient and provider.
-    ref = (order.ordered_at or message.header.timestamp or datetime.now()).date()
     age = age_on(message.patient.birth_date, ref)
     if age is not None and age < 0:
         age = age_on(message.patient.birth_date, date.today())

@@ -22,6 +22,7 @@ ProcedureClass = Literal[
     "biopsy",
     "excision",
     "guidance",
+    "lab",
     "other",
     "unknown",
 ]
@@ -158,6 +159,37 @@ class Evidence(_Model):
     source: str
 
 
+StudyStatus = Literal["done", "planned", "unknown"]
+COVERING_SITES: tuple[Region, ...] = ("thigh", "lower_extremity", "whole_body", "unknown")
+"""Body sites of an MRI that covers a thigh mass (guideline.md section 4: "MRI of that thigh")."""
+
+
+class PriorStudy(_Model):
+    """One study of the patient before this order, from the order's text or the history."""
+
+    modality: ProcedureClass
+    site: Region = "unknown"
+    side: Laterality = "unknown"
+    contrast: Contrast = "unspecified"
+    status: StudyStatus = "unknown"
+    on: date | None = None
+    source: str = ""  # "OBR-31", "NTE-3", "history (result)" ...
+    words: str = ""  # the words it was read from (text only), at most 120 characters
+
+    def covers(self, side: Laterality) -> bool:
+        """Whether this study is an MRI of the thigh of an order whose mass is on *side*."""
+        return (
+            self.modality == "mri"
+            and self.status != "planned"
+            and self.site in COVERING_SITES
+            and (
+                self.side == side
+                or "unknown" in (self.side, side)
+                or "bilateral" in (self.side, side)
+            )
+        )
+
+
 class OrderFacts(_Model):
     """Everything guideline.md section 3 asks to extract from one order."""
 
@@ -185,6 +217,7 @@ class OrderFacts(_Model):
     recurrence: bool = False
     radiograph_documented: bool = False
     prior_mri_documented: bool = False
+    prior_imaging: list[PriorStudy] = Field(default_factory=list)  # studies the text names
     mri_contraindications: list[Literal["device", "habitus", "metal", "other"]] = Field(
         default_factory=list
     )

@@ -132,6 +132,11 @@ def is_negated(text: str, start: int, end: int, kn: Knowledge, study: bool = Fal
     after = text[end:right]
     if text.startswith("?", right):  # "Pacemaker? no": the answer follows the question mark
         answer = kn.negation_answer.match(text[end : _next_clause_end(text, right + 1, kn)])
+    elif text.startswith(" - ", right):  # "Palpable mass - none": the answer follows the dash
+        rest = text[right + 3 : _next_clause_end(text, right + 3, kn)]
+        answer = kn.negation_answer.match(f"{after}: {rest}")
+        if answer is None and not after.strip():  # "Mass - not felt"
+            answer = kn.negation_after.match(rest.lstrip())
     else:
         answer = kn.negation_answer.match(after)
     if answer and not (study and kn.negation_result.search(answer.group(0))):
@@ -212,6 +217,20 @@ _ABOVE = re.compile(
 )
 
 
+# A distance from a landmark, not a size: "10 cm above the knee", "7 cm proximal to the patella",
+# "12cm from the greater trochanter"; or the size of a scar or a bruise. Read right after the
+# number and its unit.
+_DISTANCE = re.compile(
+    r"\s*(?:(?:located|situated)\s+)?(?:above|below|proximal(?:ly)?|distal(?:ly)?|superior(?:ly)?"
+    r"|inferior(?:ly)?|cranial(?:ly)?|caudal(?:ly)?|medial(?:ly)?|lateral(?:ly)?|(?:away\s+)?from"
+    r"|up\s+from|down\s+from|short\s+of"
+    # the size of something else than the mass: a scar, an incision, a bruise
+    r"|(?:long\s+|old\s+|healed\s+|surgical\s+)?(?:scars?|incisions?|wounds?|lacerations?"
+    r"|bruis\w*|ecchymos\w*|erythema|redness|margins?))\b",
+    re.IGNORECASE,
+)
+
+
 def _to_cm(value: float, unit: str) -> float:
     u = unit.lower()
     if u.startswith("m"):
@@ -225,10 +244,13 @@ def largest_size_cm(text: str) -> tuple[float, str] | None:
     """The largest mass dimension written in *text*, in cm ("5cm", "5.2 x 3.1 cm", "52 mm",
     "2.5in"), with the words it was read from ("> 5 cm" keeps its ">").
 
-    A number counts only with a unit, its own or the next one in the same "a x b x c" group.
+    A number counts only with a unit, its own or the next one in the same "a x b x c" group;
+    a distance from a landmark ("10 cm above the knee") is no size.
     """
     best: tuple[float, str] | None = None
     for m in _SIZE.finditer(text):
+        if _DISTANCE.match(text, m.end(), min(len(text), m.end() + 40)):
+            continue  # a distance from a landmark, not the mass
         groups = m.groups()
         nums = [groups[i] for i in (0, 2, 4)]
         units = [groups[i] for i in (1, 3, 5)]

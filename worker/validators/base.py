@@ -7,9 +7,9 @@ from typing import Literal
 
 from worker.guideline import Knowledge
 from worker.history import same_side
-from worker.models import HistoryEntry, OrderFacts, SiteSettings
+from worker.imaging import from_history
+from worker.models import HistoryEntry, OrderFacts, PriorStudy, SiteSettings
 
-MRI_CLASSES = ("mri",)
 _THIGH_REGIONS = ("thigh", "lower_extremity", "unknown")
 
 
@@ -39,16 +39,29 @@ class RuleContext:
     red_flags: list[str] = field(default_factory=list)
 
     @property
+    def prior_studies(self) -> list[PriorStudy]:
+        """The studies the order's text names, then the patient's history, as structured facts."""
+        return [*self.facts.prior_imaging, *from_history(self.history)]
+
+    @property
     def mri_on_record(self) -> bool:
-        """An MRI of this thigh is in the history or documented in the order."""
+        """An MRI that covers this thigh is in the history or documented in the order: done or
+        of unknown status (not planned, not future-dated), of the thigh or lower limb, same side
+        or none (PriorStudy.covers)."""
         if self.facts.prior_mri_documented:
             return True
-        return any(
-            e.procedure_class in MRI_CLASSES
-            and e.region in _THIGH_REGIONS
-            and same_side(e.laterality, self.facts.laterality)
-            for e in self.history
-        )
+        return any(s.covers(self.facts.laterality) for s in self.prior_studies)
+
+    @property
+    def unclear_mri(self) -> PriorStudy | None:
+        """The MRI the order names without saying whether it was done (no date, result or
+        plan), when no other study settles it: the rules that need "no MRI yet" are then not
+        evaluated rather than guessed (guideline.md is silent on such a mention)."""
+        side = self.facts.laterality
+        studies = [s for s in self.prior_studies if s.covers(side)]
+        if not studies or any(s.status == "done" for s in studies):
+            return None
+        return studies[0]
 
     @property
     def radiograph_on_record(self) -> bool:
