@@ -487,7 +487,16 @@ def start_review(settings: Settings, stores: Stores) -> Any:
     return server
 
 
-def run(settings: Settings, with_review: bool = False) -> int:
+def start_cds(settings: Settings, service: Service) -> Any:
+    """CDS Hooks in a thread of this process, on the same knowledge and advisory store."""
+    from worker.cds.server import build_server
+
+    server = build_server(settings, service.knowledge, service.stores.store).start()
+    print(f"ordercheck: CDS Hooks on {server.url}/cds-services", file=sys.stderr, flush=True)
+    return server
+
+
+def run(settings: Settings, with_review: bool = False, with_cds: bool = False) -> int:
     """Serve until SIGTERM or SIGINT, then stop gracefully."""
     from worker.logs import configure
 
@@ -497,6 +506,7 @@ def run(settings: Settings, with_review: bool = False) -> int:
         service = Service(settings)
         await service.start()
         review = start_review(settings, service.stores) if with_review else None
+        cds = start_cds(settings, service) if with_cds else None
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -511,6 +521,8 @@ def run(settings: Settings, with_review: bool = False) -> int:
         await service.stop()
         if review is not None:
             review.stop()
+        if cds is not None:
+            cds.stop()
 
     asyncio.run(main())
     return 0

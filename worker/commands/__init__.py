@@ -15,6 +15,7 @@ _COMMANDS: tuple[str, ...] = (
     "flags",
     "review",
     "purge",
+    "cds",
 )
 
 

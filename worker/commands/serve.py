@@ -27,6 +27,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="also serve the review page (ORDERCHECK_REVIEW_HOST/PORT) from this "
         "process: the way to review advisories on the embedded default",
     )
+    p.add_argument(
+        "--cds",
+        action="store_true",
+        help="also serve CDS Hooks (ORDERCHECK_CDS_HOST/PORT) from this process, on the same "
+        "advisory store: order-entry feedback joins the review page's audit trail",
+    )
     p.set_defaults(handler=run)
 
 
@@ -42,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
             "PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="ordercheck-metrics-")
         )
     from worker import serve
+    from worker.cds.server import SettingsError, tls_context, verifier_for
 
     updates = {
         k: v for k, v in (("listen_host", args.host), ("listen_port", args.port)) if v is not None
@@ -49,8 +56,11 @@ def run(args: argparse.Namespace) -> int:
     if updates:
         settings = settings.model_copy(update=updates)
     try:
-        return serve.run(settings, with_review=args.review)
-    except GuidelineError as exc:
+        if args.cds:  # refuse bad CDS settings before the listener starts
+            verifier_for(settings)
+            tls_context(settings)
+        return serve.run(settings, with_review=args.review, with_cds=args.cds)
+    except (GuidelineError, SettingsError) as exc:
         print(f"ordercheck: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
