@@ -91,10 +91,11 @@ def load(data: Any, defaults: dict[str, Any] | None = None) -> tuple[Resource | 
         except ValidationError as exc:
             error = exc.errors()[0]
             loc = tuple(error["loc"])
-            if error["type"] == "missing" and len(loc) == 1 and defaults and loc[0] in defaults:
+            missing = str(error["type"]).endswith("missing")
+            if missing and len(loc) == 1 and defaults and loc[0] in defaults:
                 work[str(loc[0])] = copy.deepcopy(defaults[str(loc[0])])
                 continue
-            path = loc if error["type"] != "missing" else loc[:-1]
+            path = loc[:-1] if missing else loc
             if not path or not _drop(work, path):
                 return None, [*dropped, ".".join(map(str, loc)) or "resource"]
             dropped.append(".".join(map(str, path)))

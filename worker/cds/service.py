@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -89,6 +89,13 @@ class Answer:
         self.body = body
 
 
+@dataclass
+class Evaluation:
+    answer: Answer
+    translated: Translated | None = None
+    results: list[CheckResult] = field(default_factory=list)
+
+
 def error(status: int, message: str) -> Answer:
     return Answer(status, {"error": message})
 
@@ -134,36 +141,31 @@ class CdsService:
 
     # -- a hook call ----------------------------------------------------------------------------
     def call(self, service_id: str, body: bytes) -> Answer:
+        return self.evaluate(service_id, body).answer
+
+    def evaluate(self, service_id: str, body: bytes) -> Evaluation:
+        """The answer to a call, with the drafts and the Checker's result for each."""
         service = SERVICES.get(service_id)
         if service is None:
-            return error(404, f"no CDS service {service_id!r}; see GET /cds-services")
+            return Evaluation(error(404, f"no CDS service {service_id!r}; see GET /cds-services"))
         data, problem = _json_object(body)
         if data is None:
-            return error(400, problem)
+            return Evaluation(error(400, problem))
         try:
             req = HookRequest.model_validate(data)
         except ValidationError as exc:
-            return error(400, "not a CDS Hooks request: " + _validation_message(exc))
+            return Evaluation(error(400, "not a CDS Hooks request: " + _validation_message(exc)))
         if req.hook != service.hook:
-            return error(400, f"service {service.id} answers hook {service.hook}, not {req.hook}")
+            return Evaluation(
+                error(400, f"service {service.id} answers hook {service.hook}, not {req.hook}")
+            )
         try:
             ctx = OrderContext.model_validate(req.context)
         except ValidationError as exc:
-            return error(400, "invalid context: " + _validation_message(exc, "context"))
+            return Evaluation(error(400, "invalid context: " + _validation_message(exc, "context")))
         if req.fhir_authorization is not None and not req.fhir_server:
-            return error(400, "fhirAuthorization is given without fhirServer")
-        prefetch = req.prefetch or {}
-        notes: list[str] = []
-        missing = {k: q for k, q in PREFETCH.items() if prefetch.get(k) is None}
-        if missing and req.fhir_server:
-            filled = {k: fill(q, req.context) for k, q in missing.items()}
-            queries = {k: q for k, q in filled.items() if q is not None}
-            token = req.fhir_authorization.access_token if req.fhir_authorization else None
-            fetched, fetch_notes = fetch_missing(req.fhir_server, token, queries, self.fhir_timeout)
-            prefetch = {**prefetch, **fetched}
-            if fetch_notes:
-                notes += fetch_notes
-                notes.append("judged without the data that could not be read (no history)")
+            return Evaluation(error(400, "fhirAuthorization is given without fhirServer"))
+        prefetch, notes = self._prefetch(req)
         resources = [r for value in prefetch.values() for r in resources_of(value)]
         try:
             tr = translate(
@@ -176,16 +178,15 @@ class CdsService:
                 resources=resources,
             )
         except RequestError as exc:
-            return error(400, str(exc))
+            return Evaluation(error(400, str(exc)))
         results = self.check(tr)
         response = CardsResponse()
         for i, (draft, result) in enumerate(zip(tr.drafts, results, strict=True)):
             if not draft.selected:
                 continue
             rid = advisory_id(SENDER, service.id, req.hook_instance, i)
-            cards = self.cards.cards(
-                result, draft.raw, draft.reference, rid, [*notes, *draft.notes]
-            )
+            notes_i = [*notes, *tr.notes, *draft.notes]
+            cards = self.cards.cards(result, draft.raw, draft.reference, rid, notes_i)
             if cards:
                 self._keep(rid, i, result, draft.raw, [c.dump() for c in cards])
                 response.cards.extend(cards)
@@ -196,7 +197,21 @@ class CdsService:
             len(response.cards),
             extra={"control_id": req.hook_instance[:64]},
         )
-        return Answer(200, response.dump())
+        return Evaluation(Answer(200, response.dump()), tr, results)
+
+    def _prefetch(self, req: HookRequest) -> tuple[dict[str, Any], list[str]]:
+        """The prefetch, completed from the FHIR server where it is missing; and notes."""
+        prefetch = req.prefetch or {}
+        missing = {k: q for k, q in PREFETCH.items() if prefetch.get(k) is None}
+        if not missing or not req.fhir_server:
+            return prefetch, []
+        filled = {k: fill(q, req.context) for k, q in missing.items()}
+        queries = {k: q for k, q in filled.items() if q is not None}
+        token = req.fhir_authorization.access_token if req.fhir_authorization else None
+        fetched, notes = fetch_missing(req.fhir_server, token, queries, self.fhir_timeout)
+        if notes:
+            notes.append("judged without the data that could not be read (no history)")
+        return {**prefetch, **fetched}, notes
 
     def check(self, tr: Translated) -> list[CheckResult]:
         """The Checker's result for each draft of *tr*, with its prior studies as history."""

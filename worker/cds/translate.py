@@ -48,8 +48,15 @@ _STATUS = {
     "completed": ("SC", "CM"),
 }
 # Answers that deny an ask-at-order-entry question (HL7 table 0136 and common words).
-_NO = frozenset({"n", "no", "none", "false", "negative", "neg", "denied", "denies", "nil", "0"})
+_NO = frozenset(
+    {"n", "no", "none", "false", "negative", "neg", "denied", "denies", "nil", "0", "unknown"}
+    | {"not known", "n no", "no no"}
+)
 _FINAL_REPORT = ("final", "amended", "corrected", "appended")
+_MODALITY_SYSTEMS = (
+    "http://dicom.nema.org/resources/ontology/DCM",
+    "http://terminology.hl7.org/CodeSystem/v2-0074",
+)
 _CONTEXT_TYPES = ("Patient", "ImagingStudy", "Procedure", "DiagnosticReport", "AllergyIntolerance")
 
 
@@ -245,10 +252,20 @@ def _order(sr: ServiceRequest, index: Index, rid: str, user_id: str) -> Order:
         order_status=status,
         placer_number=placer[:199],
         procedures=procedures,
+        modality=_modality(sr.category or []),
         ordered_at=as_datetime(sr.authoredOn),
         ordering_provider=str(requester or user_id)[:200],
         texts=texts,
     )
+
+
+def _modality(categories: list[Any]) -> str:
+    """A modality in ServiceRequest.category (DICOM modality or HL7 v2 table 0074), as OBR-24."""
+    for cc in categories:
+        for c in cc.coding or []:
+            if c.code and str(c.system or "").rstrip("/") in _MODALITY_SYSTEMS:
+                return str(c.code).upper()
+    return ""
 
 
 def _procedure_codes(cc: Any) -> list[Coded]:
@@ -339,9 +356,9 @@ def _answer(label: str, obs: Observation) -> TextSource | None:
     words = [str(n.text) for n in obs.note or [] if n.text]
     if not answer and not words:
         return None
-    first = answer.split("^", 1)[0].strip().lower()
     negated = bool(question) and (
-        first in _NO or any(c.code.upper() in ("N", "373067005") for c in codes)
+        " ".join(answer.lower().split()) in _NO
+        or any(c.code.upper() in ("N", "373067005") for c in codes)
     )
     text = f"{question}: {answer}".strip(": ") if answer else question
     if words:
