@@ -385,8 +385,9 @@ class FhirStub:
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 stub.requests.append((self.path, self.headers.get("Authorization", "")))
-                if hang:
+                if hang:  # answers nothing until released, then closes
                     stub.release.wait(WAIT)
+                    return
                 url = urlsplit(self.path)
                 query = parse_qs(url.query)
                 body: Any
@@ -665,3 +666,99 @@ def test_tls_when_a_certificate_is_configured(knowledge: Knowledge, tmp_path: Pa
             assert warnings(cards["cards"])
     finally:
         server.stop()
+
+
+def test_order_entry_feedback_shows_on_the_review_page(
+    cds: httpx.Client, store: MemoryStore
+) -> None:
+    from worker.review import create_app
+
+    ct = service_request("73701", "CT lower extremity with contrast")
+    [card] = warnings(cards_of(cds, hook_request(ct)))
+    reason = {"reason": {"system": OVERRIDE_SYSTEM, "code": "mri-unavailable"}}
+    item = {"card": card["uuid"], "outcome": "overridden", "overrideReason": reason}
+    assert cds.post("/cds-services/order-sign/feedback", json={"feedback": [item]}).is_success
+    settings = Settings(review_users={"alice": "pw"}, review_secret="s" * 32)
+    client = create_app(store, settings).test_client()
+    page = client.get("/login").get_data(as_text=True)
+    token = page.split('name="csrf_token" value="', 1)[1].split('"', 1)[0]
+    client.post("/login", data={"user": "alice", "password": "pw", "csrf_token": token})
+    rid = record_of(card["uuid"])
+    listing = client.get("/").get_data(as_text=True)
+    assert rid in listing
+    detail = client.get(f"/advisories/{rid}").get_data(as_text=True)
+    assert "order entry (CDS Hooks)" in detail
+    assert OVERRIDE_REASONS["mri-unavailable"] in detail
+    assert "CT_BEFORE_MRI" in detail
+
+
+# -- the commands -----------------------------------------------------------------------------
+def _run_until_served(args: list[str], env: dict[str, str], port: int) -> None:
+    import os
+    import signal
+    import sys
+
+    from worker.testing import wait_until
+
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("ORDERCHECK_")}
+    full_env.update(env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "worker.cli", *args],
+        env=full_env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError(proc.stderr.read().decode() if proc.stderr else "exited")
+        try:
+            return httpx.get(f"{base}/cds-services", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_until(up, 60, f"ordercheck {args[0]} to serve CDS Hooks")
+        body = hook_request(service_request("73701", "CT lower extremity with contrast"))
+        resp = httpx.post(f"{base}/cds-services/order-sign", json=body, timeout=WAIT)
+        assert resp.status_code == 200 and warnings(resp.json()["cards"])
+        [card] = warnings(resp.json()["cards"])
+        item = {"card": card["uuid"], "outcome": "accepted", "acceptedSuggestions": []}
+        fb = httpx.post(f"{base}/cds-services/order-sign/feedback", json={"feedback": [item]})
+        assert fb.status_code == 200
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(WAIT)
+        if proc.stderr is not None:
+            proc.stderr.close()
+
+
+@pytest.mark.slow
+def test_ordercheck_cds_serves_on_the_configured_port() -> None:
+    port = free_port()
+    _run_until_served(["cds"], {"ORDERCHECK_CDS_PORT": str(port)}, port)
+
+
+@pytest.mark.slow
+def test_ordercheck_serve_cds_serves_cds_hooks_on_the_embedded_default() -> None:
+    port = free_port()
+    env = {
+        "ORDERCHECK_CDS_PORT": str(port),
+        "ORDERCHECK_LISTEN_HOST": "127.0.0.1",
+        "ORDERCHECK_LISTEN_PORT": str(free_port()),
+        "ORDERCHECK_WORKERS": "1",
+    }
+    _run_until_served(["serve", "--cds"], env, port)
+
+
+def test_ordercheck_cds_refuses_an_exposed_address_without_a_token_check(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from worker.cli import main
+
+    monkeypatch.setenv("ORDERCHECK_CDS_HOST", "0.0.0.0")
+    assert main(["cds", "--port", "0"]) == 2
+    assert "ORDERCHECK_CDS_JWT_ISSUER" in capsys.readouterr().err
