@@ -363,6 +363,20 @@ def test_the_fhir_r4_example_imaging_service_request_is_read_and_out_of_scope(
     assert card["suggestions"][0]["actions"][0]["resourceId"] == "ServiceRequest/di"
 
 
+def test_coded_body_site_and_laterality_without_display_are_read(cds: httpx.Client) -> None:
+    draft = service_request(
+        "73701",
+        "CT lower extremity with contrast",
+        system="https://www.ama-assn.org/go/cpt",  # a variant of the CPT URI
+        reasonCode=[{"coding": [{"system": ICD10, "code": "R22.42"}]}],
+        bodySite=[
+            {"coding": [{"system": SCT, "code": "68367000"}, {"system": SCT, "code": "7771000"}]}
+        ],
+    )
+    [card] = warnings(cards_of(cds, hook_request(draft)))
+    assert card["extension"]["ordercheck.verdict"]["flags"] == ["CT_BEFORE_MRI"]
+
+
 def test_a_draft_with_vendor_members_and_no_subject_is_still_read(cds: httpx.Client) -> None:
     draft = service_request("73701", "CT lower extremity with contrast")
     del draft["subject"]
@@ -599,12 +613,19 @@ def test_the_bearer_jwt_is_checked_when_an_issuer_is_configured(
         body = hook_request(service_request("73701", "CT lower extremity with contrast"))
         with httpx.Client(timeout=WAIT) as client:
             assert client.get(f"{server.url}/cds-services").status_code == 200  # discovery open
+            assert client.get(f"{server.url}/cds-services/").status_code == 200
             assert client.post(url, json=body).status_code == 401
             token = _token(key, url)
             ok = client.post(url, json=body, headers={"Authorization": f"Bearer {token}"})
             assert ok.status_code == 200 and warnings(ok.json()["cards"])
             replay = client.post(url, json=body, headers={"Authorization": f"Bearer {token}"})
             assert replay.status_code == 401 and "jti" in replay.json()["error"]
+            card = warnings(ok.json()["cards"])[0]
+            feedback = {"feedback": [{"card": card["uuid"], "outcome": "overridden"}]}
+            fb_url = f"{url}/feedback"
+            assert client.post(fb_url, json=feedback).status_code == 401
+            signed = {"Authorization": f"Bearer {_token(key, url)}"}
+            assert client.post(fb_url, json=feedback, headers=signed).status_code == 200
             for bad in (
                 _token(key, "https://elsewhere.example.org/cds-services/order-sign"),
                 _token(key, url, iss="https://other.example.org"),

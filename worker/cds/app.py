@@ -40,7 +40,7 @@ def create_app(service: CdsService, verifier: JwtVerifier | None = None) -> Flas
             return resp
         return None
 
-    @app.get("/cds-services")
+    @app.get("/cds-services", strict_slashes=False)
     def discovery() -> Response:
         return reply(service.discovery())
 

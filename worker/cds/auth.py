@@ -25,6 +25,16 @@ class AuthError(Exception):
     """The request's token is missing or not acceptable; the message says why (HTTP 401)."""
 
 
+def audiences_for(url: str) -> list[str]:
+    """The aud values a client may sign for a call of *url*: the service endpoint (the
+    specification's), and for feedback or a client that signs the base, those too."""
+    url = url.rstrip("/")
+    out = [url, url.removesuffix("/feedback")]
+    if "/cds-services" in url:
+        out.append(url[: url.index("/cds-services") + len("/cds-services")])
+    return list(dict.fromkeys(out))
+
+
 class JwtVerifier:
     def __init__(
         self,
@@ -61,7 +71,7 @@ class JwtVerifier:
                 token,
                 key,
                 algorithms=ALGORITHMS,
-                audience=self.audiences or [url, url.rstrip("/")],
+                audience=self.audiences or audiences_for(url),
                 issuer=self.issuer,
                 leeway=LEEWAY,
                 options={"require": ["iss", "aud", "exp", "jti"]},

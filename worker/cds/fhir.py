@@ -11,8 +11,11 @@ one) and says what it dropped; a resource that still cannot be read is skipped w
 from __future__ import annotations
 
 import copy
+import tomllib
 from datetime import UTC, date, datetime
-from typing import Any
+from functools import cache
+from importlib import resources
+from typing import Any, Literal
 
 from fhir.resources.R4B.allergyintolerance import AllergyIntolerance
 from fhir.resources.R4B.codeableconcept import CodeableConcept
@@ -24,7 +27,7 @@ from fhir.resources.R4B.patient import Patient
 from fhir.resources.R4B.procedure import Procedure
 from fhir.resources.R4B.resource import Resource
 from fhir.resources.R4B.servicerequest import ServiceRequest
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from worker.models import Coded
 
@@ -57,23 +60,34 @@ SYSTEMS = {
     "urn:oid:2.16.840.1.113883.6.96": "SCT",
 }
 CPT = "http://www.ama-assn.org/go/cpt"
-# SNOMED CT laterality qualifiers (and DICOM/HL7 letters) found in bodySite or series.laterality.
-SIDES = {
-    "7771000": "left",
-    "24028007": "right",
-    "51440002": "bilateral",
-    "L": "left",
-    "R": "right",
-    "B": "bilateral",
-}
+# Systems known by a part of their URI ("https://www.ama-assn.org/go/cpt", "http://radlex.org/...").
+_SYSTEM_PARTS = (("ama-assn.org", "C4"), ("loinc.org", "LN"), ("radlex", "RADLEX"))
 MAX_REPAIRS = 12
+
+
+class FhirCodes(BaseModel):
+    """worker/data/fhir.toml: words for body-site codes, sides for laterality codes."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    version: str
+    body_site: dict[str, str]
+    laterality: dict[str, Literal["left", "right", "bilateral"]]
+
+
+@cache
+def fhir_codes() -> FhirCodes:
+    data = tomllib.loads((resources.files("worker") / "data" / "fhir.toml").read_text("utf-8"))
+    return FhirCodes.model_validate(data)
 
 
 def system_name(uri: str | None) -> str:
     """A coding system as the knowledge files name it; unknown systems are kept as sent."""
     if not uri:
         return ""
-    return SYSTEMS.get(uri.strip().rstrip("/").lower(), uri.strip())
+    key = uri.strip().rstrip("/").lower()
+    if key in SYSTEMS:
+        return SYSTEMS[key]
+    return next((name for part, name in _SYSTEM_PARTS if part in key), uri.strip())
 
 
 def load(data: Any, defaults: dict[str, Any] | None = None) -> tuple[Resource | None, list[str]]:
@@ -160,10 +174,19 @@ def concept_text(cc: CodeableConcept | None) -> str:
 def side_of(cc: CodeableConcept | None) -> str:
     """The side a laterality concept names ("left", "right", "bilateral") or ""."""
     for c in (cc.coding or []) if cc is not None else []:
-        side = SIDES.get((c.code or "").upper())
+        side = side_of_code(c.code)
         if side:
             return side
     return ""
+
+
+def side_of_code(code: Any) -> str:
+    return fhir_codes().laterality.get(str(code or "").strip().upper(), "")
+
+
+def site_words(code: Any) -> str:
+    """The words of a body-site code without a display ("68367000" -> "thigh"), or ""."""
+    return fhir_codes().body_site.get(str(code or "").strip(), "")
 
 
 def as_date(value: Any) -> date | None:

@@ -25,7 +25,16 @@ from fhir.resources.R4B.procedure import Procedure
 from fhir.resources.R4B.resource import Resource
 from fhir.resources.R4B.servicerequest import ServiceRequest
 
-from worker.cds.fhir import SIDES, as_date, as_datetime, coded, concept_text, load, side_of
+from worker.cds.fhir import (
+    as_date,
+    as_datetime,
+    coded,
+    concept_text,
+    load,
+    side_of,
+    side_of_code,
+    site_words,
+)
 from worker.models import (
     Coded,
     MessageHeader,
@@ -282,16 +291,14 @@ def _body_site(sites: list[Any]) -> list[Coded]:
     for site in sites:
         side = side_of(site)
         text = site.text or " ".join(
-            str(c.display) for c in site.coding or [] if c.display and not side_of_code(c.code)
+            str(c.display or site_words(c.code))
+            for c in site.coding or []
+            if (c.display or site_words(c.code)) and not side_of_code(c.code)
         )
         for word in (str(text or ""), side):
             if word and word.lower() not in " ".join(words).lower():
                 words.append(word)
     return [Coded(text=" ".join(words), system="bodySite")] if words else []
-
-
-def side_of_code(code: Any) -> bool:
-    return str(code or "").upper() in SIDES
 
 
 def _concept_source(label: str, cc: Any) -> TextSource | None:
@@ -400,7 +407,12 @@ def _study(model: Resource) -> Order | None:
             site = " ".join(
                 w
                 for w in (
-                    str(series.bodySite.display or series.bodySite.code or "")
+                    str(
+                        series.bodySite.display
+                        or site_words(series.bodySite.code)
+                        or series.bodySite.code
+                        or ""
+                    )
                     if series.bodySite
                     else "",
                     _coding_side(series.laterality),
@@ -450,4 +462,4 @@ def _study(model: Resource) -> Order | None:
 def _coding_side(coding: Any) -> str:
     if coding is None:
         return ""
-    return SIDES.get(str(coding.code or "").upper(), str(coding.display or ""))
+    return side_of_code(coding.code) or str(coding.display or "")
