@@ -274,6 +274,11 @@ def test_out_of_scope_drafts_get_no_card(cds: httpx.Client) -> None:
     )
     assert cards_of(cds, hook_request(chest, knee)) == []
     assert cards_of(cds, child) == []
+    # The same child, the Patient sent beside the draft instead of in the prefetch.
+    child = hook_request(service_request("73701", "CT lower extremity with contrast"), prefetch={})
+    patient = {"resourceType": "Patient", "id": "p1", "birthDate": "2015-01-01"}
+    child["context"]["draftOrders"]["entry"].append({"resource": patient})
+    assert cards_of(cds, child) == []
 
 
 def test_a_radiograph_ordered_beside_the_mri_counts_and_order_select_judges_the_selection(
@@ -464,6 +469,10 @@ def test_missing_prefetch_is_read_from_the_fhir_server_with_the_bearer_token(
     paths = {p.split("?")[0] for p, _ in fhir_stub.requests}
     assert {"/fhir/Patient/p1", "/fhir/ImagingStudy"} <= paths
     assert {auth for _, auth in fhir_stub.requests} == {"Bearer opaque-token-1"}
+    fhir_stub.requests.clear()
+    body["context"]["patientId"] = "Patient/p1"  # as some clients send it
+    assert warnings(cards_of(cds, body)) == []
+    assert "/fhir/Patient/p1" in {p for p, _ in fhir_stub.requests}
 
 
 def test_an_unreachable_or_silent_fhir_server_degrades_to_no_history_with_a_note(

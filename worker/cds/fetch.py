@@ -47,6 +47,8 @@ def fill(template: str, context: dict[str, Any]) -> str | None:
         value = context.get(name)
         if not isinstance(value, str) or not value:
             return None
+        if name == "patientId":  # "Patient/123" is sent by some clients
+            value = value.removeprefix("Patient/")
         out = out[:start] + urllib.parse.quote(value, safe="") + out[end + 2 :]
     return out
 
@@ -65,7 +67,11 @@ def get_json(base: str, query: str, token: str | None, timeout: float) -> Any:
             body = resp.read(MAX_BYTES + 1)
     except urllib.error.HTTPError as exc:
         raise FetchError(f"HTTP {exc.code}") from None
+    except TimeoutError:
+        raise FetchError(f"did not answer within {timeout:g} s") from None
     except (urllib.error.URLError, OSError) as exc:
+        if isinstance(getattr(exc, "reason", None), TimeoutError):
+            raise FetchError(f"did not answer within {timeout:g} s") from None
         reason = getattr(exc, "reason", exc)
         raise FetchError(f"{type(reason).__name__}: {reason}"[:120]) from None
     if len(body) > MAX_BYTES:

@@ -162,7 +162,11 @@ def translate(
     patient = PatientRef(identifiers=[PatientId(id=patient_id or "draft", authority="cds")])
     allergies: list[TextSource] = []
     studies: list[Order] = []
-    for res in resources:
+    # The prefetch, and a Patient or prior study some clients put beside the drafts.
+    extra = [
+        e for e in entries if isinstance(e, dict) and e.get("resourceType") != "ServiceRequest"
+    ]
+    for res in [*resources, *extra]:
         kind = res.get("resourceType")
         if kind not in _CONTEXT_TYPES:
             continue
