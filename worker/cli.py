@@ -1,4 +1,4 @@
-"""The `ordercheck` command line: check, serve, send, flags, review, replay, advisories."""
+"""The `ordercheck` command line: check, serve, send, flags, review, replay, advisories, cds."""
 
 from __future__ import annotations
 

@@ -732,7 +732,16 @@ def destination_warning(settings: Settings) -> str | None:
     )
 
 
-def run(settings: Settings, with_review: bool = False) -> int:
+def start_cds(settings: Settings, service: Service) -> Any:
+    """CDS Hooks in a thread of this process, on the same knowledge and advisory store."""
+    from worker.cds.server import build_server
+
+    server = build_server(settings, service.knowledge, service.stores.store).start()
+    print(f"ordercheck: CDS Hooks on {server.url}/cds-services", file=sys.stderr, flush=True)
+    return server
+
+
+def run(settings: Settings, with_review: bool = False, with_cds: bool = False) -> int:
     """Check Redis and the worker's imports, bind every socket, start the workers, say
     "listening"; serve until SIGTERM or SIGINT, then stop gracefully. A start-up failure is
     one line on stderr and exit status 2 (3 when the Celery worker cannot start)."""
@@ -759,6 +768,7 @@ def run(settings: Settings, with_review: bool = False) -> int:
     async def main() -> int:
         service = Service(settings)
         review = None
+        cds = None
         try:
             await service.bind()
             if with_review:
@@ -770,10 +780,23 @@ def run(settings: Settings, with_review: bool = False) -> int:
                         f"cannot listen on {settings.review_host}:{settings.review_port} "
                         f"(review page, ORDERCHECK_REVIEW_PORT): {exc.strerror or exc}"
                     ) from None
+            if with_cds:
+                try:
+                    cds = start_cds(settings, service)
+                except OSError as exc:
+                    if review is not None:
+                        review.stop()
+                    await service.stop(grace=0)
+                    raise StartupError(
+                        f"cannot listen on {settings.cds_host}:{settings.cds_port} "
+                        f"(CDS Hooks, ORDERCHECK_CDS_PORT): {exc.strerror or exc}"
+                    ) from None
             await service.start_workers()
         except StartupError as exc:
             if review is not None:
                 review.stop()
+            if cds is not None:
+                cds.stop()
             print(f"ordercheck: {exc}", file=sys.stderr, flush=True)
             return 3 if "Celery worker" in str(exc) else 2
         stop = asyncio.Event()
@@ -790,6 +813,8 @@ def run(settings: Settings, with_review: bool = False) -> int:
         await service.stop()
         if review is not None:
             review.stop()
+        if cds is not None:
+            cds.stop()
         return 0
 
     return asyncio.run(main())

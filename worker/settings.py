@@ -151,6 +151,20 @@ class Settings(BaseSettings):
     review_trusted_proxy: str | None = None
     retention_days: int = Field(default=365, ge=1)  # advisories and raw messages kept this long
 
+    # CDS Hooks service (`ordercheck cds`, `serve --cds`). JWT: per the CDS Hooks security
+    # section (iss, aud, exp, jti), checked when an issuer and its key (PEM) or JWKS file are set.
+    # A non-loopback address needs the JWT check unless cds_allow_unauthenticated says otherwise.
+    cds_host: str = "127.0.0.1"
+    cds_port: int = Field(default=8090, ge=0, le=65535)
+    cds_tls_cert: Path | None = None  # PEM certificate chain (HTTPS when set, with cds_tls_key)
+    cds_tls_key: Path | None = None
+    cds_jwt_issuer: str | None = None  # the CDS client's iss
+    cds_jwt_key: Path | None = None  # its public key (PEM)
+    cds_jwt_jwks: Path | None = None  # or its JSON Web Key Set file
+    cds_jwt_audience: list[str] = Field(default_factory=list)  # empty: the URL that was called
+    cds_allow_unauthenticated: bool = False
+    cds_fhir_timeout: float = Field(default=2.0, gt=0, le=30)  # seconds for all FHIR reads
+
     # Logs, metrics and health.
     log_level: str = "INFO"  # JSON lines on stderr; never patient data
     metrics_port: int | None = Field(default=None, ge=0, le=65535)  # the listener's

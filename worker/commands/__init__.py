@@ -16,6 +16,7 @@ _COMMANDS: tuple[str, ...] = (
     "review",
     "purge",
     "deadletters",
+    "cds",
 )
 
 

@@ -52,6 +52,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="also serve the review page (ORDERCHECK_REVIEW_HOST/PORT) from this "
         "process: the way to review advisories on the embedded default",
     )
+    p.add_argument(
+        "--cds",
+        action="store_true",
+        help="also serve CDS Hooks (ORDERCHECK_CDS_HOST/PORT) from this process, on the same "
+        "advisory store: order-entry feedback joins the review page's audit trail",
+    )
     p.set_defaults(handler=run)
 
 
@@ -85,9 +91,14 @@ def run(args: argparse.Namespace) -> int:
         settings = settings.model_copy(update=updates)
     with metrics_folder(settings):
         from worker import serve
+        from worker.cds.server import SettingsError as CdsSettingsError
+        from worker.cds.server import tls_context, verifier_for
 
         try:
-            return serve.run(settings, with_review=args.review)
-        except GuidelineError as exc:
+            if args.cds:  # refuse bad CDS settings before the listener starts
+                verifier_for(settings)
+                tls_context(settings)
+            return serve.run(settings, with_review=args.review, with_cds=args.cds)
+        except (GuidelineError, CdsSettingsError) as exc:
             print(f"ordercheck: {exc}", file=sys.stderr)
             return 2
