@@ -3,5 +3,5 @@
 The advisory it produces supports a clinician's decision; it never blocks or changes an order.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 __all__ = ["__version__"]
