@@ -181,7 +181,13 @@ def test_a_text_with_no_english_mri_word_is_read_by_the_vocabularys_prior_mri(
 ) -> None:
     """Other languages' words for a done MRI (vocabulary.toml prior_mri) still document one."""
     data = resources.files("worker") / "data"
-    for name in ("guideline.toml", "codes.toml", "vocabulary.toml", "codemap.toml"):
+    for name in (
+        "guideline.toml",
+        "codes.toml",
+        "vocabulary.toml",
+        "codemap.toml",
+        "protocols.toml",
+    ):
         (tmp_path / name).write_text((data / name).read_text(encoding="utf-8"), encoding="utf-8")
     vocab = tmp_path / "vocabulary.toml"
     text = vocab.read_text(encoding="utf-8")
