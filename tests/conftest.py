@@ -64,3 +64,19 @@ def redis_url() -> Iterator[str]:
     """The real Redis on a database of the tests' own, flushed around each test."""
     with real_redis(REDIS_TEST_DB) as url:
         yield url
+
+
+def self_signed(folder: Path) -> tuple[Path, Path]:
+    """A key and a self-signed certificate for localhost / 127.0.0.1 in *folder* (the openssl
+    command; the test skips where it is missing)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl command not available")
+    key, cert = folder / "key.pem", folder / "cert.pem"
+    command = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key)]
+    command += ["-out", str(cert), "-days", "1", "-subj", "/CN=localhost"]
+    command += ["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"]
+    subprocess.run(command, check=True, capture_output=True, timeout=60)
+    return key, cert

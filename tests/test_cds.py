@@ -5,7 +5,6 @@ the audit trail, JWT and TLS, and 400 for anything that is not a CDS Hooks reque
 from __future__ import annotations
 
 import json
-import shutil
 import ssl
 import subprocess
 import threading
@@ -20,6 +19,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import jwt
 import pytest
+from conftest import self_signed
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -658,32 +658,7 @@ def test_a_non_loopback_address_needs_the_jwt_check(client_key: tuple[Any, Path]
 
 
 def test_tls_when_a_certificate_is_configured(knowledge: Knowledge, tmp_path: Path) -> None:
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl command not available")
-    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-            "-days",
-            "1",
-            "-subj",
-            "/CN=localhost",
-            "-addext",
-            "subjectAltName=DNS:localhost,IP:127.0.0.1",
-        ],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
+    key, cert = self_signed(tmp_path)
     settings = _settings(cds_tls_cert=cert, cds_tls_key=key)
     server = build_server(settings, knowledge, MemoryStore()).start()
     try:

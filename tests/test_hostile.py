@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from conftest import self_signed
 from hl7build import order_message
 
 from worker.check import Checker
@@ -407,27 +408,15 @@ def test_allow_list_is_not_bypassed_by_an_escaped_field_separator() -> None:
 def test_advisory_tls_cert_without_ca_is_tls_with_a_warning(
     tmp_path: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    import shutil
     import ssl
-    import subprocess
 
     from worker.publish import Publisher
     from worker.settings import Route, Settings
 
-    if shutil.which("openssl") is None:
-        pytest.skip("the openssl command is not installed")
-    command = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "c.key"]
-    command += ["-out", "c.pem", "-days", "2", "-subj", "/CN=ordercheck client"]
-    subprocess.run(
-        command,
-        cwd=tmp_path,
-        check=True,
-        capture_output=True,
-        timeout=30,
-    )
+    key, cert = self_signed(tmp_path)
     settings = Settings(
-        advisory_tls_cert=tmp_path / "c.pem",
-        advisory_tls_key=tmp_path / "c.key",
+        advisory_tls_cert=cert,
+        advisory_tls_key=key,
         advisory_ack_timeout=3.0,
     )
     with caplog.at_level("WARNING", logger="ordercheck.publish"):

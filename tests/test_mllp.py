@@ -9,10 +9,8 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import shutil
 import socket
 import ssl
-import subprocess
 import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
@@ -20,6 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from conftest import self_signed
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -449,32 +448,7 @@ def test_send_async_timeout() -> None:
 
 @pytest.fixture
 def tls_contexts(tmp_path: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl command not available")
-    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-            "-days",
-            "1",
-            "-subj",
-            "/CN=localhost",
-            "-addext",
-            "subjectAltName=DNS:localhost,IP:127.0.0.1",
-        ],
-        check=True,
-        capture_output=True,
-        timeout=WAIT,
-    )
+    key, cert = self_signed(tmp_path)
     server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server_ctx.load_cert_chain(cert, key)
     client_ctx = ssl.create_default_context(cafile=str(cert))
