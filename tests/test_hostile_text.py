@@ -147,3 +147,30 @@ def test_a_megabyte_of_text_is_judged(knowledge: Knowledge) -> None:
 def test_the_limit_is_a_setting_with_a_floor() -> None:
     with pytest.raises(ValueError):
         SiteSettings(max_text_chars=10)
+
+
+@pytest.mark.parametrize(
+    ("procedure", "reason", "verdict"),
+    [
+        # A distance from the knee places the mass in the thigh (and is not its size).
+        (
+            "73718^MRI LOWER EXTREMITY WO^CPT4",
+            "1.5 cm superficial mass, 10 cm above the knee",
+            "appropriate",
+        ),
+        (
+            "73700^CT LOWER EXTREMITY WO^CPT4",
+            "firm mass 7 cm proximal to the patella",
+            "not-appropriate",
+        ),
+        # Without a distance, "above the knee" is no thigh site (a suprapatellar effusion).
+        ("73700^CT LOWER EXTREMITY WO^CPT4", "swelling just above the knee", "no-criteria-apply"),
+    ],
+)
+def test_a_distance_above_the_knee_is_a_thigh_site(
+    knowledge: Knowledge, procedure: str, reason: str, verdict: str
+) -> None:
+    checker = Checker(knowledge, InMemoryHistory())
+    result = checker.check_message(order_message(procedure=procedure, reason=reason)).results[0]
+    assert result.verdict == verdict, result.reason
+    assert result.facts is not None and (result.facts.size_cm or 0) < 5
