@@ -14,7 +14,7 @@ from typing import Any
 
 from worker.cds.fhir import CPT
 from worker.cds.models import Action, Card, Coding, Link, Source, Suggestion
-from worker.guideline import Knowledge, ProcedureDef
+from worker.guideline import Knowledge, ProcedureDef, RuleDef, RuleException
 from worker.models import CheckResult
 from worker.records import OVERRIDE_REASONS
 
@@ -60,14 +60,16 @@ class CardBuilder:
             label=self.source_label, topic=Coding(system=RULE_SYSTEM, code=code, display=title)
         )
 
-    def _title(self, code: str) -> str:
+    def _definition(self, code: str) -> RuleDef | RuleException | None:
+        """The rule or rule exception of the guideline with this code, or None."""
         rules = self.kn.guideline.rules
         if code in rules:
-            return rules[code].title
-        for rule in rules.values():
-            if code in rule.exceptions:
-                return rule.exceptions[code].title
-        return code
+            return rules[code]
+        return next((r.exceptions[code] for r in rules.values() if code in r.exceptions), None)
+
+    def _title(self, code: str) -> str:
+        found = self._definition(code)
+        return found.title if found is not None else code
 
     def cards(
         self,
@@ -183,13 +185,8 @@ class CardBuilder:
         return both if len(both) <= SUMMARY_MAX else _short(title)
 
     def _advice(self, code: str) -> str:
-        rules = self.kn.guideline.rules
-        if code in rules:
-            return rules[code].advice
-        for rule in rules.values():
-            if code in rule.exceptions:
-                return rule.exceptions[code].advice
-        return ""
+        found = self._definition(code)
+        return found.advice if found is not None else ""
 
     def _sources(self, citations: list[str]) -> list[str]:
         seen = list(dict.fromkeys(citations))
