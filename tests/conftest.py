@@ -32,6 +32,20 @@ def checker(knowledge: Knowledge) -> Checker:
     return Checker(knowledge, InMemoryHistory())
 
 
+# The fields every `ordercheck check --json` object has (design.md contract).
+CONTRACT_FIELDS = {
+    "message_control_id",
+    "message_type",
+    "placer_order_number",
+    "verdict",
+    "flags",
+    "advice",
+    "preferred_procedure",
+    "protocol",
+    "error",
+}
+
+
 REDIS_TEST_DB = int(os.environ.get("ORDERCHECK_TEST_REDIS_DB", "13"))
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import CONTRACT_FIELDS
 from reviewdata import FLAGGED, populate
 
 from worker.cli import main
@@ -24,21 +25,8 @@ from worker.records import AdvisoryRecord
 from worker.review.present import CSV_COLUMNS
 from worker.store import RedisStore
 
-CONTRACT_KEYS = {
-    "message_control_id",
-    "message_type",
-    "placer_order_number",
-    "verdict",
-    "flags",
-    "advice",
-    "preferred_procedure",
-    "protocol",
-    "error",
-    "id",
-    "received_at",
-    "delivery",
-    "disposition",
-}
+# design.md: the fields of `check --json` plus these four.
+CONTRACT_KEYS = CONTRACT_FIELDS | {"id", "received_at", "delivery", "disposition"}
 
 
 @pytest.fixture

@@ -7,21 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT, SEEDS, SHARED
+from conftest import CONTRACT_FIELDS, ROOT, SEEDS, SHARED
 
 from worker.cli import main
-
-CONTRACT_FIELDS = {
-    "message_control_id",
-    "message_type",
-    "placer_order_number",
-    "verdict",
-    "flags",
-    "advice",
-    "preferred_procedure",
-    "protocol",
-    "error",
-}
 
 
 def run_json(paths: list[Path], capsys: pytest.CaptureFixture[str]) -> list[dict[str, Any]]:
