@@ -15,6 +15,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from worker.check import Checker
 from worker.guideline import Knowledge, default_knowledge
 from worker.history import InMemoryHistory
+from worker.store import AdvisoryStore, MemoryStore, RedisStore
 
 ROOT = Path(__file__).resolve().parent.parent
 SEEDS = ROOT / "seeds"
@@ -94,3 +95,19 @@ def self_signed(folder: Path) -> tuple[Path, Path]:
     command += ["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"]
     subprocess.run(command, check=True, capture_output=True, timeout=60)
     return key, cert
+
+
+@pytest.fixture(params=["memory", "fakeredis", pytest.param("redis", marks=pytest.mark.redis)])
+def any_store(request: pytest.FixtureRequest) -> AdvisoryStore:
+    """Each advisory store in turn: memory, fakeredis, and the real Redis (marked redis)."""
+    if request.param == "memory":
+        return MemoryStore()
+    if request.param == "fakeredis":
+        import fakeredis
+
+        return RedisStore(fakeredis.FakeRedis())
+    import redis
+
+    client = redis.Redis.from_url(request.getfixturevalue("redis_url"))
+    request.addfinalizer(client.close)
+    return RedisStore(client)

@@ -26,7 +26,7 @@ from worker.review.decide import decide, make_decision
 from worker.review.present import csv_row, detail_text
 from worker.review.sheet import WorklistFilters, patient_of, worklist
 from worker.settings import Settings
-from worker.store import AdvisoryStore, MemoryStore, RedisStore
+from worker.store import AdvisoryStore, MemoryStore
 
 CT = "73701^CT LOWER EXTREMITY W CONTRAST^CPT4"
 MRI = "73720^MRI LOWER EXT WO/W CONTRAST^CPT4"
@@ -123,19 +123,10 @@ def today() -> Any:
 # -- the query layer, on every store ------------------------------------------------------------
 
 
-@pytest.fixture(params=["memory", "fakeredis", pytest.param("redis", marks=pytest.mark.redis)])
-def store(request: pytest.FixtureRequest) -> AdvisoryStore:
-    if request.param == "memory":
-        return MemoryStore()
-    if request.param == "fakeredis":
-        import fakeredis
-
-        return RedisStore(fakeredis.FakeRedis())
-    import redis
-
-    client = redis.Redis.from_url(request.getfixturevalue("redis_url"))
-    request.addfinalizer(client.close)
-    return RedisStore(client)
+@pytest.fixture
+def store(any_store: AdvisoryStore) -> AdvisoryStore:
+    """Each advisory store (conftest.any_store): memory, fakeredis, real Redis."""
+    return any_store
 
 
 def _ids(rows: list[AdvisoryRecord]) -> list[str]:

@@ -411,21 +411,6 @@ def test_safe_next_keeps_local_paths() -> None:
         assert _safe_next(bad) is None, bad
 
 
-@pytest.fixture(params=["memory", "fakeredis", pytest.param("redis", marks=pytest.mark.redis)])
-def any_store(request: pytest.FixtureRequest) -> AdvisoryStore:
-    if request.param == "memory":
-        return MemoryStore()
-    if request.param == "fakeredis":
-        import fakeredis
-
-        return RedisStore(fakeredis.FakeRedis())
-    import redis
-
-    client = redis.Redis.from_url(request.getfixturevalue("redis_url"))
-    request.addfinalizer(client.close)
-    return RedisStore(client)
-
-
 def test_logout_ends_the_session_for_every_copy_of_the_cookie(any_store: AdvisoryStore) -> None:
     app = create_app(any_store, SETTINGS)
     client = app.test_client()

@@ -35,20 +35,10 @@ PATIENT_IDS = ("PAT001", "PAT002", "PAT003", "PAT004")
 # -- stores --------------------------------------------------------------------------------------
 
 
-@pytest.fixture(params=["memory", "fakeredis", pytest.param("redis", marks=pytest.mark.redis)])
-def store(request: pytest.FixtureRequest) -> AdvisoryStore:
-    if request.param == "memory":
-        return MemoryStore()
-    if request.param == "fakeredis":
-        import fakeredis
-
-        return RedisStore(fakeredis.FakeRedis())
-    import redis
-
-    url = request.getfixturevalue("redis_url")
-    client = redis.Redis.from_url(url)
-    request.addfinalizer(client.close)
-    return RedisStore(client)
+@pytest.fixture
+def store(any_store: AdvisoryStore) -> AdvisoryStore:
+    """Each advisory store (conftest.any_store): memory, fakeredis, real Redis."""
+    return any_store
 
 
 @pytest.fixture
