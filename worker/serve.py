@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from worker.guideline import load_knowledge
+from worker.guideline import Knowledge, load_knowledge
 from worker.hl7.ack import AckError, AckTarget, build_ack
 from worker.hl7.mllp import FrameError, FrameErrorKind, MLLPServer
 from worker.ingest import EnqueueWithAcks, Ingestor, Rejected, nothing_to_remember
@@ -177,9 +177,9 @@ class Batcher:
 class Service:
     """The listener and its workers; start() then wait(); stop() is graceful."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, knowledge: Knowledge | None = None) -> None:
         self.settings = settings
-        self.knowledge = load_knowledge(
+        self.knowledge = knowledge or load_knowledge(
             settings.code_map, protocols=settings.protocols_file
         )  # a bad rule file fails here
         self.embedded: Any = None
@@ -759,14 +759,14 @@ def run(settings: Settings, with_review: bool = False, with_cds: bool = False) -
             print(f"ordercheck: {problem}", file=sys.stderr, flush=True)
             return 3
     # A broken data file (code map, protocol map) stops start-up before anything else is said.
-    load_knowledge(settings.code_map, protocols=settings.protocols_file)
+    knowledge = load_knowledge(settings.code_map, protocols=settings.protocols_file)
     warning = destination_warning(settings)
     if warning is not None:
         print(warning, file=sys.stderr, flush=True)
         log.warning("no advisory destination configured: advisories are not sent")
 
     async def main() -> int:
-        service = Service(settings)
+        service = Service(settings, knowledge)
         review = None
         cds = None
         try:
