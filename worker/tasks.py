@@ -36,7 +36,6 @@ RETRY_QUEUE_WINDOW = settings.task_time_limit / 2
 def processor() -> Processor:
     """The Processor of this worker process (built on first use, after the fork)."""
     stores = Stores(settings)
-    client = redis_client(settings.redis_url) if settings.redis_url else None
 
     def schedule(advisory_id: str, attempt: int, delay: float) -> None:
         deliver.apply_async((advisory_id, attempt), countdown=delay)
@@ -47,7 +46,6 @@ def processor() -> Processor:
         stores,
         Publisher(settings),
         schedule,
-        client,
     )
 
 
