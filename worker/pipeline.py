@@ -244,13 +244,11 @@ class Processor:
         ids: list[str] = []
         down: set[str] = set()  # destinations that failed in this batch: not tried again in it
         marks: Marks = []  # delivery states to write
-        # The broad excepts below are deliberate: whatever one message raises (Redis down, a
-        # bug its content triggers), the others finish and it alone runs again.
         if together:
             try:
                 ids, later = self._process_together(together, down, marks)
                 alone = sorted(alone + later)
-            except Exception as exc:
+            except Exception as exc:  # last resort: they run again, the others finish
                 failed.update((job.index, exc) for job in together)
         if alone and marks:  # process() reads delivery states: these are written first
             marks, written = [], marks
@@ -261,7 +259,7 @@ class Processor:
         for i in alone:
             try:
                 ids += self.process(*items[i], down=down)
-            except Exception as exc:
+            except Exception as exc:  # last resort: one bad message fails alone, runs again
                 failed[i] = exc
         done = [i for i in range(len(items)) if i not in failed]
         try:
