@@ -189,6 +189,7 @@ def _handler(
     """Wraps an action: settings, store, and one-line errors with exit 2."""
 
     def run(args: argparse.Namespace) -> int:
+        import redis
 
         settings = Settings()  # a wrong setting: one line per setting at the CLI edge
         if not settings.redis_url:
@@ -203,6 +204,8 @@ def _handler(
             return _fail(str(exc))
         except StoreError as exc:  # from Redis: its error's "<class>: <message>"
             return _fail(f"the advisory store (Redis) failed: {exc}" if exc.__cause__ else str(exc))
+        except redis.RedisError as exc:  # the review's find index reads Redis itself
+            return _fail(f"the advisory store (Redis) failed: {type(exc).__name__}: {exc}")
         except OrdercheckError as exc:
             return _fail(str(exc))
 
