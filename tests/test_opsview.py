@@ -21,7 +21,7 @@ from worker.pipeline import Processor
 from worker.publish import DeliveryOutcome
 from worker.runtime import Stores
 from worker.settings import Route, Settings
-from worker.store import RedisDedup, RedisHistory, RedisStore
+from worker.store import RedisStore
 from worker.testing import free_port
 
 DEST = "10.1.2.3:2576"
@@ -54,9 +54,8 @@ def setup(knowledge: Knowledge) -> Iterator[tuple[Processor, Publisher, RedisSto
         advisory_port=2576,
         advisory_routes={"LAB": Route(host="10.9.9.9", port=2577)},
     )
-    stores = Stores(settings)
-    store = RedisStore(client)
-    stores.store, stores.history, stores.dedup = store, RedisHistory(client), RedisDedup(store)
+    stores = Stores(settings, client)
+    store = stores.store
     publisher = Publisher()
     processor = Processor(
         settings,
@@ -64,7 +63,6 @@ def setup(knowledge: Knowledge) -> Iterator[tuple[Processor, Publisher, RedisSto
         stores,
         publisher,  # type: ignore[arg-type]
         lambda *_: None,
-        client,
     )
     yield processor, publisher, store, settings
 
@@ -125,9 +123,8 @@ def test_not_sent_is_listed_with_the_undelivered_under_destination_none(
 ) -> None:
     client = fakeredis.FakeRedis()
     settings = Settings(redis_url=None)  # no destination at all
-    stores = Stores(settings)
-    store = RedisStore(client)
-    stores.store, stores.history, stores.dedup = store, RedisHistory(client), RedisDedup(store)
+    stores = Stores(settings, client)
+    store = stores.store
     from worker.publish import Publisher as RealPublisher
 
     processor = Processor(settings, knowledge, stores, RealPublisher(settings), lambda *_: None)

@@ -16,7 +16,6 @@ from worker.pipeline import Processor
 from worker.publish import DeliveryOutcome
 from worker.runtime import Stores
 from worker.settings import Route, Settings
-from worker.store import RedisDedup, RedisHistory, RedisStore
 from worker.testing import FakeOrderingSystem, Serve, wait_until
 
 
@@ -47,9 +46,7 @@ def setup(
 ) -> Iterator[tuple[Processor, RecordingPublisher, list[tuple[str, int, float]]]]:
     client = fakeredis.FakeRedis()
     settings = Settings(redis_url=None, delivery_retries=2, delivery_backoff=1.0)
-    stores = Stores(settings)
-    store = RedisStore(client)
-    stores.store, stores.history, stores.dedup = store, RedisHistory(client), RedisDedup(store)
+    stores = Stores(settings, client)
     retries: list[tuple[str, int, float]] = []
     publisher = RecordingPublisher()
     processor = Processor(
@@ -58,7 +55,6 @@ def setup(
         stores,
         publisher,  # type: ignore[arg-type]
         lambda i, a, d: retries.append((i, a, d)),
-        client,
     )
     yield processor, publisher, retries
 

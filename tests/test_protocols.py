@@ -297,7 +297,6 @@ def test_the_worker_sends_the_site_code(tmp_path: Path) -> None:
     from worker.publish import DeliveryOutcome
     from worker.runtime import Stores
     from worker.settings import Route, Settings
-    from worker.store import RedisDedup, RedisHistory, RedisStore
 
     sent: list[bytes] = []
 
@@ -316,10 +315,8 @@ def test_the_worker_sends_the_site_code(tmp_path: Path) -> None:
     settings = Settings(advisory_format="order-echo", protocols_file=site)
     kn = load_knowledge(settings.code_map, protocols=settings.protocols_file)
     client = fakeredis.FakeRedis()
-    stores = Stores(settings)
-    store = RedisStore(client)
-    stores.store, stores.history, stores.dedup = store, RedisHistory(client), RedisDedup(store)
-    processor = Processor(settings, kn, stores, Recording(), lambda i, a, d: None, client)  # type: ignore[arg-type]
+    stores = Stores(settings, client)
+    processor = Processor(settings, kn, stores, Recording(), lambda i, a, d: None)  # type: ignore[arg-type]
     assert len(processor.process((SEEDS / "07-omi-v251-mri-ideal.hl7").read_bytes(), 1.7e9)) == 1
     msg = parse_message(sent[0])
     ipc = msg.first("IPC")

@@ -33,6 +33,7 @@ from harness import RedisServer
 from hl7build import order_message
 
 from worker.cli import main as cli_main
+from worker.errors import StoreError
 from worker.hl7.ack import ack_fields
 from worker.hl7.mllp import MLLPClient, MLLPError, frame
 from worker.models import CheckResult
@@ -405,10 +406,12 @@ def test_redis_with_password(tmp_path: Path) -> None:
         assert got is not None and got.result.verdict == "not-appropriate"
         wrong = f"redis://:wrong-pw@127.0.0.1:{server.port}/0"
         started = time.monotonic()
-        with pytest.raises(redis.AuthenticationError):
+        with pytest.raises(StoreError) as wrong_pw:  # mapped where it enters: the store
             RedisStore(redis.Redis.from_url(wrong, socket_timeout=5)).get("pw1")
-        with pytest.raises(redis.AuthenticationError):  # no password at all
+        assert isinstance(wrong_pw.value.__cause__, redis.AuthenticationError)
+        with pytest.raises(StoreError) as no_pw:  # no password at all
             RedisStore(redis.Redis.from_url(f"redis://127.0.0.1:{server.port}/0")).get("pw1")
+        assert isinstance(no_pw.value.__cause__, redis.AuthenticationError)
         assert time.monotonic() - started < 5  # fails at once, no hang
     finally:
         server.stop()

@@ -21,12 +21,13 @@ from worker.guideline import Knowledge
 from worker.hl7.ack import ack_fields
 from worker.hl7.parse import peek_msh
 from worker.ingest import Ingestor, nothing_to_remember
-from worker.pipeline import Processor, _lock_name
+from worker.ledger import lock_name
+from worker.pipeline import Processor
 from worker.publish import DeliveryOutcome
 from worker.runtime import Stores
 from worker.serve import Batcher
 from worker.settings import Route, Settings
-from worker.store import MemoryDedup, RedisDedup, RedisHistory, RedisStore
+from worker.store import MemoryDedup, RedisDedup, RedisStore
 
 
 class Recorder:
@@ -46,12 +47,10 @@ class Recorder:
 
 def _processor(knowledge: Knowledge) -> tuple[Processor, Recorder, Any]:
     client = fakeredis.FakeRedis()
-    stores = Stores(Settings(redis_url=None))
-    store = RedisStore(client)
-    stores.store, stores.history, stores.dedup = store, RedisHistory(client), RedisDedup(store)
+    stores = Stores(Settings(redis_url=None), client)
     publisher = Recorder()
     processor = Processor(
-        Settings(redis_url=None), knowledge, stores, publisher, lambda i, a, d: None, client
+        Settings(redis_url=None), knowledge, stores, publisher, lambda i, a, d: None
     )  # type: ignore[arg-type]
     return processor, publisher, client
 
@@ -219,8 +218,8 @@ def test_a_patient_locked_by_another_worker_is_waited_for(knowledge: Knowledge) 
     msg = order_message(
         control_id="L1", placer="PL1", patient_id="LK1^^^H^MR", reason="^Left thigh mass 6 cm deep"
     )
-    client.set(_lock_name(["H|LK1"]), b"other", px=300)
-    assert client.exists(_lock_name(["H|LK1"]))
+    client.set(lock_name(["H|LK1"]), b"other", px=300)
+    assert client.exists(lock_name(["H|LK1"]))
     started = time.monotonic()
     ids, failed = processor.process_batch([(msg, 1_700_000_000.0)])
     assert failed == {} and len(ids) == 1 and len(publisher.sent) == 1
@@ -457,9 +456,8 @@ def test_a_destination_that_failed_is_not_tried_again_in_the_same_batch(
     deliveries the first few at once (they wait for each other here), then none."""
     client = fakeredis.FakeRedis()
     settings = Settings(redis_url=None, delivery_concurrency=concurrency)
-    stores = Stores(settings)
-    store = RedisStore(client)
-    stores.store, stores.history, stores.dedup = store, RedisHistory(client), RedisDedup(store)
+    stores = Stores(settings, client)
+    store = stores.store
     publisher = Silent(together=concurrency)
     retries: list[tuple[str, int, float]] = []
     processor = Processor(
@@ -468,7 +466,6 @@ def test_a_destination_that_failed_is_not_tried_again_in_the_same_batch(
         stores,
         publisher,  # type: ignore[arg-type]
         lambda i, a, d: retries.append((i, a, d)),
-        client,
     )
     batch = [
         order_message(

@@ -55,10 +55,16 @@ def _one_line(exc: Exception) -> str | None:
         return "\n".join(f"ordercheck: {line}" for line in describe(exc).splitlines())
     import redis
 
-    if isinstance(exc, redis.RedisError):
+    from worker.errors import StoreError
+
+    if isinstance(exc, redis.RedisError) or (
+        isinstance(exc, StoreError) and isinstance(exc.__cause__, redis.RedisError)
+    ):
         url = os.environ.get("ORDERCHECK_REDIS_URL", "")
         where = f" at {redact_url(url)}" if url else ""
-        return f"ordercheck: Redis{where} failed: {type(exc).__name__}: {exc}"
+        # A StoreError's text is its cause's "<class>: <message>".
+        said = str(exc) if isinstance(exc, StoreError) else f"{type(exc).__name__}: {exc}"
+        return f"ordercheck: Redis{where} failed: {said}"
     return None
 
 
@@ -75,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"unknown command {args.command}")
         code: int = handler(args)
         return code
-    except Exception as exc:
+    except Exception as exc:  # deliberate: an error of the environment in one line, else raised
         line = _one_line(exc)
         if line is None:
             raise

@@ -14,6 +14,7 @@ import queue
 import threading
 import time
 
+from worker.errors import cause_name
 from worker.guideline import Knowledge
 from worker.pipeline import Processor
 from worker.publish import Publisher
@@ -61,7 +62,7 @@ class RetryScheduler:
             try:
                 assert self.deliver is not None
                 self.deliver.deliver(advisory_id, attempt)
-            except Exception:
+            except Exception:  # last resort: the retry thread outlives any one delivery
                 log.exception("delivery retry failed")
 
     def stop(self) -> None:
@@ -97,8 +98,9 @@ class EmbeddedRuntime:
             assert isinstance(item, tuple)
             try:
                 self.processor.process(item[0], item[1])
-            except Exception as exc:  # not run again here: set aside, listed for review
-                log.error("processing failed: %s; message set aside", type(exc).__name__)
+            except Exception as exc:  # last resort: one bad message never stops the worker;
+                # not run again here: set aside, listed for review
+                log.error("processing failed: %s; message set aside", cause_name(exc))
                 self._set_aside(item[0], item[1], exc)
 
     def _set_aside(self, data: bytes, received_at: float, exc: Exception) -> None:
@@ -114,14 +116,14 @@ class EmbeddedRuntime:
                     key=message_key(data),
                     control_id=peek_msh(data).control_id[:200],
                     attempts=1,
-                    reason=f"processing failed: {type(exc).__name__}",
+                    reason=f"processing failed: {cause_name(exc)}",
                     received_at=datetime.fromtimestamp(received_at, UTC),
                     dead_at=datetime.now(UTC),
                     raw=data[:DEAD_LETTER_RAW_CHARS].decode("utf-8", errors="replace"),
                     raw_bytes=len(data),
                 )
             )
-        except Exception:
+        except Exception:  # last resort: the worker thread lives on
             log.exception("could not set a failed message aside")
 
     def stop(self, timeout: float = 30.0) -> None:

@@ -1,12 +1,18 @@
 """The exception tree of ordercheck.
 
     OrdercheckError
-     ├── HL7Error                  a message could not be read
-     │    └── HL7ParseError        (segment, field) say where
+     ├── HL7ParseError             a message could not be read; (segment, field) say where
      ├── GuidelineError            a guideline or code-map data file is invalid
-     ├── RuleError                 a rule could not evaluate an order
-     ├── StoreError                the advisory store or history failed
-     └── DeliveryError             an advisory could not be delivered
+     ├── StoreError                the advisory store, history or journal failed (Redis errors
+     │                             are mapped to it where they enter: worker/store.py)
+     ├── DeliveryError             an advisory could not be delivered (MLLP and socket errors
+     │                             are mapped to it where they enter: worker/publish.py)
+     ├── MLLPError                 a send through MLLP failed (worker/hl7/mllp.py)
+     │    ├── MLLPTimeout          no complete reply within the timeout
+     │    ├── MLLPConnectionClosed could not connect, or the peer closed the connection
+     │    └── MLLPProtocolError    the reply was not a well-formed MLLP frame
+     ├── SettingsError             a setting is invalid (worker/settings.py)
+     └── FilterError               a review-page filter value is invalid (worker/review/filters.py)
 
 Every class here means "could not evaluate or deliver": a rule that evaluates an order returns
 findings, never raises them. Messages never carry patient identifiers, only control ids and
@@ -20,11 +26,7 @@ class OrdercheckError(Exception):
     """Root of every error ordercheck raises on purpose."""
 
 
-class HL7Error(OrdercheckError):
-    """Raised when bytes cannot be read as an HL7 v2 message."""
-
-
-class HL7ParseError(HL7Error, ValueError):
+class HL7ParseError(OrdercheckError, ValueError):
     """Raised when a message is not HL7 v2 at a known position.
 
     segment: the segment id (e.g. "MSH"), field: the 1-based field number, both optional.
@@ -48,17 +50,25 @@ class GuidelineError(OrdercheckError, ValueError):
     """Raised when a guideline or code-map file fails validation; names the file and entry."""
 
 
-class RuleError(OrdercheckError):
-    """Raised when a rule cannot evaluate an order (a bug or a missing fact, never a finding)."""
-
-    def __init__(self, rule_id: str, reason: str) -> None:
-        self.rule_id = rule_id
-        super().__init__(f"rule {rule_id}: {reason}")
-
-
 class StoreError(OrdercheckError):
-    """Raised when the advisory store or the patient history cannot be read or written."""
+    """Raised when the advisory store, the patient history or the journal cannot be read or
+    written (the Redis client's error, when there was one, is its __cause__)."""
 
 
 class DeliveryError(OrdercheckError):
-    """Raised when an advisory cannot be delivered to the ordering system."""
+    """Raised when an advisory cannot be sent to the ordering system: no connection, no reply,
+    a reply that is not MLLP (the MLLP or socket error is its __cause__).
+
+    destination: "host:port". str() is "<cause class>: <cause>", the text kept as the
+    advisory's delivery_error."""
+
+    def __init__(self, message: str, destination: str = "") -> None:
+        self.destination = destination
+        super().__init__(message)
+
+
+def cause_name(exc: BaseException) -> str:
+    """The class name of *exc* as it entered ordercheck: a mapped error's cause (a StoreError
+    from a ConnectionError gives "ConnectionError"), for log lines."""
+    cause = exc.__cause__ if isinstance(exc, (StoreError, DeliveryError)) else None
+    return type(cause or exc).__name__

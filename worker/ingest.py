@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from worker import metrics
-from worker.errors import HL7ParseError
+from worker.errors import HL7ParseError, StoreError, cause_name
 from worker.hl7.ack import AckError, AckTarget, ack_code, build_ack
 from worker.hl7.batch import Batch, build_batch_ack, is_batch, split_batch
 from worker.hl7.parse import parse_message, peek_msh
@@ -193,7 +193,7 @@ class Ingestor:
             return replies, nothing_to_remember
         try:
             previous = self.dedup.get_many([a.key for a in accepted])
-        except Exception as exc:  # broker down: the sender must resend
+        except Exception as exc:  # last resort: broker down or not, every message gets its ACK
             for a in accepted:
                 replies[a.index] = self._unavailable(a.target, exc, started)
             return replies, nothing_to_remember
@@ -256,7 +256,7 @@ class Ingestor:
         def remember() -> None:
             try:
                 self.dedup.set_many(list(stored.items()), self.settings.dedup_ttl_seconds)
-            except Exception:  # queued already: the worker is idempotent, a resend is harmless
+            except StoreError:  # queued already: the worker is idempotent, a resend is harmless
                 log.warning(
                     "could not record the ACKs for resends", extra={"advisories": len(stored)}
                 )
@@ -330,14 +330,14 @@ class Ingestor:
                 self.enqueue_with_acks(
                     [(frames[a.index], received_at) for a in fresh], list(acks.items())
                 )
-            except Exception as exc:
+            except Exception as exc:  # last resort: whatever failed, each message gets its ACK
                 return {a.index: exc for a in fresh}
             return {}
         failed: dict[int, Exception] = {}
         for a in fresh:
             try:
                 self.enqueue(frames[a.index], received_at)
-            except Exception as exc:
+            except Exception as exc:  # last resort: whatever failed, each message gets its ACK
                 failed[a.index] = exc
         return failed
 
@@ -385,7 +385,7 @@ class Ingestor:
             self.keep_rejected(
                 Rejected(target.control_id, code, str(error.text), frame, received_at)
             )
-        except Exception:
+        except Exception:  # last resort: the refusal's ACK goes out whatever keeping it did
             log.warning(
                 "could not keep a refused message for review",
                 extra={"control_id": target.control_id},
@@ -413,7 +413,7 @@ class Ingestor:
 
     def _unavailable(self, target: AckTarget, exc: Exception, started: float) -> bytes | None:
         log.error(
-            "broker unavailable: %s", type(exc).__name__, extra={"control_id": target.control_id}
+            "broker unavailable: %s", cause_name(exc), extra={"control_id": target.control_id}
         )
         error = AckError("207", "message could not be queued; resend later")
         code = ack_code(target, "reject")

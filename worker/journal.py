@@ -33,6 +33,8 @@ from collections.abc import Callable
 from typing import Any
 
 from worker.broker import task_message
+from worker.errors import StoreError, cause_name
+from worker.store import redis_errors
 
 log = logging.getLogger("ordercheck.journal")
 
@@ -64,36 +66,36 @@ class Journal:
         queues them (worker/broker.py), so they are queued if and only if journaled.
         also: adds more commands to the same transaction (the ACKs for resends).
         Returns the length of that list after the push (0 without *push*)."""
-        now = time.time()
-        keys = [message_key(d) for d, _ in messages]
-        pipe = self.r.pipeline(transaction=True)
-        pipe.hset(
-            self.hash,
-            mapping={
-                key: json.dumps([d.decode("latin-1"), at])
-                for key, (d, at) in zip(keys, messages, strict=True)
-            },
-        )
-        pipe.zadd(self.index, dict.fromkeys(keys, now))
-        if push is not None:
-            pipe.lpush(*push)
-        if also is not None:
-            also(pipe)
-        replies = pipe.execute()  # HSET, ZADD[, LPUSH][, ...]
-        return int(replies[2]) if push is not None else 0
+        with redis_errors:
+            now = time.time()
+            keys = [message_key(d) for d, _ in messages]
+            pipe = self.r.pipeline(transaction=True)
+            pipe.hset(
+                self.hash,
+                mapping={
+                    key: json.dumps([d.decode("latin-1"), at])
+                    for key, (d, at) in zip(keys, messages, strict=True)
+                },
+            )
+            pipe.zadd(self.index, dict.fromkeys(keys, now))
+            if push is not None:
+                pipe.lpush(*push)
+            if also is not None:
+                also(pipe)
+            replies = pipe.execute()  # HSET, ZADD[, LPUSH][, ...]
+            return int(replies[2]) if push is not None else 0
 
     def done(self, messages: list[bytes]) -> None:
         """Forget *messages* (processed); never raises: what stays is only queued again."""
         if not messages:
             return
         try:
-            pipe = self.r.pipeline(transaction=True)
-            self.queue_done(pipe, messages)
-            pipe.execute()
-        except Exception as exc:
-            log.warning(
-                "could not clear processed messages from the journal: %s", type(exc).__name__
-            )
+            with redis_errors:
+                pipe = self.r.pipeline(transaction=True)
+                self.queue_done(pipe, messages)
+                pipe.execute()
+        except StoreError as exc:
+            log.warning("could not clear processed messages from the journal: %s", cause_name(exc))
 
     def queue_done(self, pipe: Any, messages: list[bytes]) -> None:
         """done()'s writes, added to *pipe* (the caller executes it)."""
@@ -106,10 +108,11 @@ class Journal:
     # -- poison messages -------------------------------------------------------------------------
     def attempts(self, messages: list[bytes]) -> list[int]:
         """Runs of each message started and not finished so far."""
-        if not messages:
-            return []
-        values = self.r.hmget(self.tries, [message_key(d) for d in messages])
-        return [int(v) if v is not None else 0 for v in values]
+        with redis_errors:
+            if not messages:
+                return []
+            values = self.r.hmget(self.tries, [message_key(d) for d in messages])
+            return [int(v) if v is not None else 0 for v in values]
 
     def start(self, messages: list[bytes]) -> list[int]:
         """Count a run of each message, before it runs (one round trip); returns each one's
@@ -121,53 +124,57 @@ class Journal:
         was not the message that killed it); never raises."""
         try:
             self._add(messages, -1)
-        except Exception as exc:
-            log.warning("could not take back a run count: %s", type(exc).__name__)
+        except StoreError as exc:
+            log.warning("could not take back a run count: %s", cause_name(exc))
 
     def _add(self, messages: list[bytes], n: int) -> list[int]:
-        if not messages:
-            return []
-        pipe = self.r.pipeline(transaction=False)
-        for d in messages:
-            pipe.hincrby(self.tries, message_key(d), n)
-        return [int(v) for v in pipe.execute()]
+        with redis_errors:
+            if not messages:
+                return []
+            pipe = self.r.pipeline(transaction=False)
+            for d in messages:
+                pipe.hincrby(self.tries, message_key(d), n)
+            return [int(v) for v in pipe.execute()]
 
     def dead_letter(self, messages: list[bytes], also: Callable[[Any], None] | None = None) -> None:
         """Take *messages* out of the journal for good (the sweep no longer queues them), with
         *also*'s writes (the dead-letter entries for review) in the same transaction."""
-        if not messages:
-            return
-        pipe = self.r.pipeline(transaction=True)
-        self.queue_done(pipe, messages)
-        if also is not None:
-            also(pipe)
-        pipe.execute()
+        with redis_errors:
+            if not messages:
+                return
+            pipe = self.r.pipeline(transaction=True)
+            self.queue_done(pipe, messages)
+            if also is not None:
+                also(pipe)
+            pipe.execute()
 
     def size(self) -> int:
-        return int(self.r.zcard(self.index))
+        with redis_errors:
+            return int(self.r.zcard(self.index))
 
     def take_stale(self, grace: float, limit: int = 500) -> Messages:
         """Messages queued more than *grace* seconds ago and not processed since; they are
         marked queued now (the caller queues them again)."""
-        now = time.time()
-        keys = [
-            k.decode()
-            for k in self.r.zrangebyscore(self.index, "-inf", now - grace, start=0, num=limit)
-        ]
-        if not keys:
-            return []
-        values = self.r.hmget(self.hash, keys)
-        out: Messages = []
-        pipe = self.r.pipeline(transaction=True)
-        for key, value in zip(keys, values, strict=True):
-            if value is None:  # processed meanwhile
-                pipe.zrem(self.index, key)
-                continue
-            text, at = json.loads(value)
-            out.append((text.encode("latin-1"), float(at)))
-            pipe.zadd(self.index, {key: now})
-        pipe.execute()
-        return out
+        with redis_errors:
+            now = time.time()
+            keys = [
+                k.decode()
+                for k in self.r.zrangebyscore(self.index, "-inf", now - grace, start=0, num=limit)
+            ]
+            if not keys:
+                return []
+            values = self.r.hmget(self.hash, keys)
+            out: Messages = []
+            pipe = self.r.pipeline(transaction=True)
+            for key, value in zip(keys, values, strict=True):
+                if value is None:  # processed meanwhile
+                    pipe.zrem(self.index, key)
+                    continue
+                text, at = json.loads(value)
+                out.append((text.encode("latin-1"), float(at)))
+                pipe.zadd(self.index, {key: now})
+            pipe.execute()
+            return out
 
 
 def journaled_direct(

@@ -3,22 +3,19 @@
 Idempotent: an advisory's id is derived from (MSH-3, MSH-4, MSH-10, order position), the record
 is written once, and a delivered advisory is never sent again, so a message run twice (a killed
 worker, a resend that slipped past the listener) gives one advisory. Messages of one patient
-are checked and recorded one at a time (a per-patient lock in Redis) so that an MRI result and a
+are checked and recorded one at a time (a per-patient lock) so that an MRI result and a
 biopsy order arriving together are judged against each other.
 
-Round trips to Redis for an order on Redis: one to take the patient lock and read the patient's
-history (pipelined), one to write the advisory record, its indexes and stream entry (a Lua
-script) and release the lock, and one to record the delivery.
+Locks, batching and Redis round trips belong to the stores' ledger (worker/ledger.py): on Redis,
+one round trip to take the patient lock and read the patient's history, one to record the
+advisories and release the lock, and one to record the delivery.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import logging
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -26,18 +23,19 @@ from typing import Any
 
 from worker import metrics
 from worker.check import ORDER_TYPES, Checker
-from worker.errors import HL7ParseError
+from worker.errors import HL7ParseError, StoreError, cause_name
 from worker.guideline import Knowledge
 from worker.history import History
 from worker.hl7.build import advisory_control_id, build_advisory
 from worker.hl7.parse import RawMessage, parse_message
 from worker.hl7.read import read_message
+from worker.ledger import Marks, PatientLock, lock_name
 from worker.models import HistoryEntry, ParsedMessage
 from worker.publish import Publisher
 from worker.records import AdvisoryRecord, Disposition, advisory_id
 from worker.runtime import Stores
 from worker.settings import Settings
-from worker.store import RedisHistory, RedisStore, delivery_fields, mark_delivery
+from worker.store import delivery_fields, mark_delivery
 
 log = logging.getLogger("ordercheck.pipeline")
 
@@ -45,23 +43,6 @@ IN_SCOPE = ("appropriate", "not-appropriate")
 MRI_DEPENDENT = {"CT_BEFORE_MRI", "BIOPSY_BEFORE_MRI", "PET_INITIAL"}
 # Schedules a retry of delivery: (advisory id, attempt number, delay in seconds).
 ScheduleRetry = Callable[[str, int, float], None]
-LOCK_SECONDS = 30  # a patient lock frees itself after this long (a killed worker)
-# Deletes a lock only if it still holds our token (it may have expired and been taken since).
-_UNLOCK = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-
-
-@dataclass(slots=True)
-class _PatientLock:
-    """A patient lock held (or not) by this worker, and the history read when it was taken."""
-
-    name: str = ""
-    token: bytes | None = None  # ours, taken with SET NX: released with _UNLOCK
-    fallback: Any = None  # a redis-py Lock, taken after waiting for another worker's
-    history: list[HistoryEntry] | None = None  # the patient's history, read under the lock
-    released: bool = False
 
 
 @dataclass(slots=True)
@@ -75,10 +56,6 @@ class _Job:
     received: datetime
     records: list[AdvisoryRecord] = field(default_factory=list)  # its new advisories
     recorded: int = 0  # studies it added to the patient's history
-
-
-def _lock_name(keys: list[str]) -> str:
-    return "oc:lock:" + hashlib.sha256(sorted(keys)[0].encode()).hexdigest()[:32]
 
 
 class _ReadAhead:
@@ -109,7 +86,6 @@ class Processor:
         stores: Stores,
         publisher: Publisher,
         schedule_retry: ScheduleRetry,
-        redis_client: Any | None = None,
     ) -> None:
         self.settings = settings
         self.kn = knowledge
@@ -117,7 +93,7 @@ class Processor:
         self.checker = Checker(knowledge, stores.history, settings.site())
         self.publisher = publisher
         self.schedule_retry = schedule_retry
-        self.redis = redis_client
+        self.ledger = stores.ledger
         self._senders: ThreadPoolExecutor | None = None  # see _finish_all
 
     # -- one message ---------------------------------------------------------------------------
@@ -133,11 +109,11 @@ class Processor:
             log.warning("unreadable message reached a worker: %s", exc.code)
             return []
         job = _Job(0, raw, parsed, parsed.patient.keys(), datetime.fromtimestamp(received_at, UTC))
-        with self._patient_lock(job.keys) as lock:
+        with self.ledger.hold(job.keys) as lock:
             self._check(job, lock.history)
             if job.keys and job.recorded:
                 self._recheck(job.keys, parsed.header.control_id, job.received)
-            added = self._add(job.records, job.keys, lock)
+            added = self.ledger.record([(r, job.keys) for r in job.records], [lock])
         return self._finish(job, added, down=down)
 
     def _check(self, job: _Job, history: list[HistoryEntry] | None) -> None:
@@ -189,7 +165,7 @@ class Processor:
         self,
         job: _Job,
         added: list[bool],
-        marks: list[tuple[str, dict[str, Any]]] | None = None,
+        marks: Marks | None = None,
         down: set[str] | None = None,
     ) -> list[str]:
         """Deliver the records of *job* that are new (or stored but still pending)."""
@@ -259,7 +235,7 @@ class Processor:
             job = _Job(
                 i, raw, parsed, parsed.patient.keys(), datetime.fromtimestamp(received_at, UTC)
             )
-            name = _lock_name(job.keys) if job.keys else ""
+            name = lock_name(job.keys) if job.keys else ""
             if not self._batchable(job) or (name and name in locks):
                 alone.append(i)
                 continue
@@ -267,112 +243,75 @@ class Processor:
             together.append(job)
         ids: list[str] = []
         down: set[str] = set()  # destinations that failed in this batch: not tried again in it
-        marks: list[tuple[str, dict[str, Any]]] = []  # delivery states to write
+        marks: Marks = []  # delivery states to write
         if together:
             try:
                 ids, later = self._process_together(together, down, marks)
                 alone = sorted(alone + later)
-            except Exception as exc:
+            except Exception as exc:  # last resort: they run again, the others finish
                 failed.update((job.index, exc) for job in together)
         if alone and marks:  # process() reads delivery states: these are written first
             marks, written = [], marks
             try:
-                self._write(written, None)
-            except Exception as exc:
+                self.ledger.write(written)
+            except StoreError as exc:
                 failed.update((job.index, exc) for job in together)
         for i in alone:
             try:
                 ids += self.process(*items[i], down=down)
-            except Exception as exc:
+            except Exception as exc:  # last resort: one bad message fails alone, runs again
                 failed[i] = exc
         done = [i for i in range(len(items)) if i not in failed]
         try:
-            self._write(marks, (lambda pipe: on_done(pipe, done)) if on_done and done else None)
-        except Exception as exc:  # what was delivered is not marked: those messages run again
-            log.warning("recording the batch's delivery states failed: %s", type(exc).__name__)
+            self.ledger.write(
+                marks, (lambda pipe: on_done(pipe, done)) if on_done and done else None
+            )
+        except StoreError as exc:  # what was delivered is not marked: those messages run again
+            log.warning("recording the batch's delivery states failed: %s", cause_name(exc))
             if marks:
                 failed.update((job.index, exc) for job in together)
         return ids, failed
 
     def _batchable(self, job: _Job) -> bool:
-        client = self.redis
         return (
-            client is not None
-            and isinstance(self.stores.store, RedisStore)
-            and self.stores.store.r is client
-            and isinstance(self.stores.history, RedisHistory)
-            and self.stores.history.r is client
+            self.ledger.batched
             and job.parsed.header.message_type in ORDER_TYPES
             and not any(o.order_status == "CM" for o in job.parsed.orders)
         )
 
-    def _write(
-        self, marks: list[tuple[str, dict[str, Any]]], also: Callable[[Any], None] | None
-    ) -> None:
-        """Write delivery states (*marks*) and *also*'s writes in one round trip."""
-        if not marks and also is None:
-            return
-        assert self.redis is not None and isinstance(self.stores.store, RedisStore)
-        pipe = self.redis.pipeline(transaction=False)
-        self.stores.store.queue_update_many(pipe, marks)
-        if also is not None:
-            also(pipe)
-        pipe.execute()
-
     def _process_together(
-        self, jobs: list[_Job], down: set[str], marks: list[tuple[str, dict[str, Any]]]
+        self, jobs: list[_Job], down: set[str], marks: Marks
     ) -> tuple[list[str], list[int]]:
         """process() for messages that only read history, one per patient; returns the ids and
         the positions of the messages left for process() (their patient was locked). The
         delivery states are appended to *marks*, for the caller to write (also when this
         raises)."""
-        client = self.redis
-        store = self.stores.store
-        history = self.stores.history
-        assert client is not None and isinstance(store, RedisStore)
-        assert isinstance(history, RedisHistory)
-        pipe = client.pipeline(transaction=False)
         locked = [job for job in jobs if job.keys]
-        tokens = [uuid.uuid4().hex.encode() for _ in locked]
-        for job, token in zip(locked, tokens, strict=True):
-            pipe.set(_lock_name(job.keys), token, nx=True, ex=LOCK_SECONDS)
-            history.queue_entries(pipe, job.keys)
-        replies = pipe.execute() if locked else []
-        held: list[tuple[str, bytes]] = []
-        histories: dict[int, list[HistoryEntry]] = {}
+        taken = self.ledger.take([job.keys for job in locked])
+        held: dict[int, PatientLock] = {}
         later: list[int] = []
-        for n, (job, token) in enumerate(zip(locked, tokens, strict=True)):
-            if replies[2 * n]:
-                held.append((_lock_name(job.keys), token))
-                histories[job.index] = history.parse_entries(replies[2 * n + 1])
-            else:
+        for job, lock in zip(locked, taken, strict=True):
+            if lock is None:
                 later.append(job.index)
+            else:
+                held[job.index] = lock
         jobs = [job for job in jobs if job.index not in later]
         try:
             for job in jobs:
-                self._check(job, histories.get(job.index, []))
-            pipe = client.pipeline(transaction=False)
-            for job in jobs:
-                for record in job.records:
-                    store.queue_add_advisory(pipe, record, job.keys)
-            for name, token in held:
-                pipe.eval(_UNLOCK, 1, name, token)
-            added = pipe.execute()
-            held = []
+                lock = held.get(job.index)
+                self._check(job, lock.history if lock is not None else [])
+            added = self.ledger.record(
+                [(record, job.keys) for job in jobs for record in job.records],
+                list(held.values()),
+            )
         finally:
-            for name, token in held:  # a failure before the locks went with the records
-                try:
-                    client.eval(_UNLOCK, 1, name, token)
-                except Exception as exc:  # expired: it frees itself after LOCK_SECONDS
-                    log.warning("patient lock release failed: %s", type(exc).__name__)
+            for lock in held.values():  # a failure before the locks went with the records
+                self.ledger.release(lock)
         starts = [0]
         for job in jobs:
             starts.append(starts[-1] + len(job.records))
         return self._finish_all(
-            [
-                (job, [bool(a) for a in added[a:b]])
-                for job, a, b in zip(jobs, starts, starts[1:], strict=False)
-            ],
+            [(job, added[a:b]) for job, a, b in zip(jobs, starts, starts[1:], strict=False)],
             marks,
             down,
         ), later
@@ -380,7 +319,7 @@ class Processor:
     def _finish_all(
         self,
         jobs: list[tuple[_Job, list[bool]]],
-        marks: list[tuple[str, dict[str, Any]]],
+        marks: Marks,
         down: set[str],
     ) -> list[str]:
         """_finish() for messages of different patients, up to delivery_concurrency at once:
@@ -402,33 +341,11 @@ class Processor:
         for future in futures:
             try:
                 ids += future.result()
-            except Exception as exc:
+            except Exception as exc:  # kept and raised below, once every message is finished
                 error = error or exc
         if error is not None:
             raise error
         return ids
-
-    def _add(
-        self, records: list[AdvisoryRecord], keys: list[str], lock: _PatientLock
-    ) -> list[bool]:
-        """Store the new records (add_advisory), releasing the patient lock in the same round
-        trip when it is ours; True for each record that was new."""
-        store = self.stores.store
-        client = self.redis
-        if (
-            client is None
-            or lock.token is None
-            or not isinstance(store, RedisStore)
-            or store.r is not client
-        ):
-            return [store.add_advisory(record, keys) for record in records]
-        pipe = client.pipeline(transaction=False)
-        for record in records:
-            store.queue_add_advisory(pipe, record, keys)
-        pipe.eval(_UNLOCK, 1, lock.name, lock.token)
-        replies = pipe.execute()
-        lock.released = True
-        return [bool(r) for r in replies[: len(records)]]
 
     # -- delivery ------------------------------------------------------------------------------
     def deliver(
@@ -437,7 +354,7 @@ class Processor:
         attempt: int,
         record: AdvisoryRecord | None = None,
         retry: bool = True,
-        marks: list[tuple[str, dict[str, Any]]] | None = None,
+        marks: Marks | None = None,
         down: set[str] | None = None,
         quiet: bool = False,
     ) -> bool:
@@ -587,44 +504,3 @@ class Processor:
             revised = self.stores.store.revise(rec_id, result, out.decode("utf-8"), note)
             log.info("advisory revised", extra={"advisory": rec_id, "trigger": trigger})
             self.deliver(rec_id, attempt=1, record=revised)
-
-    # -- serialisation per patient -------------------------------------------------------------
-    @contextlib.contextmanager
-    def _patient_lock(self, keys: list[str]) -> Iterator[_PatientLock]:
-        """Hold the patient's lock; on Redis, read the patient's history in the same round trip
-        (it is read after the lock is taken, so no other worker changes it meanwhile)."""
-        lock = _PatientLock()
-        client = self.redis
-        if client is None or not keys:
-            yield lock
-            return
-        lock.name = _lock_name(keys)
-        token = uuid.uuid4().hex.encode()
-        history = self.stores.history
-        read_ahead = history if isinstance(history, RedisHistory) and history.r is client else None
-        pipe = client.pipeline(transaction=False)
-        pipe.set(lock.name, token, nx=True, ex=LOCK_SECONDS)
-        if read_ahead is not None:
-            read_ahead.queue_entries(pipe, keys)
-        replies = pipe.execute()
-        if replies[0]:
-            lock.token = token
-            if read_ahead is not None:
-                lock.history = read_ahead.parse_entries(replies[1])
-        else:  # another worker has this patient: wait for it (the history is read later)
-            lock.fallback = client.lock(
-                lock.name, timeout=LOCK_SECONDS, sleep=0.01, blocking_timeout=LOCK_SECONDS
-            )
-            if not lock.fallback.acquire():
-                lock.fallback = None
-        try:
-            yield lock
-        finally:
-            if not lock.released:
-                try:
-                    if lock.token is not None:
-                        client.eval(_UNLOCK, 1, lock.name, lock.token)
-                    elif lock.fallback is not None:
-                        lock.fallback.release()
-                except Exception as exc:  # expired: it frees itself after LOCK_SECONDS
-                    log.warning("patient lock release failed: %s", type(exc).__name__)

@@ -9,17 +9,30 @@ Celery retry task, or the embedded scheduler).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import ssl
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 
+from worker.errors import DeliveryError
 from worker.hl7.ack import ack_fields
 from worker.hl7.mllp import MLLPClient, MLLPError
 from worker.settings import Route, Settings
 
 log = logging.getLogger("ordercheck.publish")
 ACCEPTED = ("AA", "CA")
+
+
+@contextlib.contextmanager
+def delivery_errors(destination: str) -> Iterator[None]:
+    """Maps the MLLP client's and the socket's errors to DeliveryError where they enter
+    ordercheck (its text, "<class>: <message>", is what the advisory keeps as delivery_error)."""
+    try:
+        yield
+    except (MLLPError, OSError) as exc:
+        raise DeliveryError(f"{type(exc).__name__}: {exc}"[:200], destination) from exc
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,35 +81,45 @@ class Publisher:
     def send(self, route: Route, message: bytes, control_id: str) -> DeliveryOutcome:
         """One delivery attempt of *message* (whose MSH-10 is *control_id*)."""
         dest = f"{route.host}:{route.port}"
-        key = (route.host, route.port)
-        with self._lock:
-            idle = self._idle.get(key)
-            client = idle.pop() if idle else None
-        if client is None:
-            client = MLLPClient(
-                route.host,
-                route.port,
-                ssl=self._ssl,
-                connect_timeout=self.settings.advisory_ack_timeout,
-                server_hostname=route.host if self._ssl else None,
-            )
         try:
-            reply = client.send(message, timeout=self.settings.advisory_ack_timeout)
-        except (MLLPError, OSError) as exc:
-            client.close()
-            with self._lock:  # the others went through the same failure (a restart) or soon will
-                stale = self._idle.pop(key, [])
-            for other in stale:
-                other.close()
-            return DeliveryOutcome(False, f"{type(exc).__name__}: {exc}"[:200], dest)
-        with self._lock:
-            self._idle.setdefault(key, []).append(client)
+            reply = self.exchange(route, message)
+        except DeliveryError as exc:
+            return DeliveryOutcome(False, str(exc), dest)
         code, echoed = ack_fields(reply)
         if code not in ACCEPTED:
             return DeliveryOutcome(False, f"ACK {code or 'missing'} from the ordering system", dest)
         if echoed != control_id:
             return DeliveryOutcome(False, "ACK MSA-2 does not match the advisory MSH-10", dest)
         return DeliveryOutcome(True, "", dest)
+
+    def exchange(self, route: Route, message: bytes) -> bytes:
+        """Send *message* to *route* and return the reply frame; raises DeliveryError."""
+        key = (route.host, route.port)
+        with self._lock:
+            idle = self._idle.get(key)
+            client = idle.pop() if idle else None
+        try:
+            with delivery_errors(f"{route.host}:{route.port}"):
+                if client is None:
+                    client = MLLPClient(
+                        route.host,
+                        route.port,
+                        ssl=self._ssl,
+                        connect_timeout=self.settings.advisory_ack_timeout,
+                        server_hostname=route.host if self._ssl else None,
+                    )
+                reply = client.send(message, timeout=self.settings.advisory_ack_timeout)
+        except DeliveryError:
+            if client is not None:
+                client.close()
+            with self._lock:  # the others went through the same failure (a restart) or soon will
+                stale = self._idle.pop(key, [])
+            for other in stale:
+                other.close()
+            raise
+        with self._lock:
+            self._idle.setdefault(key, []).append(client)
+        return reply
 
     def close(self) -> None:
         with self._lock:

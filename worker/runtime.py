@@ -6,6 +6,7 @@ from functools import cache
 from typing import Any
 
 from worker.history import History, InMemoryHistory
+from worker.ledger import Ledger, MemoryLedger, RedisLedger
 from worker.settings import Settings
 from worker.store import (
     AdvisoryStore,
@@ -31,23 +32,30 @@ def redis_client(url: str) -> Any:
 
 
 class Stores:
-    """The advisory store, resend table and history of one process."""
+    """The advisory store, resend table and history of one process, and the ledger the worker's
+    pipeline uses them through (worker/ledger.py).
 
-    def __init__(self, settings: Settings) -> None:
+    client: a Redis client to use instead of one for settings.redis_url (tests: fakeredis)."""
+
+    def __init__(self, settings: Settings, client: Any | None = None) -> None:
         self.settings = settings
         self.store: AdvisoryStore
         self.history: History
         self.dedup: MemoryDedup | RedisDedup
-        if settings.redis_url:
+        self.ledger: Ledger
+        if client is None and settings.redis_url:
             client = redis_client(settings.redis_url)
+        if client is not None:
             redis_store = RedisStore(client)
-            self.store = redis_store
-            self.history = RedisHistory(client)
+            redis_history = RedisHistory(client)
+            self.store, self.history = redis_store, redis_history
             self.dedup = RedisDedup(redis_store)
+            self.ledger = RedisLedger(client, redis_store, redis_history)
         else:
-            self.store = MemoryStore()
-            self.history = InMemoryHistory()
+            memory_store, memory_history = MemoryStore(), InMemoryHistory()
+            self.store, self.history = memory_store, memory_history
             self.dedup = MemoryDedup()
+            self.ledger = MemoryLedger(memory_store, memory_history)
 
 
 def open_store(settings: Settings) -> AdvisoryStore:

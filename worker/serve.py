@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from worker.errors import StoreError, cause_name
 from worker.guideline import Knowledge, load_knowledge
 from worker.hl7.ack import AckError, AckTarget, build_ack
 from worker.hl7.mllp import FrameError, FrameErrorKind, MLLPServer
@@ -33,7 +34,13 @@ from worker.ingest import EnqueueWithAcks, Ingestor, Rejected, nothing_to_rememb
 from worker.journal import Journal, journaled_direct, requeue_stale
 from worker.runtime import Stores, redis_client
 from worker.settings import Settings
-from worker.store import REJECTED_RAW_CHARS, RedisStore, RejectedEntry, purge_expired
+from worker.store import (
+    REJECTED_RAW_CHARS,
+    RedisStore,
+    RejectedEntry,
+    purge_expired,
+    redis_errors,
+)
 
 log = logging.getLogger("ordercheck.serve")
 PURGE_INTERVAL = 24 * 3600.0  # seconds between two purges of expired advisories
@@ -346,10 +353,11 @@ class Service:
             from worker.runtime import redis_client
 
             try:
-                redis_client(self.settings.redis_url).ping()
+                with redis_errors:
+                    redis_client(self.settings.redis_url).ping()
                 state["redis"] = "ok"
-            except Exception as exc:
-                state["redis"] = f"down: {type(exc).__name__}"
+            except StoreError as exc:
+                state["redis"] = f"down: {cause_name(exc)}"
             state["workers"] = "ok" if self.celery and self.celery.poll() is None else "down"
         else:
             state["queue"] = self.embedded.queue.qsize()
@@ -364,8 +372,8 @@ class Service:
 
         try:
             view = overview(self.stores.store, self.settings)
-        except Exception as exc:  # Redis down: said above
-            state["delivery"] = f"unknown: {type(exc).__name__}"
+        except StoreError as exc:  # Redis down: said above
+            state["delivery"] = f"unknown: {cause_name(exc)}"
             return state
         state["pending"] = view.pending
         state["undelivered"] = view.undelivered
@@ -433,8 +441,8 @@ class Service:
                     grace,
                     lambda: int(client.llen(QUEUE)),
                 )
-            except Exception as exc:  # Redis down: the next round
-                log.error("journal sweep failed: %s", type(exc).__name__)
+            except Exception as exc:  # last resort: Redis or the broker down, the sweep goes on
+                log.error("journal sweep failed: %s", cause_name(exc))
 
     async def _release_memory(self) -> None:
         """Hand the heap freed since the last round back to the operating system, every
@@ -454,8 +462,8 @@ class Service:
                 log.info(
                     "purged %d advisories older than %d days", removed, self.settings.retention_days
                 )
-            except Exception as exc:  # Redis down: try again at the next interval
-                log.error("purge failed: %s", type(exc).__name__)
+            except Exception as exc:  # last resort: Redis down, the daily purge goes on
+                log.error("purge failed: %s", cause_name(exc))
             await asyncio.sleep(PURGE_INTERVAL)
 
     async def stop(self, grace: float = 10.0) -> None:

@@ -24,6 +24,7 @@ import json
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from types import TracebackType
 from typing import Any, Protocol
 
 from pydantic import BaseModel
@@ -41,6 +42,33 @@ _MUTABLE = (
     "destination",
     "disposition",
 )
+
+
+class _RedisErrors:
+    """`with redis_errors:` maps the Redis client's errors (redis-py, fakeredis) to StoreError
+    where they enter ordercheck: the store, the history, the journal and the ledger. Nothing is
+    done when no error is raised, and redis is only imported when one is."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc is None:
+            return
+        from redis.exceptions import RedisError
+
+        if isinstance(exc, RedisError):
+            raise StoreError(f"{type(exc).__name__}: {exc}") from exc
+
+
+redis_errors = _RedisErrors()
 
 
 def _sha(text: str) -> str:
@@ -353,13 +381,15 @@ class RedisStore:
     def put(self, record: AdvisoryRecord) -> bool:
         # The add_advisory script without stream entry or patient index: a worker or Redis
         # dying half-way never leaves a record without its advisory (raw_out) and delivery state.
-        keys, args = self._add_call(record, [], stream=False)
-        return bool(self.r.eval(_ADD_ADVISORY, len(keys), *keys, *args))
+        with redis_errors:
+            keys, args = self._add_call(record, [], stream=False)
+            return bool(self.r.eval(_ADD_ADVISORY, len(keys), *keys, *args))
 
     def add_advisory(self, record: AdvisoryRecord, patient_keys: list[str]) -> bool:
         """One round trip, atomic (a Lua script): see queue_add_advisory."""
-        keys, args = self._add_call(record, patient_keys)
-        return bool(self.r.eval(_ADD_ADVISORY, len(keys), *keys, *args))
+        with redis_errors:
+            keys, args = self._add_call(record, patient_keys)
+            return bool(self.r.eval(_ADD_ADVISORY, len(keys), *keys, *args))
 
     def queue_add_advisory(
         self, pipe: Any, record: AdvisoryRecord, patient_keys: list[str]
@@ -400,11 +430,12 @@ class RedisStore:
         return {k: "" if v is None else str(v) for k, v in values.items()}
 
     def get(self, advisory_id: str) -> AdvisoryRecord | None:
-        pipe = self.r.pipeline(transaction=False)
-        pipe.hgetall(self._key(advisory_id))
-        pipe.lrange(f"{self._key(advisory_id)}:audit", 0, -1)
-        fields, audit = pipe.execute()
-        return self._load(fields, audit) if fields else None
+        with redis_errors:
+            pipe = self.r.pipeline(transaction=False)
+            pipe.hgetall(self._key(advisory_id))
+            pipe.lrange(f"{self._key(advisory_id)}:audit", 0, -1)
+            fields, audit = pipe.execute()
+            return self._load(fields, audit) if fields else None
 
     def _load(self, fields: dict[bytes, bytes], audit: list[bytes]) -> AdvisoryRecord | None:
         f = {k.decode(): v.decode("utf-8") for k, v in fields.items()}
@@ -421,9 +452,10 @@ class RedisStore:
         self.update_many([(advisory_id, fields)])
 
     def update_many(self, items: list[tuple[str, dict[str, Any]]]) -> None:
-        pipe = self.r.pipeline(transaction=False)
-        self.queue_update_many(pipe, items)
-        pipe.execute()
+        with redis_errors:
+            pipe = self.r.pipeline(transaction=False)
+            self.queue_update_many(pipe, items)
+            pipe.execute()
 
     def queue_update_many(self, pipe: Any, items: list[tuple[str, dict[str, Any]]]) -> None:
         """update_many's writes, added to *pipe* (the caller executes it)."""
@@ -446,89 +478,100 @@ class RedisStore:
                 pipe.zrem(f"{self.p}adv:pending", advisory_id)
 
     def dispose(self, advisory_id: str, disposition: Disposition) -> AdvisoryRecord:
-        key = self._key(advisory_id)
-        if not self.r.hexists(key, "record"):
-            raise StoreError("no such advisory")
-        pipe = self.r.pipeline(transaction=True)
-        pipe.rpush(f"{key}:audit", disposition.model_dump_json())
-        if disposition.kind == "decision":  # a protocolled entry leaves the disposition
-            pipe.hset(key, "disposition", disposition.state)
-        pipe.execute()
-        rec = self.get(advisory_id)
-        assert rec is not None
-        return rec
+        with redis_errors:
+            key = self._key(advisory_id)
+            if not self.r.hexists(key, "record"):
+                raise StoreError("no such advisory")
+            pipe = self.r.pipeline(transaction=True)
+            pipe.rpush(f"{key}:audit", disposition.model_dump_json())
+            if disposition.kind == "decision":  # a protocolled entry leaves the disposition
+                pipe.hset(key, "disposition", disposition.state)
+            pipe.execute()
+            rec = self.get(advisory_id)
+            assert rec is not None
+            return rec
 
     def iter_newest(
         self, since: datetime | None = None, until: datetime | None = None
     ) -> Iterator[AdvisoryRecord]:
-        high: str | float = "+inf" if until is None else f"({_ts(until)}"
-        low: str | float = "-inf" if since is None else _ts(since)
-        start, page = 0, 200
-        while True:
-            ids = self.r.zrevrangebyscore(f"{self.p}adv:index", high, low, start=start, num=page)
-            if not ids:
-                return
-            pipe = self.r.pipeline(transaction=False)
-            for i in ids:
-                key = self._key(i.decode())
-                pipe.hgetall(key)
-                pipe.lrange(f"{key}:audit", 0, -1)
-            replies = pipe.execute()
-            for fields, audit in zip(replies[::2], replies[1::2], strict=True):
-                rec = self._load(fields, audit) if fields else None
-                if rec is not None:
-                    yield rec
-            start += page
+        with redis_errors:
+            high: str | float = "+inf" if until is None else f"({_ts(until)}"
+            low: str | float = "-inf" if since is None else _ts(since)
+            start, page = 0, 200
+            while True:
+                ids = self.r.zrevrangebyscore(
+                    f"{self.p}adv:index", high, low, start=start, num=page
+                )
+                if not ids:
+                    return
+                pipe = self.r.pipeline(transaction=False)
+                for i in ids:
+                    key = self._key(i.decode())
+                    pipe.hgetall(key)
+                    pipe.lrange(f"{key}:audit", 0, -1)
+                replies = pipe.execute()
+                for fields, audit in zip(replies[::2], replies[1::2], strict=True):
+                    rec = self._load(fields, audit) if fields else None
+                    if rec is not None:
+                        yield rec
+                start += page
 
     def undelivered_ids(self) -> list[str]:
         """Ids of the advisories the ordering system did not get: undelivered and not-sent."""
-        return sorted(i.decode() for i in self.r.smembers(f"{self.p}adv:undelivered"))
+        with redis_errors:
+            return sorted(i.decode() for i in self.r.smembers(f"{self.p}adv:undelivered"))
 
     def pending_ids(self, limit: int = 10_000) -> list[tuple[str, float]]:
         """The oldest *limit* advisories waiting for delivery: (id, epoch seconds queued)."""
-        found = self.r.zrange(f"{self.p}adv:pending", 0, limit - 1, withscores=True)
-        return [(i.decode(), float(s)) for i, s in found]
+        with redis_errors:
+            found = self.r.zrange(f"{self.p}adv:pending", 0, limit - 1, withscores=True)
+            return [(i.decode(), float(s)) for i, s in found]
 
     def delivery_fields_of(self, ids: list[str]) -> list[dict[str, str]]:
         """delivery, delivery_attempts, delivery_error and destination of each id (no patient
         data: the record itself is not read)."""
-        names = ("delivery", "delivery_attempts", "delivery_error", "destination")
-        pipe = self.r.pipeline(transaction=False)
-        for i in ids:
-            pipe.hmget(self._key(i), names)
-        return [
-            {
-                n: (v.decode("utf-8", "replace") if v is not None else "")
-                for n, v in zip(names, row, strict=True)
-            }
-            for row in pipe.execute()
-        ]
+        with redis_errors:
+            names = ("delivery", "delivery_attempts", "delivery_error", "destination")
+            pipe = self.r.pipeline(transaction=False)
+            for i in ids:
+                pipe.hmget(self._key(i), names)
+            return [
+                {
+                    n: (v.decode("utf-8", "replace") if v is not None else "")
+                    for n, v in zip(names, row, strict=True)
+                }
+                for row in pipe.execute()
+            ]
 
     def publish(self, record: AdvisoryRecord) -> None:
-        self.r.xadd(
-            f"{self.p}advisories",
-            {"advisory": json.dumps(record.flags_json())},
-            maxlen=self.stream_maxlen,
-            approximate=True,
-        )
+        with redis_errors:
+            self.r.xadd(
+                f"{self.p}advisories",
+                {"advisory": json.dumps(record.flags_json())},
+                maxlen=self.stream_maxlen,
+                approximate=True,
+            )
 
     def keep_rejected(self, entry: RejectedEntry) -> None:
-        pipe = self.r.pipeline(transaction=False)
-        pipe.lpush(f"{self.p}rejected", entry.budgeted().model_dump_json())
-        pipe.ltrim(f"{self.p}rejected", 0, REJECTED_KEEP - 1)
-        pipe.execute()
+        with redis_errors:
+            pipe = self.r.pipeline(transaction=False)
+            pipe.lpush(f"{self.p}rejected", entry.budgeted().model_dump_json())
+            pipe.ltrim(f"{self.p}rejected", 0, REJECTED_KEEP - 1)
+            pipe.execute()
 
     def rejected(self, limit: int = 100, offset: int = 0) -> list[RejectedEntry]:
-        start = max(0, offset)
-        return [
-            RejectedEntry.model_validate_json(v)
-            for v in self.r.lrange(f"{self.p}rejected", start, start + limit - 1)
-        ]
+        with redis_errors:
+            start = max(0, offset)
+            return [
+                RejectedEntry.model_validate_json(v)
+                for v in self.r.lrange(f"{self.p}rejected", start, start + limit - 1)
+            ]
 
     def keep_dead_letter(self, entry: DeadLetter) -> None:
-        pipe = self.r.pipeline(transaction=False)
-        self.queue_dead_letter(pipe, entry)
-        pipe.execute()
+        with redis_errors:
+            pipe = self.r.pipeline(transaction=False)
+            self.queue_dead_letter(pipe, entry)
+            pipe.execute()
 
     def queue_dead_letter(self, pipe: Any, entry: DeadLetter) -> None:
         """keep_dead_letter()'s writes, added to *pipe* (the caller executes it)."""
@@ -536,110 +579,119 @@ class RedisStore:
         pipe.ltrim(f"{self.p}deadletter", 0, DEAD_LETTER_KEEP - 1)
 
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
-        return [
-            DeadLetter.model_validate_json(v)
-            for v in self.r.lrange(f"{self.p}deadletter", 0, limit - 1)
-        ]
+        with redis_errors:
+            return [
+                DeadLetter.model_validate_json(v)
+                for v in self.r.lrange(f"{self.p}deadletter", 0, limit - 1)
+            ]
 
     def index_patient(self, patient_keys: list[str], advisory_id: str, at: datetime) -> None:
-        pipe = self.r.pipeline(transaction=False)
-        for key in patient_keys:
-            name = f"{self.p}patadv:{_sha(key)}"
-            pipe.zadd(name, {advisory_id: _ts(at)})
-            pipe.expire(name, PATIENT_INDEX_TTL)
-        pipe.execute()
+        with redis_errors:
+            pipe = self.r.pipeline(transaction=False)
+            for key in patient_keys:
+                name = f"{self.p}patadv:{_sha(key)}"
+                pipe.zadd(name, {advisory_id: _ts(at)})
+                pipe.expire(name, PATIENT_INDEX_TTL)
+            pipe.execute()
 
     def patient_advisories(self, patient_keys: list[str], since: datetime) -> list[str]:
-        pipe = self.r.pipeline(transaction=False)
-        for key in patient_keys:
-            pipe.zrangebyscore(f"{self.p}patadv:{_sha(key)}", _ts(since), "+inf")
-        ids: list[str] = []
-        for found in pipe.execute():
-            ids.extend(i.decode() for i in found if i.decode() not in ids)
-        return ids
+        with redis_errors:
+            pipe = self.r.pipeline(transaction=False)
+            for key in patient_keys:
+                pipe.zrangebyscore(f"{self.p}patadv:{_sha(key)}", _ts(since), "+inf")
+            ids: list[str] = []
+            for found in pipe.execute():
+                ids.extend(i.decode() for i in found if i.decode() not in ids)
+            return ids
 
     def revise(
         self, advisory_id: str, result: CheckResult, raw_out: str, note: Disposition
     ) -> AdvisoryRecord:
-        rec = self.get(advisory_id)
-        if rec is None:
-            raise StoreError("no such advisory")
-        revised = rec.model_copy(update={"result": result, "revision": rec.revision + 1})
-        key = self._key(advisory_id)
-        pipe = self.r.pipeline(transaction=True)
-        pipe.hset(
-            key,
-            mapping={
-                "record": revised.model_dump_json(exclude=set(_MUTABLE) | {"audit"}),
-                "raw_out": raw_out,
-                "delivery": "pending",
-                "delivery_attempts": "0",
-                "delivery_error": "",
-            },
-        )
-        pipe.rpush(f"{key}:audit", note.model_dump_json())
-        pipe.srem(f"{self.p}adv:undelivered", advisory_id)
-        pipe.zadd(f"{self.p}adv:pending", {advisory_id: time.time()}, nx=True)
-        pipe.execute()
-        out = self.get(advisory_id)
-        assert out is not None
-        return out
+        with redis_errors:
+            rec = self.get(advisory_id)
+            if rec is None:
+                raise StoreError("no such advisory")
+            revised = rec.model_copy(update={"result": result, "revision": rec.revision + 1})
+            key = self._key(advisory_id)
+            pipe = self.r.pipeline(transaction=True)
+            pipe.hset(
+                key,
+                mapping={
+                    "record": revised.model_dump_json(exclude=set(_MUTABLE) | {"audit"}),
+                    "raw_out": raw_out,
+                    "delivery": "pending",
+                    "delivery_attempts": "0",
+                    "delivery_error": "",
+                },
+            )
+            pipe.rpush(f"{key}:audit", note.model_dump_json())
+            pipe.srem(f"{self.p}adv:undelivered", advisory_id)
+            pipe.zadd(f"{self.p}adv:pending", {advisory_id: time.time()}, nx=True)
+            pipe.execute()
+            out = self.get(advisory_id)
+            assert out is not None
+            return out
 
     def purge(self, before: datetime) -> int:
-        kept = [
-            v
-            for v in self.r.lrange(f"{self.p}rejected", 0, -1)
-            if RejectedEntry.model_validate_json(v).received_at >= before
-        ]
-        dead = [
-            v
-            for v in self.r.lrange(f"{self.p}deadletter", 0, -1)
-            if DeadLetter.model_validate_json(v).received_at >= before
-        ]
-        pipe = self.r.pipeline(transaction=True)
-        pipe.delete(f"{self.p}rejected")
-        if kept:
-            pipe.rpush(f"{self.p}rejected", *kept)
-        pipe.delete(f"{self.p}deadletter")
-        if dead:
-            pipe.rpush(f"{self.p}deadletter", *dead)
-        pipe.execute()
-        # The advisory stream too: its entry ids are milliseconds since the epoch.
-        self.r.xtrim(f"{self.p}advisories", minid=int(_ts(before) * 1000), approximate=False)
-        ids = self.r.zrangebyscore(f"{self.p}adv:index", "-inf", f"({_ts(before)}")
-        if not ids:
-            return 0
-        pipe = self.r.pipeline(transaction=False)
-        for i in ids:
-            key = self._key(i.decode())
-            pipe.delete(key, f"{key}:audit")
-            pipe.srem(f"{self.p}adv:undelivered", i)
-        pipe.zrem(f"{self.p}adv:index", *ids)
-        pipe.zrem(f"{self.p}adv:pending", *ids)
-        pipe.execute()
-        return len(ids)
+        with redis_errors:
+            kept = [
+                v
+                for v in self.r.lrange(f"{self.p}rejected", 0, -1)
+                if RejectedEntry.model_validate_json(v).received_at >= before
+            ]
+            dead = [
+                v
+                for v in self.r.lrange(f"{self.p}deadletter", 0, -1)
+                if DeadLetter.model_validate_json(v).received_at >= before
+            ]
+            pipe = self.r.pipeline(transaction=True)
+            pipe.delete(f"{self.p}rejected")
+            if kept:
+                pipe.rpush(f"{self.p}rejected", *kept)
+            pipe.delete(f"{self.p}deadletter")
+            if dead:
+                pipe.rpush(f"{self.p}deadletter", *dead)
+            pipe.execute()
+            # The advisory stream too: its entry ids are milliseconds since the epoch.
+            self.r.xtrim(f"{self.p}advisories", minid=int(_ts(before) * 1000), approximate=False)
+            ids = self.r.zrangebyscore(f"{self.p}adv:index", "-inf", f"({_ts(before)}")
+            if not ids:
+                return 0
+            pipe = self.r.pipeline(transaction=False)
+            for i in ids:
+                key = self._key(i.decode())
+                pipe.delete(key, f"{key}:audit")
+                pipe.srem(f"{self.p}adv:undelivered", i)
+            pipe.zrem(f"{self.p}adv:index", *ids)
+            pipe.zrem(f"{self.p}adv:pending", *ids)
+            pipe.execute()
+            return len(ids)
 
     # -- resend table (dedup) ------------------------------------------------------------------
     def dedup_get(self, key: str) -> bytes | None:
-        value: bytes | None = self.r.get(f"{self.p}dedup:{key}")
-        return value
+        with redis_errors:
+            value: bytes | None = self.r.get(f"{self.p}dedup:{key}")
+            return value
 
     def dedup_set(self, key: str, ack: bytes, ttl: int) -> None:
-        self.r.set(f"{self.p}dedup:{key}", ack, ex=ttl)
+        with redis_errors:
+            self.r.set(f"{self.p}dedup:{key}", ack, ex=ttl)
 
     def dedup_get_many(self, keys: list[str]) -> list[bytes | None]:
-        if not keys:
-            return []
-        values: list[bytes | None] = self.r.mget([f"{self.p}dedup:{k}" for k in keys])
-        return values
+        with redis_errors:
+            if not keys:
+                return []
+            values: list[bytes | None] = self.r.mget([f"{self.p}dedup:{k}" for k in keys])
+            return values
 
     def dedup_set_many(self, items: list[tuple[str, bytes]], ttl: int) -> None:
-        if len(items) == 1:
-            self.dedup_set(items[0][0], items[0][1], ttl)
-            return
-        pipe = self.r.pipeline(transaction=False)
-        self.queue_dedup_set_many(pipe, items, ttl)
-        pipe.execute()
+        with redis_errors:
+            if len(items) == 1:
+                self.dedup_set(items[0][0], items[0][1], ttl)
+                return
+            pipe = self.r.pipeline(transaction=False)
+            self.queue_dedup_set_many(pipe, items, ttl)
+            pipe.execute()
 
     def queue_dedup_set_many(self, pipe: Any, items: list[tuple[str, bytes]], ttl: int) -> None:
         """dedup_set_many's commands, added to *pipe* (the caller's transaction)."""
@@ -678,17 +730,19 @@ class RedisHistory:
         return f"{self.p}hist:{_sha(patient_key)}"
 
     def add(self, patient_keys: list[str], entry: HistoryEntry) -> None:
-        body = entry.model_dump_json()
-        pipe = self.r.pipeline(transaction=False)
-        for key in patient_keys:
-            pipe.sadd(self._key(key), body)
-            pipe.expire(self._key(key), self.ttl)
-        pipe.execute()
+        with redis_errors:
+            body = entry.model_dump_json()
+            pipe = self.r.pipeline(transaction=False)
+            for key in patient_keys:
+                pipe.sadd(self._key(key), body)
+                pipe.expire(self._key(key), self.ttl)
+            pipe.execute()
 
     def entries(self, patient_keys: list[str]) -> list[HistoryEntry]:
-        if not patient_keys:
-            return []
-        return self.parse_entries(self.r.sunion([self._key(k) for k in patient_keys]))
+        with redis_errors:
+            if not patient_keys:
+                return []
+            return self.parse_entries(self.r.sunion([self._key(k) for k in patient_keys]))
 
     def queue_entries(self, pipe: Any, patient_keys: list[str]) -> None:
         """Queue entries() on a redis-py pipeline; parse its reply with parse_entries()."""

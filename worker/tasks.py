@@ -19,6 +19,7 @@ from typing import Any
 from celery.exceptions import Reject
 
 from worker.celery_app import app, settings
+from worker.errors import cause_name
 from worker.guideline import load_knowledge
 from worker.hl7.parse import peek_msh
 from worker.journal import Journal, message_key
@@ -36,7 +37,6 @@ RETRY_QUEUE_WINDOW = settings.task_time_limit / 2
 def processor() -> Processor:
     """The Processor of this worker process (built on first use, after the fork)."""
     stores = Stores(settings)
-    client = redis_client(settings.redis_url) if settings.redis_url else None
 
     def schedule(advisory_id: str, attempt: int, delay: float) -> None:
         deliver.apply_async((advisory_id, attempt), countdown=delay)
@@ -47,7 +47,6 @@ def processor() -> Processor:
         stores,
         Publisher(settings),
         schedule,
-        client,
     )
 
 
@@ -127,8 +126,8 @@ def validate(self: object, message: str, received_at: float) -> list[str]:
             return []
     try:
         ids = processor().process(message.encode("latin-1"), received_at)
-    except Exception as exc:  # Redis or another dependency failed: run again later
-        log.error("validate failed: %s; retrying", type(exc).__name__)
+    except Exception as exc:  # last resort: Redis or anything else failed, run again later
+        log.error("validate failed: %s; retrying", cause_name(exc))
         if settings.redis_url:
             Journal(redis_client(settings.redis_url)).undo([message.encode("latin-1")])
         raise _retry(self, exc, countdown=2) from exc
@@ -166,7 +165,7 @@ def validate_batch(self: object, messages: list[tuple[str, float]]) -> int:
     error = next(iter(errors.values()))  # Redis or another dependency failed: run again later
     log.error(
         "validate failed: %s; retrying %d of %d messages",
-        type(error).__name__,
+        cause_name(error),
         len(failed),
         len(messages),
     )
@@ -174,7 +173,7 @@ def validate_batch(self: object, messages: list[tuple[str, float]]) -> int:
         try:
             validate_batch.apply_async((failed,), countdown=2, retry=False)
             return len(ids)
-        except Exception:
+        except Exception:  # last resort (the broker's errors): the whole batch runs again
             log.error("could not queue the failed messages again; retrying the batch")
     raise _retry(self, error, countdown=2) from error
 
@@ -183,8 +182,8 @@ def validate_batch(self: object, messages: list[tuple[str, float]]) -> int:
 def deliver(self: object, advisory_id: str, attempt: int) -> bool:
     try:
         return processor().deliver(advisory_id, attempt)
-    except Exception as exc:
-        log.error("deliver failed: %s; retrying", type(exc).__name__)
+    except Exception as exc:  # last resort: whatever failed, the delivery is tried again
+        log.error("deliver failed: %s; retrying", cause_name(exc))
         raise _retry(self, exc, countdown=5) from exc
 
 

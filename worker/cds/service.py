@@ -30,6 +30,7 @@ from worker.cds.models import (
 )
 from worker.cds.translate import RequestError, Translated, resources_of, translate
 from worker.check import Checker
+from worker.errors import StoreError, cause_name
 from worker.guideline import Knowledge
 from worker.history import InMemoryHistory
 from worker.models import CheckResult, SiteSettings
@@ -243,8 +244,8 @@ class CdsService:
         )
         try:
             self.store.put(record)
-        except Exception as exc:  # the cards go out even when the store is down
-            log.warning("cds: advisory record not kept (%s)", type(exc).__name__)
+        except StoreError as exc:  # the cards go out even when the store is down
+            log.warning("cds: advisory record not kept (%s)", cause_name(exc))
 
     # -- feedback -------------------------------------------------------------------------------
     def feedback(self, service_id: str, body: bytes) -> Answer:

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable
 from typing import TextIO
 
-from worker.errors import OrdercheckError
+from worker.errors import OrdercheckError, StoreError
 from worker.records import OVERRIDE_REASONS
 from worker.review.decide import STATES, DecisionError, decide, flag_rules, make_decision
 from worker.review.filters import DELIVERIES, DISPOSITIONS, VERDICTS, FilterError, Filters
@@ -202,7 +202,9 @@ def _handler(
             return action(args, open_store(settings), sys.stdout)
         except (FilterError, DecisionError) as exc:
             return _fail(str(exc))
-        except redis.RedisError as exc:
+        except StoreError as exc:  # from Redis: its error's "<class>: <message>"
+            return _fail(f"the advisory store (Redis) failed: {exc}" if exc.__cause__ else str(exc))
+        except redis.RedisError as exc:  # the review's find index reads Redis itself
             return _fail(f"the advisory store (Redis) failed: {type(exc).__name__}: {exc}")
         except OrdercheckError as exc:
             return _fail(str(exc))

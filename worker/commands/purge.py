@@ -6,6 +6,7 @@ import argparse
 import sys
 from datetime import UTC, datetime, timedelta
 
+from worker.errors import StoreError
 from worker.runtime import Stores
 from worker.settings import Settings
 from worker.store import purge_expired
@@ -46,8 +47,8 @@ def run(args: argparse.Namespace) -> int:
     now = datetime.now(UTC)
     try:
         removed = purge_expired(Stores(settings).store, days, now)
-    except Exception as exc:  # Redis unreachable, wrong password: say so, no traceback
-        print(f"ordercheck: cannot purge: {type(exc).__name__}: {exc}", file=sys.stderr)
+    except StoreError as exc:  # Redis unreachable, wrong password: say so, no traceback
+        print(f"ordercheck: cannot purge: {exc}", file=sys.stderr)
         return 2
     print(
         f"purged {removed} advisories received before "

@@ -6,7 +6,7 @@ A frame is ``0x0B <payload> 0x1C 0x0D``. This module offers:
 - ``MLLPServer``: asyncio listener; one task per connection, frames handled in order per connection.
 - ``MLLPClient`` (blocking) and ``send_async()`` (one-shot): send a frame, read one reply frame.
 
-Exceptions::
+Exceptions (under worker.errors.OrdercheckError)::
 
     MLLPError                  a send through MLLP failed
      ├── MLLPTimeout           no complete reply within the timeout
@@ -28,6 +28,8 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
+
+from worker.errors import OrdercheckError
 
 __all__ = [
     "CARRIAGE_RETURN",
@@ -61,7 +63,7 @@ _READ_CHUNK = 64 * 1024
 logger = logging.getLogger("ordercheck.mllp")
 
 
-class MLLPError(Exception):
+class MLLPError(OrdercheckError):
     """Raised when a send through MLLP fails."""
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, tzinfo
 from typing import get_args
 
+from worker.errors import OrdercheckError
 from worker.guideline import RULE_IDS
 from worker.models import Verdict
 from worker.records import AdvisoryQuery, Delivery, DispositionState
@@ -22,7 +23,7 @@ RULES: tuple[str, ...] = RULE_IDS
 MAX_TEXT = 200  # characters of a free-text filter (provider, facility)
 
 
-class FilterError(ValueError):
+class FilterError(OrdercheckError, ValueError):
     """Raised when a filter value cannot be read; the message names the filter and the value."""
 
 

@@ -19,7 +19,7 @@ import contextlib
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from worker.errors import OrdercheckError
+from worker.errors import OrdercheckError, StoreError
 from worker.hl7.build import advisory_control_id
 from worker.hl7.parse import parse_message
 from worker.records import AdvisoryQuery, AdvisoryRecord
@@ -60,14 +60,14 @@ def keys_of(rec: AdvisoryRecord) -> set[str]:
 def _get(store: AdvisoryStore, key: str) -> AdvisoryRecord | None:
     """store.get(key), None for a key that names another of the store's Redis structures
     ("index", "undelivered", "ID:audit": WRONGTYPE) rather than an advisory."""
-    if isinstance(store, RedisStore):
+    try:
+        return store.get(key)
+    except StoreError as exc:
         import redis
 
-        try:
-            return store.get(key)
-        except redis.ResponseError:
+        if isinstance(exc.__cause__, redis.ResponseError):
             return None
-    return store.get(key)
+        raise
 
 
 def _checked(
