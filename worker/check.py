@@ -6,7 +6,9 @@ command all call this.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import date
 from typing import Literal
 
 from worker.errors import HL7ParseError
@@ -51,11 +53,16 @@ class Checker:
     """Checks orders against the guideline, sharing one patient history."""
 
     def __init__(
-        self, knowledge: Knowledge, history: History, site: SiteSettings | None = None
+        self,
+        knowledge: Knowledge,
+        history: History,
+        site: SiteSettings | None = None,
+        today: Callable[[], date] = date.today,
     ) -> None:
         self.kn = knowledge
         self.history = history
         self.site = site or SiteSettings()
+        self.today = today  # the clock: the day of an order that carries no date
 
     # -- entry points ------------------------------------------------------------------------
     def check_file_bytes(self, data: bytes, source: str = "") -> list[MessageOutcome]:
@@ -124,7 +131,7 @@ class Checker:
         self, order: Order, parsed: ParsedMessage, siblings: list[Order] | None = None
     ) -> OrderFacts:
         """The facts of *order*, reading at most the site's text limit."""
-        return extract(order, parsed, self.kn, siblings, self.site.max_text_chars)
+        return extract(order, parsed, self.kn, self.today(), siblings, self.site.max_text_chars)
 
     # -- evaluation --------------------------------------------------------------------------
     def evaluate(

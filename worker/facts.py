@@ -8,9 +8,9 @@ the site code map, then the standard code tables; unknown codes fall back to the
 from __future__ import annotations
 
 import re
-from datetime import date, datetime
+from datetime import date
 
-from worker.guideline import CodeMapEntry, Knowledge, ProcedureCodeDef
+from worker.guideline import CodeMapEntry, DiagnosisDef, Knowledge, ProcedureCodeDef
 from worker.imaging import lexicon as context_lexicon
 from worker.imaging import mri_mentions
 from worker.language import reading
@@ -281,23 +281,61 @@ def _within(sources: list[TextSource], budget: int) -> tuple[list[TextSource], i
     return kept, left_out
 
 
+Diagnoses = list[tuple[Coded, DiagnosisDef]]
+
+
 def extract(
     order: Order,
     message: ParsedMessage,
     kn: Knowledge,
+    today: date,
     siblings: list[Order] | None = None,
     max_text_chars: int = MAX_TEXT_CHARS,
 ) -> OrderFacts:
-    """The facts of one order. Pure: reads only its arguments. At most *max_text_chars* of text
-    are read; facts.text_left_out counts the characters that were not."""
+    """The facts of one order. Pure: reads only its arguments. *today* is the day the order is
+    read, for an order and message without a date. At most *max_text_chars* of text are read;
+    facts.text_left_out counts the characters that were not."""
     kn, lang = reading(order, message, kn)  # English plus the order's language (MSH-19 or text)
     col = _Collector()
     if lang.code != "en":
         col.note("language", lang.code, "MSH-19" if lang.how == "MSH-19" else "order text")
     facts = OrderFacts()
     proc_text = procedure_text(order)[:max_text_chars]
-    budget = max_text_chars - len(proc_text)
     facts.procedure_text = proc_text
+    _procedure(facts, order, proc_text, kn, col)
+    indication, facts.text_left_out = _within(
+        [*order.texts, *message.context], max_text_chars - len(proc_text)
+    )
+    with_proc = ([TextSource(source="OBR-4", text=proc_text)] if proc_text else []) + indication
+    diagnoses = _diagnoses(indication, kn)
+    facts.laterality = _laterality(proc_text, diagnoses, indication, kn)
+    _indication(facts, with_proc, indication, diagnoses, kn, col)
+    _red_flags(facts, with_proc, indication, diagnoses, kn, col)
+    ref = order.ordered_at or message.header.timestamp
+    on = ref.date() if ref is not None else today
+    _studies(facts, order, siblings or [], indication, on, kn, col)
+    if facts.procedure_class == "pet":  # staging or a known diagnosis: evidence PET_INITIAL reads
+        col.first_affirmed("known_diagnosis", kn.terms["known_diagnosis"], indication, kn)
+    facts.mri_contraindications = _contraindications(  # type: ignore[assignment]
+        indication, diagnoses, facts.laterality, kn, col
+    )
+    facts.contrast_cautions = _cautions(indication, diagnoses, kn, col)  # type: ignore[assignment]
+    # Patient and provider.
+    age = age_on(message.patient.birth_date, on)
+    if age is not None and age < 0:
+        age = age_on(message.patient.birth_date, today)
+    facts.age_years = age
+    facts.adult = age is None or age >= kn.guideline.guideline.adult_age_years
+    facts.ordering_provider = order.ordering_provider
+    facts.evidence = col.evidence
+    return facts
+
+
+def _procedure(
+    facts: OrderFacts, order: Order, proc_text: str, kn: Knowledge, col: _Collector
+) -> None:
+    """The procedure's class, contrast, region and joint code (facts), from its code, then its
+    text, then its modality."""
     meaning, coded = _code_meaning(order, kn)
     text_class = classify_text(proc_text, kn) if proc_text else None
     guided = (
@@ -348,17 +386,18 @@ def extract(
     ):
         facts.joint_code = True  # a joint examination ordered by text
 
-    indication, facts.text_left_out = _within([*order.texts, *message.context], budget)
-    with_proc = ([TextSource(source="OBR-4", text=proc_text)] if proc_text else []) + indication
+
+def _diagnoses(indication: list[TextSource], kn: Knowledge) -> Diagnoses:
+    """The ICD-10-CM diagnoses of the indication: its codes, and codes written in its text
+    ("Dx R22.42 left thigh mass", with their dot only)."""
     codes = [c for src in indication for c in src.codes]
-    # ICD-10-CM codes written in the text ("Dx R22.42 left thigh mass"): with their dot only.
     codes += [
         Coded(code=m.group(0), system="I10")
         for src in indication
         if not src.negated
         for m in _ICD10_IN_TEXT.finditer(src.text)
     ]
-    diagnoses = [
+    return [
         (c, d)
         for c in codes
         for d in kn.lookup_diagnosis(c.code)
@@ -366,7 +405,11 @@ def extract(
         or kn.system_alias.get(c.system.upper()) == "I10"
     ]
 
-    # Laterality: procedure text, diagnosis codes, then indication text.
+
+def _laterality(
+    proc_text: str, diagnoses: Diagnoses, indication: list[TextSource], kn: Knowledge
+) -> Laterality:
+    """The side: procedure text, diagnosis codes, then indication text."""
     side = laterality_from_text(proc_text, kn, allow_letters=True) if proc_text else None
     if side is None:
         sides = {d.laterality for _, d in diagnoses if d.laterality != "unknown"}
@@ -379,9 +422,18 @@ def extract(
                 side = _mass_side(src.text, kn) or side
             if side:
                 break
-    facts.laterality = side or "unknown"
+    return side or "unknown"
 
-    # Indication: a soft-tissue mass of the thigh.
+
+def _indication(
+    facts: OrderFacts,
+    with_proc: list[TextSource],
+    indication: list[TextSource],
+    diagnoses: Diagnoses,
+    kn: Knowledge,
+    col: _Collector,
+) -> None:
+    """The indication: a soft-tissue mass (not a trauma, not a bone lesion) of the thigh."""
     facts.trauma = col.first_affirmed("trauma", kn.terms["trauma"], with_proc, kn) or any(
         d.meaning == "trauma" for _, d in diagnoses
     )
@@ -421,63 +473,95 @@ def extract(
         or any(d.site == "thigh" for _, d in diagnoses)
     )
 
-    # Size, depth, radiograph findings and red flags.
+
+_FLAG_FACTS = (
+    "deep",
+    "superficial",
+    "calcification",
+    "bony_involvement",
+    "growing",
+    "painful",
+    "recurrence",
+    "haemorrhage",
+    "vascular",
+    "mineralisation_request",
+)
+"""Facts read as a term of the same name in the indication, not negated."""
+
+
+def _red_flags(
+    facts: OrderFacts,
+    with_proc: list[TextSource],
+    indication: list[TextSource],
+    diagnoses: Diagnoses,
+    kn: Knowledge,
+    col: _Collector,
+) -> None:
+    """Size, depth, the red flags and the protocol's findings (haemorrhage, vessels)."""
     for src in with_proc:
         size = largest_size_cm(src.text)
         if size is not None and (facts.size_cm is None or size[0] > facts.size_cm):
             facts.size_cm = size[0]
             facts.size_stated_above = size[1].lower().startswith(_ABOVE_WORDS)
             col.note("size_cm", size[1], src.source)
-    for fact in (
-        "deep",
-        "superficial",
-        "calcification",
-        "bony_involvement",
-        "growing",
-        "painful",
-        "recurrence",
-        "haemorrhage",
-        "vascular",
-        "mineralisation_request",
-    ):
+    for fact in _FLAG_FACTS:
         setattr(facts, fact, col.first_affirmed(fact, kn.terms[fact], indication, kn))
     if not facts.haemorrhage and any(d.meaning == "haemorrhage" for _, d in diagnoses):
         facts.haemorrhage = True
         col.note("haemorrhage", "M79.81", "ICD-10-CM code")
+
+
+def _studies(
+    facts: OrderFacts,
+    order: Order,
+    siblings: list[Order],
+    indication: list[TextSource],
+    on: date,
+    kn: Knowledge,
+    col: _Collector,
+) -> None:
+    """The studies done before: radiographs, and prior imaging as structured studies (an MRI
+    documented in the order is one that covers this thigh: done or of unknown status, same side
+    or none). *on*: the order's date, for dates written without a year or relative to it."""
     facts.radiograph_documented = col.first_study(
         "radiograph_documented", kn.terms["radiograph_done"], indication, kn
     )
-    for sib in siblings or []:
+    for sib in siblings:
         if sib is not order and classify_text(procedure_text(sib), kn) == "radiograph":
             facts.radiograph_documented = True
             col.note("radiograph_documented", procedure_text(sib), "OBR-4 of another order")
-    # Prior imaging named in the order's text, as structured studies; an MRI documented in
-    # the order is one that covers this thigh (done or of unknown status, same side or none).
-    ref = (order.ordered_at or message.header.timestamp or datetime.now()).date()
     facts.prior_imaging = [
-        s for src in indication for s in mri_mentions(src, kn, ref, facts.laterality)
+        s for src in indication for s in mri_mentions(src, kn, on, facts.laterality)
     ]
     covering = next((s for s in facts.prior_imaging if s.covers(facts.laterality)), None)
     if covering is not None:
         facts.prior_mri_documented = True
         col.note("prior_mri_documented", covering.words, covering.source)
-    else:
-        # Texts with no English MRI word at all: the vocabulary's prior_mri terms (other
-        # languages' words for a done MRI) still document one, done and not of the other side.
-        lex = context_lexicon()
-        others = [s for s in indication if lex.mri.search(folded(s.text)) is None]
-        facts.prior_mri_documented = bool(others) and col.first_study(
-            "prior_mri_documented",
-            kn.terms["prior_mri"],
-            others,
-            kn,
-            planned=True,
-            side=facts.laterality,
-        )
-    if facts.procedure_class == "pet":  # staging or a known diagnosis: evidence PET_INITIAL reads
-        col.first_affirmed("known_diagnosis", kn.terms["known_diagnosis"], indication, kn)
+        return
+    # Texts with no English MRI word at all: the vocabulary's prior_mri terms (other
+    # languages' words for a done MRI) still document one, done and not of the other side.
+    lex = context_lexicon()
+    others = [s for s in indication if lex.mri.search(folded(s.text)) is None]
+    facts.prior_mri_documented = bool(others) and col.first_study(
+        "prior_mri_documented",
+        kn.terms["prior_mri"],
+        others,
+        kn,
+        planned=True,
+        side=facts.laterality,
+    )
 
-    # MRI contraindications.
+
+def _contraindications(
+    indication: list[TextSource],
+    diagnoses: Diagnoses,
+    side: Laterality,
+    kn: Knowledge,
+    col: _Collector,
+) -> list[str]:
+    """MRI contraindications: a device not said to be MR conditional, habitus, metal at the
+    site (not in the other limb, not in the skull), or MRI said not possible for another
+    reason (not claustrophobia)."""
     contra: list[str] = []
     device_hit = col.first_affirmed("mri_contraindication", kn.terms["device"], indication, kn)
     if device_hit and not _conditional_device(indication, kn):
@@ -494,22 +578,26 @@ def extract(
         kn.terms["metal"],
         indication,
         kn,
-        side=facts.laterality,
+        side=side,
         study=False,
         elsewhere=kn.terms["metal_elsewhere"],
     ):
-        contra.append("metal")  # metal at the site: not in the other limb, not in the skull
+        contra.append("metal")
     if not contra and any(
         affirmed(kn.terms["general"], src.text, kn) is not None
         and affirmed(kn.terms["not_contraindication"], src.text, kn) is None
         for src in indication
         if not src.negated
     ):
-        contra.append("other")  # "cannot have MRI", unless the reason given is claustrophobia
+        contra.append("other")
         col.note("mri_contraindication", "MRI contraindicated", "order text")
-    facts.mri_contraindications = contra  # type: ignore[assignment]
+    return contra
 
-    # Contrast cautions.
+
+def _cautions(
+    indication: list[TextSource], diagnoses: Diagnoses, kn: Knowledge, col: _Collector
+) -> list[str]:
+    """Contrast cautions: a low eGFR, dialysis, pregnancy, a reaction to gadolinium."""
     cautions: list[str] = []
     threshold = kn.vocab.caution.egfr_threshold
     for src in indication:
@@ -529,17 +617,7 @@ def extract(
         coded_hit = any(d.meaning == key for _, d in diagnoses)
         if col.first_affirmed("contrast_caution", kn.terms[key], indication, kn) or coded_hit:
             cautions.append(key)
-    facts.contrast_cautions = cautions  # type: ignore[assignment]
-
-    # Patient and provider.
-    age = age_on(message.patient.birth_date, ref)
-    if age is not None and age < 0:
-        age = age_on(message.patient.birth_date, date.today())
-    facts.age_years = age
-    facts.adult = age is None or age >= kn.guideline.guideline.adult_age_years
-    facts.ordering_provider = order.ordering_provider
-    facts.evidence = col.evidence
-    return facts
+    return cautions
 
 
 _NOT_CONDITIONAL = re.compile(r"\b(?:non|not)[\s-]+(?:mri?[\s-]+)?(?:conditional|safe|compatible)")
