@@ -136,7 +136,7 @@ def main() -> None:
     wait_until(lambda: _listening(ris_port), 30, "the fake ordering system")
     url = f"redis://127.0.0.1:6379/{args.redis_db}"
     settings = Settings(redis_url=url, advisory_host="127.0.0.1", advisory_port=ris_port)
-    client = redis_client(url)  # the one the stores use: batches need the same client
+    client = redis_client(url)  # the stores' client: flushed before each run
     knowledge = load_knowledge(settings.code_map, protocols=settings.protocols_file)
 
     def processor() -> Processor:
@@ -147,7 +147,6 @@ def main() -> None:
             Stores(settings),
             Publisher(settings),
             lambda *a: None,
-            client,
         )
 
     for seed in (1, 2):

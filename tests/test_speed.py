@@ -167,7 +167,8 @@ def test_process_batch_clears_the_journal_of_what_it_processed_in_its_last_write
 def test_a_batch_of_orders_takes_three_round_trips(
     knowledge: Knowledge, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Locks and histories, then records, then delivery states with the journal's clean-up."""
+    """Locks and histories (one script), then records and lock releases (one script), then
+    delivery states with the journal's clean-up (one pipeline)."""
     from worker.journal import Journal
 
     processor, publisher, client = _processor(knowledge)
@@ -176,19 +177,26 @@ def test_a_batch_of_orders_takes_three_round_trips(
     journal.add(items)
     pipeline_class = type(client.pipeline(transaction=False))
     execute = pipeline_class.execute
-    writes: list[list[str]] = []
+    client_class = type(client)
+    command = client_class.execute_command
+    trips: list[list[str]] = []
 
     def counted(pipe: Any, *args: Any, **kwargs: Any) -> Any:
-        writes.append([str(c[0][0]) for c in pipe.command_stack])
+        trips.append([str(c[0][0]) for c in pipe.command_stack])
         return execute(pipe, *args, **kwargs)
 
+    def one(self: Any, *args: Any, **kwargs: Any) -> Any:
+        trips.append([str(args[0])])
+        return command(self, *args, **kwargs)
+
     monkeypatch.setattr(pipeline_class, "execute", counted)
+    monkeypatch.setattr(client_class, "execute_command", one)
     ids, failed = processor.process_batch(
         items, lambda pipe, done: journal.queue_done(pipe, [items[i][0] for i in done])
     )
     assert failed == {} and len(ids) == 3 and len(publisher.sent) == 3
-    assert len(writes) == 3
-    assert writes[-1].count("HSET") == 3 and writes[-1][-3:] == ["HDEL", "ZREM", "HDEL"]
+    assert [t for t in trips[:2]] == [["EVAL"], ["EVAL"]] and len(trips) == 3
+    assert trips[-1].count("HSET") == 3 and trips[-1][-3:] == ["HDEL", "ZREM", "HDEL"]
     assert journal.size() == 0
 
 

@@ -344,22 +344,50 @@ PATIENT_INDEX_TTL = 7 * 24 * 3600  # seconds a patient's advisory index lives (r
 # put / add_advisory: KEYS = record hash, index, stream, patient indexes...; ARGV = id, score
 # (epoch seconds), stream entry (JSON; "" for none), stream max length, patient index TTL,
 # record JSON, then the mutable fields as name, value pairs. Atomic: written whole or not at all.
-_ADD_ADVISORY = """
-if redis.call('HSETNX', KEYS[1], 'record', ARGV[6]) == 0 then return 0 end
-if #ARGV > 6 then redis.call('HSET', KEYS[1], unpack(ARGV, 7)) end
-redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
-if redis.call('HGET', KEYS[1], 'delivery') == 'pending' then
-  redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
+_ADD_FUNCTION = """
+local function add(K, A)
+  if redis.call('HSETNX', K[1], 'record', A[6]) == 0 then return 0 end
+  if #A > 6 then redis.call('HSET', K[1], unpack(A, 7)) end
+  redis.call('ZADD', K[2], A[2], A[1])
+  if redis.call('HGET', K[1], 'delivery') == 'pending' then
+    redis.call('ZADD', K[4], A[2], A[1])
+  end
+  for i = 5, #K do
+    redis.call('ZADD', K[i], A[2], A[1])
+    redis.call('EXPIRE', K[i], A[5])
+  end
+  if A[3] ~= '' then
+    redis.call('XADD', K[3], 'MAXLEN', '~', A[4], '*', 'advisory', A[3])
+  end
+  return 1
 end
-for i = 5, #KEYS do
-  redis.call('ZADD', KEYS[i], ARGV[2], ARGV[1])
-  redis.call('EXPIRE', KEYS[i], ARGV[5])
-end
-if ARGV[3] ~= '' then
-  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*', 'advisory', ARGV[3])
-end
-return 1
 """
+# One record: KEYS and ARGV as _add_call builds them.
+_ADD_ADVISORY = _ADD_FUNCTION + "return add(KEYS, ARGV)\n"
+# Several records, then keys to delete when they still hold a token (patient locks), in one
+# script (one command of the client's instead of one per record and lock). KEYS: each record's
+# keys in turn, then the keys to release. ARGV[1]: the number of records; then per record the
+# number of its keys, the number of its arguments and its arguments; then each key's token.
+_ADD_MANY = (
+    _ADD_FUNCTION
+    + """
+local out = {}
+local k, a = 1, 2
+for r = 1, tonumber(ARGV[1]) do
+  local nk, na = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
+  local K, A = {}, {}
+  for i = 1, nk do K[i] = KEYS[k + i - 1] end
+  for i = 1, na do A[i] = ARGV[a + 1 + i] end
+  out[r] = add(K, A)
+  k, a = k + nk, a + 2 + na
+end
+for i = k, #KEYS do
+  if redis.call('GET', KEYS[i]) == ARGV[a] then redis.call('DEL', KEYS[i]) end
+  a = a + 1
+end
+return out
+"""
+)
 
 
 def _ts(dt: datetime) -> float:
@@ -390,6 +418,29 @@ class RedisStore:
         with redis_errors:
             keys, args = self._add_call(record, patient_keys)
             return bool(self.r.eval(_ADD_ADVISORY, len(keys), *keys, *args))
+
+    def add_many(
+        self,
+        entries: list[tuple[AdvisoryRecord, list[str]]],
+        release: list[tuple[str, bytes]] | None = None,
+    ) -> list[bool]:
+        """add_advisory() of each (record, patient identifiers), then the keys of *release*
+        deleted where they still hold their token (patient locks): one command, atomic.
+        True for each record that was new."""
+        keys: list[str] = []
+        args: list[Any] = [len(entries)]
+        for record, patient_keys in entries:
+            k, a = self._add_call(record, patient_keys)
+            keys += k
+            args += [len(k), len(a), *a]
+        for name, token in release or []:
+            keys.append(name)
+            args.append(token)
+        if not keys:
+            return []
+        with redis_errors:
+            replies = self.r.eval(_ADD_MANY, len(keys), *keys, *args)
+        return [bool(r) for r in replies]
 
     def queue_add_advisory(
         self, pipe: Any, record: AdvisoryRecord, patient_keys: list[str]
@@ -744,9 +795,9 @@ class RedisHistory:
                 return []
             return self.parse_entries(self.r.sunion([self._key(k) for k in patient_keys]))
 
-    def queue_entries(self, pipe: Any, patient_keys: list[str]) -> None:
-        """Queue entries() on a redis-py pipeline; parse its reply with parse_entries()."""
-        pipe.sunion([self._key(k) for k in patient_keys])
+    def keys_of(self, patient_keys: list[str]) -> list[str]:
+        """The Redis keys of the history of the patient known by *patient_keys* (a SUNION's)."""
+        return [self._key(k) for k in patient_keys]
 
     @staticmethod
     def parse_entries(members: Any) -> list[HistoryEntry]:
