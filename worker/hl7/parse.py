@@ -111,7 +111,10 @@ class RawMessage:
         """The text of a field or component, escape sequences decoded, whitespace trimmed.
 
         The HL7 explicit null `""` (delete the value) reads as empty."""
-        value = self.delimiters.decode(raw).strip()
+        if not raw:
+            return ""
+        e = self.delimiters.escape
+        value = (self.delimiters.decode(raw) if e and e in raw else raw).strip()
         return "" if value == '""' else value
 
     def repetitions(self, raw: str) -> list[str]:
@@ -124,6 +127,8 @@ class RawMessage:
 
     def component(self, raw: str, n: int) -> str:
         """Component n (1-based) of a field (first repetition), decoded; "" when absent."""
+        if not raw:
+            return ""
         rep = self.delimiters.repetition
         if rep and rep in raw:
             raw = raw.split(rep, 1)[0]
