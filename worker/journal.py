@@ -41,6 +41,15 @@ log = logging.getLogger("ordercheck.journal")
 Messages = list[tuple[bytes, float]]  # (message bytes, received_at epoch seconds)
 
 
+# HINCRBY of several fields of one hash by ARGV[1], in one command (redis-py spends ~13 us of
+# CPU per command, in a pipeline too); returns the new values.
+_HINCRBY_MANY = """
+local out = {}
+for i = 2, #ARGV do out[i - 1] = redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[1]) end
+return out
+"""
+
+
 def message_key(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:32]
 
@@ -131,10 +140,8 @@ class Journal:
         with redis_errors:
             if not messages:
                 return []
-            pipe = self.r.pipeline(transaction=False)
-            for d in messages:
-                pipe.hincrby(self.tries, message_key(d), n)
-            return [int(v) for v in pipe.execute()]
+            keys = [message_key(d) for d in messages]
+            return [int(v) for v in self.r.eval(_HINCRBY_MANY, 1, self.tries, n, *keys)]
 
     def dead_letter(self, messages: list[bytes], also: Callable[[Any], None] | None = None) -> None:
         """Take *messages* out of the journal for good (the sweep no longer queues them), with
