@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import ctypes
 import functools
 import json
@@ -523,6 +524,7 @@ class StartupError(Exception):
     """`serve` cannot start; str() is the one line that says why."""
 
 
+RELAY_LINE_MAX = 1 << 20  # bytes of a worker's output line kept waiting for its end, at most
 WORKER_START_TIMEOUT = 60.0  # seconds for the Celery worker to report ready
 READY_FD = "ORDERCHECK_WORKER_READY_FD"  # not a setting: serve -> its own Celery worker
 
@@ -562,19 +564,36 @@ class CeleryWorker:
         return self.proc.poll()
 
     def _read(self) -> None:
+        """Relay what the worker writes, as it comes: all the lines one read brings (a busy
+        worker writes a line per message) go out in one write, not one write and flush each."""
         from worker.logs import wrap_line
 
         assert self.proc.stdout is not None
-        for raw in iter(self.proc.stdout.readline, b""):
-            line = raw.decode("utf-8", "replace").rstrip()
-            if not line.strip():
-                continue
+        fd = self.proc.stdout.fileno()
+        rest = b""
+        while chunk := os.read(fd, 65536):
+            *lines, rest = (rest + chunk).split(b"\n")
+            out = []
+            for raw in lines:
+                line = raw.decode("utf-8", "replace").rstrip()
+                if line.strip():
+                    self._tail.append(line)
+                    out.append(wrap_line(line, "celery.worker") + "\n")
+            if len(rest) > RELAY_LINE_MAX:  # no line end for this long: pass it on as it is
+                out.append(wrap_line(rest.decode("utf-8", "replace"), "celery.worker") + "\n")
+                rest = b""
+            if out:
+                try:
+                    sys.stderr.write("".join(out))
+                    sys.stderr.flush()
+                except (OSError, ValueError):  # our stderr is gone: keep draining the pipe
+                    pass
+        if rest.strip():
+            line = rest.decode("utf-8", "replace").rstrip()
             self._tail.append(line)
-            try:
+            with contextlib.suppress(OSError, ValueError):
                 sys.stderr.write(wrap_line(line, "celery.worker") + "\n")
                 sys.stderr.flush()
-            except (OSError, ValueError):  # our stderr is gone: keep draining the pipe
-                pass
 
     def cause(self) -> str:
         """The last error line it wrote (a traceback's last line), else its last line."""
