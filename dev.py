@@ -3,7 +3,8 @@
 
     python3 dev.py demo    the whole flow on the embedded default (no Redis needed): listener,
                            worker and a fake ordering system, fed the sample orders over MLLP
-    python3 dev.py test    lint, type-check and run the test suite (what CI runs)
+    python3 dev.py test    lint, type-check and run the quick tests (all but the slow end-to-end
+                           and browser ones); with --all every test (what CI runs)
     python3 dev.py serve   run the MLLP listener and workers (embedded unless
                            ORDERCHECK_REDIS_URL is set)
 
@@ -22,6 +23,7 @@ ROOT = Path(__file__).resolve().parent
 VENV = Path(os.environ.get("ORDERCHECK_VENV", ROOT / ".venv"))
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 PY = BIN / "python"
+QUICK = "not slow and not browser"  # the tests `dev.py test` runs without --all (pytest -m)
 
 
 def run(*cmd: str | Path) -> None:
@@ -56,10 +58,13 @@ def main(argv: list[str]) -> None:
         run(BIN / "ordercheck", "demo", *rest)
     elif command == "test":
         ensure("test")
+        everything = "--all" in rest
+        rest = [a for a in rest if a != "--all"]
+        quick = [] if everything else ["-m", QUICK]
         run(BIN / "ruff", "check", "worker", "tests", "bench", "dev.py")
         run(BIN / "ruff", "format", "--check", "worker", "tests", "bench", "dev.py")
         run(BIN / "mypy")
-        run(PY, "-m", "pytest", *rest)
+        run(PY, "-m", "pytest", *quick, *rest)
     elif command == "serve":
         ensure("")
         run(BIN / "ordercheck", "serve", *rest)

@@ -1,6 +1,6 @@
 """Time to answer a CDS Hooks call, per request and per card, and the share of fhir.resources.
 
-    .venv/bin/python bench/cds_cards.py [--rounds 20] [--http]
+    .venv/bin/python -m bench.cds_cards [--rounds 20] [--http]
 
 Inputs: every order message of seeds/*.hl7 as its equivalent order-sign request
 (tests/fhirseeds.py, with Patient and prior-study prefetch), plus a flagged CT draft. Each request
@@ -19,16 +19,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tests import fhirseeds
+from worker.cds.fhir import load
+from worker.cds.service import CdsService
+from worker.cds.translate import resources_of
+from worker.guideline import default_knowledge
+from worker.store import MemoryStore
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
-
-import fhirseeds  # noqa: E402
-
-from worker.cds.fhir import load  # noqa: E402
-from worker.cds.service import CdsService  # noqa: E402
-from worker.cds.translate import resources_of  # noqa: E402
-from worker.guideline import default_knowledge  # noqa: E402
-from worker.store import MemoryStore  # noqa: E402
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -1,7 +1,7 @@
 """Chaos run: orders over MLLP while workers are killed, Redis restarts and the ordering system
 refuses connections; then every accepted order must have exactly one delivered advisory.
 
-    .venv/bin/python bench/chaos.py [--orders 10000] [--kill-every 1000] [--workers 2]
+    .venv/bin/python -m bench.chaos [--orders 10000] [--kill-every 1000] [--workers 2]
         [--connections 8] [--resend-rate 0.05] [--refuse-seconds 5] [--redis-downtime 2]
         [--drain-timeout 900] [--seed 1] [--keep]
 
@@ -47,13 +47,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from harness import Order, RedisServer, Sender, make_order
-
+from bench.harness import Order, RedisServer, Sender, make_order
+from tests.support import FakeOrderingSystem, Serve, alive, rss_kb, wait_until
 from worker.records import advisory_id
 from worker.store import RedisStore
-from worker.testing import FakeOrderingSystem, Serve, alive, rss_kb, wait_until
 
 QUEUE = "ordercheck"  # the Celery queue (worker/celery_app.py)
 

@@ -1,6 +1,6 @@
 """CPU time per order: our parse+check and build_advisory, against hl7apy and python-hl7 parsing.
 
-    .venv/bin/python bench/check_speed.py [--generated 2000] [--rounds 5] [--no-hostile]
+    .venv/bin/python -m bench.check_speed [--generated 2000] [--rounds 5] [--no-hostile]
 
 Inputs: every message of seeds/*.hl7 plus --generated orders (tests/replaycorpus.py: flagged CT,
 appropriate MRI, out-of-scope chest CT). Each message is timed --rounds times with
@@ -16,24 +16,22 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from pathlib import Path
 
+import hl7
+from hl7apy.consts import VALIDATION_LEVEL
+from hl7apy.parser import parse_message as hl7apy_parse
+
+from tests import replaycorpus
+from worker.check import Checker
+from worker.guideline import Knowledge, default_knowledge
+from worker.history import InMemoryHistory
+from worker.hl7.build import advisory_control_id, build_advisory
+from worker.hl7.parse import split_messages
+from worker.models import SiteSettings
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
-
-import hl7  # noqa: E402
-import replaycorpus  # noqa: E402
-from hl7apy.consts import VALIDATION_LEVEL  # noqa: E402
-from hl7apy.parser import parse_message as hl7apy_parse  # noqa: E402
-
-from worker.check import Checker  # noqa: E402
-from worker.guideline import Knowledge, default_knowledge  # noqa: E402
-from worker.history import InMemoryHistory  # noqa: E402
-from worker.hl7.build import advisory_control_id, build_advisory  # noqa: E402
-from worker.hl7.parse import split_messages  # noqa: E402
-from worker.models import SiteSettings  # noqa: E402
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -65,7 +63,7 @@ HOSTILE = (
 
 def hostile_table(knowledge: Knowledge) -> None:
     """CPU milliseconds per order and per KB of NTE text, limit on and lifted."""
-    from hl7build import order_message
+    from tests.hl7build import order_message
 
     limits = {"default limit": SiteSettings(), "no limit": SiteSettings(max_text_chars=10**9)}
     print()

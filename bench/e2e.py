@@ -1,15 +1,15 @@
 """End-to-end load: `ordercheck serve` (Redis mode) against the Celery ceiling of this machine.
 
-    .venv/bin/python bench/e2e.py --orders 20000 --connections 8 --workers 2 --rate 0
-    .venv/bin/python bench/e2e.py --orders 12000 --connections 8 --workers 2 --rate 200
-    .venv/bin/python bench/e2e.py --memory            # 300,000 messages, RSS every 50,000
+    .venv/bin/python -m bench.e2e --orders 20000 --connections 8 --workers 2 --rate 0
+    .venv/bin/python -m bench.e2e --orders 12000 --connections 8 --workers 2 --rate 200
+    .venv/bin/python -m bench.e2e --memory            # 300,000 messages, RSS every 50,000
 
 What it does, in one run:
 
 1. The ceiling: a Celery echo task (bench/echo_app.py: same broker, same Celery settings, same
    payload, a body that only INCRs a Redis counter) with --workers pool processes; N tasks
    enqueued from K threads; tasks/s from the first enqueue to the counter reaching N.
-2. End to end: `ordercheck serve` (worker.testing.Serve) with ORDERCHECK_REDIS_URL on --redis-db
+2. End to end: `ordercheck serve` (tests.support.Serve) with ORDERCHECK_REDIS_URL on --redis-db
    (flushed first), ORDERCHECK_WORKERS=W and the advisories going to a FakeOrderingSystem in this
    process. K MLLP connections send N messages drawn at random from the seeds' mix
    (seeds/*.hl7; messages the listener would not answer, i.e. ACKs, are left out), each with a
@@ -48,22 +48,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import redis
 
-import redis  # noqa: E402
-
-from worker.check import Checker  # noqa: E402
-from worker.guideline import default_knowledge  # noqa: E402
-from worker.history import InMemoryHistory  # noqa: E402
-from worker.hl7.ack import ack_fields  # noqa: E402
-from worker.hl7.mllp import FrameDecoder, frame  # noqa: E402
-from worker.hl7.parse import split_messages  # noqa: E402
-from worker.ingest import Ingestor  # noqa: E402
-from worker.pipeline import IN_SCOPE  # noqa: E402
-from worker.settings import Settings  # noqa: E402
-from worker.store import MemoryDedup  # noqa: E402
-from worker.testing import (  # noqa: E402
+from tests.support import (
     FakeOrderingSystem,
     Serve,
     children,
@@ -71,6 +58,18 @@ from worker.testing import (  # noqa: E402
     rss_kb,
     wait_until,
 )
+from worker.check import Checker
+from worker.guideline import default_knowledge
+from worker.history import InMemoryHistory
+from worker.hl7.ack import ack_fields
+from worker.hl7.mllp import FrameDecoder, frame
+from worker.hl7.parse import split_messages
+from worker.ingest import Ingestor
+from worker.pipeline import IN_SCOPE
+from worker.settings import Settings
+from worker.store import MemoryDedup
+
+ROOT = Path(__file__).resolve().parent.parent
 
 SEEDS = ROOT / "seeds"
 _LINE_ENDS = re.compile(r"(\r\n|\r|\n)")

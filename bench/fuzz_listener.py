@@ -1,9 +1,9 @@
 """Fuzz run: mutated real messages to a running listener; no crash, no hang, memory bounded.
 
-    .venv/bin/python bench/fuzz_listener.py [--inputs 100000] [--connections 8] [--seed 1]
+    .venv/bin/python -m bench.fuzz_listener [--inputs 100000] [--connections 8] [--seed 1]
         [--mode redis|embedded] [--timeout 10] [--max-growth-mib 64]
 
-Starts `ordercheck serve` (worker.testing.Serve) with no advisory destination: by default in Redis
+Starts `ordercheck serve` (tests.support.Serve) with no advisory destination: by default in Redis
 mode on a redis-server of its own (no persistence), one Celery worker process, so the listener's
 RSS is the listener's alone; --mode embedded runs everything in one process, whose in-memory
 advisory store keeps every accepted message (huge fields included) and so grows by design.
@@ -40,14 +40,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from harness import RedisServer, make_order
-
+from bench.harness import RedisServer, make_order
+from tests.support import HOST, Serve
 from worker.hl7.ack import ack_fields
 from worker.hl7.mllp import FrameDecoder, FrameError, frame
 from worker.hl7.parse import split_messages
-from worker.testing import HOST, Serve
 
 ROOT = Path(__file__).resolve().parent.parent
 DELIMITERS = b"|^~\\&\r"

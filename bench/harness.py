@@ -1,7 +1,8 @@
 """Bench-only pieces for end-to-end runs against a real `ordercheck serve` (bench/chaos.py,
 bench/fuzz_listener.py, tests/test_chaos.py, tests/test_security.py). The fake ordering system,
 `ordercheck serve` in a subprocess, free_port, wait_until and the /proc helpers are in
-worker.testing (shared with the tests and `ordercheck demo`).
+tests.support (shared with the tests; the fake ordering system is the package's worker.testing,
+which `ordercheck demo` uses too).
 
 Everything listens on and talks to 127.0.0.1 only; every wait is bounded. The API, small on
 purpose::
@@ -19,8 +20,8 @@ purpose::
         messages/s (0: unpaced). .acked counts AA/CA so far; on_ack(key, code) is called from
         the sending threads.
 
-Import with `sys.path.insert(0, "<checkout>/bench")` then `import harness` (which puts the
-checkout on sys.path for `worker`).
+Import as `bench.harness` with the checkout's root on the path (pytest's pythonpath, or a bench
+script run as `python -m bench.NAME` from the root).
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ import shutil
 import signal
 import ssl as _ssl
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -38,13 +38,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from tests.support import HOST, free_port, wait_until
+from worker.hl7.ack import ack_fields
+from worker.hl7.mllp import MLLPClient, MLLPError
 
-from worker.hl7.ack import ack_fields  # noqa: E402
-from worker.hl7.mllp import MLLPClient, MLLPError  # noqa: E402
-from worker.testing import HOST, free_port, wait_until  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 
 # ------------------------------------------------------------------------------------ orders

@@ -1,7 +1,7 @@
 """Hostile input against `ordercheck serve` (embedded mode), issue 13: each attack and what
 came of it, printed as a table (bench/RELIABILITY.md, "Hostile input").
 
-    .venv/bin/python bench/hostile.py [--refused 150] [--acks 2000]
+    .venv/bin/python -m bench.hostile [--refused 150] [--acks 2000]
 
 Everything runs on 127.0.0.1: a fake ordering system and the listener, started here.
 """
@@ -15,14 +15,11 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-
-from hl7build import order_message
-
+from tests.hl7build import order_message
+from tests.support import FakeOrderingSystem, Serve, wait_until
 from worker.hl7.ack import ack_fields
 from worker.hl7.mllp import frame
 from worker.hl7.parse import parse_message, split_messages
-from worker.testing import FakeOrderingSystem, Serve, wait_until
 
 HOST = "127.0.0.1"
 

@@ -1,7 +1,7 @@
 """Orders in Spanish, German, French and Italian: accuracy per language and category, false flags,
 and CPU time per order (the first order of a language builds its patterns: not counted).
 
-    .venv/bin/python bench/language_accuracy.py [--rounds 3]
+    .venv/bin/python -m bench.language_accuracy [--rounds 3]
 
 Then the cost of language detection for English orders: the seeds and --generated English
 orders (tests/replaycorpus.py) checked with detection, and with it switched off (every order
@@ -15,24 +15,21 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from collections import defaultdict
 from pathlib import Path
 
+import worker.facts
+from tests import replaycorpus
+from tests.hl7build import order_message
+from tests.languagecases import Case, cases
+from worker.check import Checker
+from worker.guideline import Knowledge, default_knowledge
+from worker.history import InMemoryHistory
+from worker.language import Language, reading
+from worker.models import Order, ParsedMessage
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
-
-import replaycorpus  # noqa: E402
-from hl7build import order_message  # noqa: E402
-from languagecases import Case, cases  # noqa: E402
-
-import worker.facts  # noqa: E402
-from worker.check import Checker  # noqa: E402
-from worker.guideline import Knowledge, default_knowledge  # noqa: E402
-from worker.history import InMemoryHistory  # noqa: E402
-from worker.language import Language, reading  # noqa: E402
-from worker.models import Order, ParsedMessage  # noqa: E402
 
 
 def message(case: Case) -> bytes:
@@ -106,13 +103,13 @@ def english_detection_cost(kn: Knowledge, generated: int, rounds: int) -> None:
         for i, msg in enumerate(data):
             pair = [("with detection", reading), ("English only", _english_only)]
             for name, read in pair if i % 2 else pair[::-1]:  # the first one warms the caches
-                worker.facts.reading = read  # type: ignore[assignment]
+                worker.facts.reading = read  # type: ignore[attr-defined]
                 checker = Checker(kn, InMemoryHistory())
                 t0 = time.process_time_ns()
                 outcomes = checker.check_file_bytes(msg)
                 n = max(1, sum(len(o.results) for o in outcomes))
                 times[name].append((time.process_time_ns() - t0) / 1000 / n)
-    worker.facts.reading = reading
+    worker.facts.reading = reading  # type: ignore[attr-defined]
     print(f"\nEnglish orders ({len(data)} messages x {rounds}): CPU per order, microseconds")
     for name, values in times.items():
         print(f"{name:16}{statistics.median(values):>10.1f} median")

@@ -2,7 +2,7 @@
 ConText and negspacy (NegEx), side by side: accuracy per gold category, and CPU time.
 
     .venv/bin/pip install medspacy negspacy     # bench only: not a dependency of ordercheck
-    .venv/bin/python bench/negation_compare.py [--rounds 3] [--show-wins]
+    .venv/bin/python -m bench.negation_compare [--rounds 3] [--show-wins]
 
 Sentences: bench/data/negation_sentences.txt, English, one target term each in [brackets], gold
 label negated / affirmed / planned / historical (sub-labels :family and :possible). Each reader
@@ -32,14 +32,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT)]
+from worker.facts import classify_text, procedure_text
+from worker.guideline import compile_terms, default_knowledge, fold
+from worker.hl7.parse import parse_message, split_messages
+from worker.hl7.read import read_message
+from worker.text import find_terms, is_negated, is_planned
 
-from worker.facts import classify_text, procedure_text  # noqa: E402
-from worker.guideline import compile_terms, default_knowledge, fold  # noqa: E402
-from worker.hl7.parse import parse_message, split_messages  # noqa: E402
-from worker.hl7.read import read_message  # noqa: E402
-from worker.text import find_terms, is_negated, is_planned  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 try:
     import medspacy

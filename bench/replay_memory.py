@@ -1,6 +1,6 @@
 """Replay N generated messages in-process and show that memory stays flat.
 
-    .venv/bin/python bench/replay_memory.py [-n 300000] [--patients 10000] [--every 50000]
+    .venv/bin/python -m bench.replay_memory [-n 300000] [--patients 10000] [--every 50000]
                                             [--max-patients 500000]
 
 Writes the messages (tests/replaycorpus.py: flagged CT, appropriate MRI, out-of-scope chest CT,
@@ -19,20 +19,17 @@ from __future__ import annotations
 
 import argparse
 import resource
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+from tests import replaycorpus
+from worker.check import Checker
+from worker.commands.replay import Replayer, ReplaySummary
+from worker.guideline import default_knowledge
+from worker.history import InMemoryHistory
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
-
-import replaycorpus  # noqa: E402
-
-from worker.check import Checker  # noqa: E402
-from worker.commands.replay import Replayer, ReplaySummary  # noqa: E402
-from worker.guideline import default_knowledge  # noqa: E402
-from worker.history import InMemoryHistory  # noqa: E402
 
 
 def peak_rss_mib() -> float:

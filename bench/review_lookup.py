@@ -3,7 +3,7 @@ advisories: the first lookup (builds the lookup index), later ones, and one afte
 advisories (the index catches up from the advisory stream); and the list page's first page with
 its total count, unfiltered (ZCOUNT) and filtered (counting stops 2,000 records past the page).
 
-    .venv/bin/python bench/review_lookup.py [-n 20000] [--new 1000] [--redis-db 15]
+    .venv/bin/python -m bench.review_lookup [-n 20000] [--new 1000] [--redis-db 15]
 
 Writes N copies of the review test records (tests/reviewdata.py: about 4.7 KB of record JSON
 each, with the raw HL7) with distinct ids, placer numbers and MSH-10s into the given Redis
@@ -15,20 +15,17 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import sys
 import time
 from pathlib import Path
 
+from tests.reviewdata import build_records
+from worker.hl7.build import advisory_control_id
+from worker.records import AdvisoryQuery as AQ
+from worker.records import AdvisoryRecord
+from worker.review.lookup import find, find_by_mrn, page_and_total
+from worker.store import RedisStore, query
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
-
-from reviewdata import build_records  # noqa: E402
-
-from worker.hl7.build import advisory_control_id  # noqa: E402
-from worker.records import AdvisoryQuery as AQ  # noqa: E402
-from worker.records import AdvisoryRecord  # noqa: E402
-from worker.review.lookup import find, find_by_mrn, page_and_total  # noqa: E402
-from worker.store import RedisStore, query  # noqa: E402
 
 
 def ident(i: int) -> str:
@@ -91,10 +88,8 @@ def main() -> int:
     return 0
 
 
-def _never() -> object:
-    from worker.records import AdvisoryQuery
-
-    return AdvisoryQuery(verdict="no-such-verdict")
+def _never() -> AQ:
+    return AQ(verdict="no-such-verdict")
 
 
 if __name__ == "__main__":

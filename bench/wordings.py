@@ -1,6 +1,6 @@
 """Accuracy on the generated wordings of tests/wordings.py, per category.
 
-    .venv/bin/python bench/wordings.py [--show N]
+    .venv/bin/python -m bench.wordings [--show N]
 
 An order is right when its verdict, its flag codes and the advice its wording expects are all as
 guideline.md says. A false flag is a not-appropriate verdict where the guideline calls for none.
@@ -10,18 +10,15 @@ guideline.md says. A false flag is a not-appropriate verdict where the guideline
 from __future__ import annotations
 
 import argparse
-import sys
 from collections import Counter
 from pathlib import Path
 
+from tests import wordings
+from worker.check import Checker
+from worker.guideline import default_knowledge
+from worker.history import InMemoryHistory
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
-
-import wordings  # noqa: E402
-
-from worker.check import Checker  # noqa: E402
-from worker.guideline import default_knowledge  # noqa: E402
-from worker.history import InMemoryHistory  # noqa: E402
 
 
 def main() -> None:

@@ -109,7 +109,9 @@ def service_request(
         sr["authoredOn"] = when
     if order.ordering_provider:
         sr["requester"] = {"display": order.ordering_provider}
-    reasons, notes, observations = [], [], []
+    reasons: list[dict[str, Any]] = []
+    notes: list[dict[str, Any]] = []
+    observations: list[dict[str, Any]] = []
     for src in [*order.texts, *context]:
         if src.source in ("OBR-31", "ORC-16", "DG1-3"):
             reasons.append(concept(src))

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import BinaryIO
 
-from hl7build import order_message
+from tests.hl7build import order_message
 
 MIX = (
     "flagged",

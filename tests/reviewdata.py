@@ -10,8 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from hl7build import order_message
-
+from tests.hl7build import order_message
 from worker.check import Checker
 from worker.guideline import default_knowledge
 from worker.history import InMemoryHistory

@@ -17,7 +17,7 @@ def _celery_message(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     """What `validate_batch.apply_async` pushes to Redis, captured from kombu's own publish."""
     from kombu.transport.redis import Channel
 
-    from worker import tasks
+    from worker import celery_app, tasks
 
     pushed: list[tuple[str, dict[str, Any]]] = []
 
@@ -28,12 +28,12 @@ def _celery_message(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     monkeypatch.setattr(
         Channel, "_create_client", lambda self, asynchronous=False: fakeredis.FakeRedis()
     )
-    tasks.app.conf.broker_url = "redis://127.0.0.1:6399/0"  # never reached: _put is replaced
+    celery_app.app.conf.broker_url = "redis://127.0.0.1:6399/0"  # never reached: _put is replaced
     try:
-        with tasks.app.connection_for_write() as conn:
+        with celery_app.app.connection_for_write() as conn:
             tasks.validate_batch.apply_async(([("MSH|x", 1.5)],), connection=conn, retry=False)
     finally:
-        tasks.app.conf.broker_url = tasks.settings.redis_url or "memory://"
+        celery_app.app.conf.broker_url = celery_app.settings.redis_url or "memory://"
     assert len(pushed) == 1
     queue, message = pushed[0]
     assert queue == QUEUE

@@ -4,16 +4,17 @@ hl7apy, python-hl7 and our own reader."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 import hl7
 import pytest
-from conftest import SEEDS
 from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.parser import parse_message as hl7apy_parse
-from hl7build import order_message
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.conftest import SEEDS
+from tests.hl7build import order_message
 from worker.check import Checker, MessageOutcome
 from worker.guideline import Knowledge
 from worker.hl7.build import (
@@ -29,9 +30,10 @@ from worker.hl7.read import read_message
 from worker.models import CheckResult
 
 NOW = datetime(2026, 11, 20, 9, 30, 5, tzinfo=UTC)
-CT_FIRST = {"control_id": "C1", "reason": "^Left thigh mass 6 cm deep"}
-MRI_OK = {"procedure": "73720^MRI LE WO W^CPT4", "reason": "^thigh mass, XR done"}
-CHEST = {"procedure": "71260^CT CHEST W^CPT4", "reason": "^cough"}
+# order_message keyword arguments
+CT_FIRST: dict[str, Any] = {"control_id": "C1", "reason": "^Left thigh mass 6 cm deep"}
+MRI_OK: dict[str, Any] = {"procedure": "73720^MRI LE WO W^CPT4", "reason": "^thigh mass, XR done"}
+CHEST: dict[str, Any] = {"procedure": "71260^CT CHEST W^CPT4", "reason": "^cough"}
 ODD = "pipe | caret ^ amp & tilde ~ backslash \\ end"
 
 
@@ -76,7 +78,7 @@ def _segs(msg: RawMessage, seg_id: str) -> list[RawSegment]:
     [(CT_FIRST, "not-appropriate"), (MRI_OK, "appropriate"), (CHEST, "no-criteria-apply")],
 )
 def test_oru_read_back_by_hl7apy_and_python_hl7(
-    checker: Checker, order: dict[str, str], verdict: str
+    checker: Checker, order: dict[str, Any], verdict: str
 ) -> None:
     outcome = _check(checker, order_message(**order))
     assert outcome.results[0].verdict == verdict

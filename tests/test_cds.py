@@ -19,17 +19,17 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import jwt
 import pytest
-from conftest import self_signed
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from tests.conftest import self_signed
+from tests.support import free_port
 from worker.cds.cards import OVERRIDE_SYSTEM, record_of
 from worker.cds.server import SettingsError, build_server, verifier_for
 from worker.guideline import Knowledge
 from worker.records import OVERRIDE_REASONS
 from worker.settings import Settings
 from worker.store import MemoryStore
-from worker.testing import free_port
 
 CPT = "http://www.ama-assn.org/go/cpt"
 ICD10 = "http://hl7.org/fhir/sid/icd-10-cm"
@@ -689,6 +689,7 @@ def test_order_entry_feedback_shows_on_the_review_page(
     token = page.split('name="csrf_token" value="', 1)[1].split('"', 1)[0]
     client.post("/login", data={"user": "alice", "password": "pw", "csrf_token": token})
     rid = record_of(card["uuid"])
+    assert rid is not None
     listing = client.get("/").get_data(as_text=True)
     assert rid in listing
     detail = client.get(f"/advisories/{rid}").get_data(as_text=True)
@@ -703,7 +704,7 @@ def _run_until_served(args: list[str], env: dict[str, str], port: int) -> None:
     import signal
     import sys
 
-    from worker.testing import wait_until
+    from tests.support import wait_until
 
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("ORDERCHECK_")}
     full_env.update(env)
@@ -737,6 +738,8 @@ def _run_until_served(args: list[str], env: dict[str, str], port: int) -> None:
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(WAIT)
+        if proc.stderr is not None:
+            proc.stderr.close()
         if proc.stderr is not None:
             proc.stderr.close()
 

@@ -8,9 +8,9 @@ import json
 from typing import Any
 
 import pytest
-from conftest import SEEDS
-from fhirseeds import SeedCase, seed_cases
 
+from tests.conftest import SEEDS
+from tests.fhirseeds import SeedCase, seed_cases
 from worker.cds.service import CdsService
 from worker.guideline import Knowledge
 from worker.models import CheckResult

@@ -13,14 +13,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
-
-from chaos import ChaosConfig, run_chaos
+from bench.chaos import ChaosConfig, run_chaos
 
 pytestmark = pytest.mark.slow
 
@@ -33,6 +30,7 @@ def _require_redis_server() -> None:
         pytest.skip("redis-server is not installed")
 
 
+@pytest.mark.timeout(300)  # about 40 s alone on 2 cores; more when the machine is busy
 def test_small_chaos_run_loses_and_duplicates_nothing(tmp_path: Path) -> None:
     _require_redis_server()
     lines: list[str] = []
@@ -70,9 +68,8 @@ def test_serve_starts_a_dead_celery_worker_again(tmp_path: Path) -> None:
     """Celery's main process can die (it does on some broker losses); serve starts it again."""
     import signal
 
-    from harness import RedisServer, make_order
-
-    from worker.testing import FakeOrderingSystem, Serve, children, wait_until
+    from bench.harness import RedisServer, make_order
+    from tests.support import FakeOrderingSystem, Serve, children, wait_until
 
     _require_redis_server()
     redis = RedisServer(tmp_path / "redis", aof=False).start()
@@ -111,10 +108,9 @@ def test_an_accepted_message_the_broker_lost_is_queued_again(tmp_path: Path) -> 
     """The kombu window (BRPOP, then the unacked record): a message taken off the queue by a
     worker that dies with Redis is gone from the broker; the listener's journal queues it
     again after twice the visibility timeout."""
-    from harness import RedisServer, make_order
-
+    from bench.harness import RedisServer, make_order
+    from tests.support import FakeOrderingSystem, Serve, wait_until
     from worker.journal import Journal
-    from worker.testing import FakeOrderingSystem, Serve, wait_until
 
     _require_redis_server()
     redis = RedisServer(tmp_path / "redis", aof=False).start()

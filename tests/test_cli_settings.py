@@ -9,10 +9,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
 
+from tests.conftest import ROOT
+from tests.support import FakeOrderingSystem, free_port
 from worker.cli import build_parser, main
-from worker.testing import FakeOrderingSystem, free_port
 
 SEED = str(ROOT / "seeds" / "01-epic-ct-femur-left.hl7")
 SUBCOMMANDS = [

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from datetime import date
 
-from hl7build import order_message
-
+from tests.hl7build import order_message
 from worker.check import Checker
 from worker.guideline import Knowledge
 from worker.history import InMemoryHistory
@@ -34,8 +33,7 @@ def test_an_undated_order_is_read_on_the_checkers_day(knowledge: Knowledge) -> N
 def test_a_dated_order_is_read_on_its_own_day(knowledge: Knowledge) -> None:
     dated = order_message(reason="left thigh mass 6 cm", birth="20081201")
     for today in (date(2026, 11, 30), date(2030, 1, 1)):
-        outcome = Checker(knowledge, InMemoryHistory(), today=lambda d=today: d).check_message(
-            dated
-        )
+        checker = Checker(knowledge, InMemoryHistory(), today=lambda: today)  # noqa: B023
+        outcome = checker.check_message(dated)
         facts = outcome.results[0].facts
         assert facts is not None and facts.age_years == 17  # ordered 2026-11-20

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import yaml
-from conftest import ROOT
 
+from tests.conftest import ROOT
 from worker.settings import Settings
 
 

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import CONTRACT_FIELDS
-from reviewdata import FLAGGED, populate
 
+from tests.conftest import CONTRACT_FIELDS
+from tests.reviewdata import FLAGGED, populate
 from worker.cli import main
 from worker.records import AdvisoryRecord
 from worker.review.present import CSV_COLUMNS
@@ -244,28 +244,28 @@ def test_review_command_serves_the_login_page(stored: Any, tmp_path: Path) -> No
         "ORDERCHECK_REVIEW_USERS": '{"alice": "pw"}',
         "ORDERCHECK_REVIEW_PORT": "0",
     }
-    proc = subprocess.Popen(
+    with subprocess.Popen(
         [sys.executable, "-m", "worker.cli", "review", "--host", "127.0.0.1"],
         env=env,
         stderr=subprocess.PIPE,
         text=True,
         cwd=Path(__file__).resolve().parent.parent,
-    )
-    try:
-        assert proc.stderr is not None
-        deadline, url = time.monotonic() + 15, ""
-        while time.monotonic() < deadline and not url:
-            line = proc.stderr.readline()
-            if "serving on " in line:
-                url = line.split("serving on ")[1].split()[0]
-        assert url.startswith("http://127.0.0.1:"), "the server did not say where it listens"
-        with urllib.request.urlopen(url + "summary") as resp:  # redirected to the login form
-            body = resp.read().decode()
-        assert resp.url.startswith(url + "login") and 'name="password"' in body
-        assert "PAT001" not in body
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    ) as proc:
+        try:
+            assert proc.stderr is not None
+            deadline, url = time.monotonic() + 15, ""
+            while time.monotonic() < deadline and not url:
+                line = proc.stderr.readline()
+                if "serving on " in line:
+                    url = line.split("serving on ")[1].split()[0]
+            assert url.startswith("http://127.0.0.1:"), "the server did not say where it listens"
+            with urllib.request.urlopen(url + "summary") as resp:  # redirected to the login form
+                body = resp.read().decode()
+            assert resp.url.startswith(url + "login") and 'name="password"' in body
+            assert "PAT001" not in body
+        finally:
+            proc.terminate()
+            proc.wait(10)
 
 
 def test_review_command_notes_missing_redis_and_bad_port(

@@ -10,17 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import random
-import sys
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
-
-from fuzz_listener import mutate, seed_messages, set_control_id
-
+from bench.fuzz_listener import mutate, seed_messages, set_control_id
 from worker.check import Checker
 from worker.errors import HL7ParseError
 from worker.guideline import Knowledge

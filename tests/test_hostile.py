@@ -7,16 +7,16 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from conftest import self_signed
-from hl7build import order_message
 
+from tests.conftest import self_signed
+from tests.hl7build import order_message
+from tests.support import FakeOrderingSystem, Serve, wait_until
 from worker.check import Checker
 from worker.errors import HL7ParseError
 from worker.hl7.ack import AckTarget, build_ack
 from worker.hl7.build import advisory_control_id, build_advisory
 from worker.hl7.escape import Delimiters
 from worker.hl7.parse import parse_message, peek_msh
-from worker.testing import FakeOrderingSystem, Serve, wait_until
 
 NOW = datetime(2026, 11, 20, 9, 30, 5, tzinfo=UTC)
 BAD_NAMES = [
@@ -195,8 +195,7 @@ def test_refused_messages_keep_a_byte_budget(redis_url: str) -> None:
 
 
 def test_refused_page_pages_and_says_what_was_cut() -> None:
-    from test_review import SETTINGS, login
-
+    from tests.test_review import SETTINGS, login
     from worker.review import create_app
     from worker.store import MemoryStore, RejectedEntry
 
@@ -310,9 +309,9 @@ def test_msa2_echoes_msh10_exactly() -> None:
         assert reply is not None
         assert reply.split(b"\r")[1].split(b"|")[2].decode() == control
     refused = order_message(control_id=" R1", msg_type="ADT^A01")
-    assert ingestor.handle(refused).split(b"\r")[1].split(b"|")[2] == b" R1"  # type: ignore[union-attr]
+    assert ingestor.handle(refused).split(b"\r")[1].split(b"|")[2] == b" R1"
     broken = b"MSH|^~\\&|A|B|C|D|2026||| SPACED |P|2.5\r"  # MSH-9 missing: refused via peek
-    assert ingestor.handle(broken).split(b"\r")[1].split(b"|")[2] == b" SPACED "  # type: ignore[union-attr]
+    assert ingestor.handle(broken).split(b"\r")[1].split(b"|")[2] == b" SPACED "
 
 
 @pytest.mark.parametrize("inside", [b"BHS|^~\\&|X\r", b"FHS|^~\\&|X\r"])
@@ -339,8 +338,7 @@ def test_check_rejects_a_batch_segment_inside_a_message(
 
 # -- item 9: per-peer connection limit; whitespace does not keep a connection open --------------
 def test_one_address_cannot_take_every_connection_slot() -> None:
-    from test_mllp import ServerThread, assert_closed_by_peer, connect, echo, read_frames
-
+    from tests.test_mllp import ServerThread, assert_closed_by_peer, connect, echo, read_frames
     from worker.hl7.mllp import frame
 
     with ServerThread(echo, max_connections=10, max_per_peer=2) as srv:
@@ -358,8 +356,7 @@ def test_one_address_cannot_take_every_connection_slot() -> None:
 def test_whitespace_between_frames_does_not_reset_the_idle_timer() -> None:
     import time
 
-    from test_mllp import ServerThread, connect, echo, read_frames
-
+    from tests.test_mllp import ServerThread, connect, echo, read_frames
     from worker.hl7.mllp import frame
 
     with ServerThread(echo, idle_timeout=0.6) as srv:
@@ -452,7 +449,7 @@ def test_a_different_message_under_a_used_control_id_gets_ae() -> None:
     # Both in one batch of frames: the second is refused as well.
     ingestor2, rec2 = _ingestor()
     replies = ingestor2.handle_batch([first, other])
-    assert b"MSA|AA|DUP1" in replies[0] and b"MSA|AE|DUP1" in replies[1]  # type: ignore[operator]
+    assert b"MSA|AA|DUP1" in replies[0] and b"MSA|AE|DUP1" in replies[1]
     assert len(rec2.queued) == 1
 
 

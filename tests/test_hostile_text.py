@@ -8,9 +8,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from hl7build import order_message
 
 import worker.text as text_mod
+from tests.hl7build import order_message
 from worker.check import Checker
 from worker.guideline import Knowledge
 from worker.history import InMemoryHistory

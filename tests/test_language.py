@@ -3,9 +3,11 @@ misread once (negation scope, hedges, sizes, sides, contraindications, out-of-sc
 
 from __future__ import annotations
 
-import pytest
-from hl7build import order_message
+from typing import Any
 
+import pytest
+
+from tests.hl7build import order_message
 from worker.check import Checker
 from worker.models import CheckResult
 from worker.text import largest_size_cm
@@ -17,7 +19,7 @@ BIOPSY = "20206^BIOPSY MUSCLE PERCUTANEOUS^CPT4"
 PET = "78815^PET/CT SKULL BASE TO MID THIGH^CPT4"
 
 
-def check(checker: Checker, procedure: str, reason: str, *notes: str, **kw: str) -> CheckResult:
+def check(checker: Checker, procedure: str, reason: str, *notes: str, **kw: Any) -> CheckResult:
     data = order_message(procedure=procedure, reason=f"^{reason}", notes=notes, **kw)
     return checker.check_message(data).results[0]
 

@@ -9,9 +9,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-from hl7build import order_message
-from languagecases import LANGUAGES, Case, cases
 
+from tests.hl7build import order_message
+from tests.languagecases import LANGUAGES, Case, cases
 from worker.check import Checker
 from worker.errors import GuidelineError
 from worker.guideline import Knowledge, load_knowledge

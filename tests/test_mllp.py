@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from conftest import self_signed
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.conftest import self_signed
 from worker.hl7.mllp import (
     CARRIAGE_RETURN,
     END_BLOCK,

@@ -11,9 +11,10 @@ from typing import Any
 
 import fakeredis
 import pytest
-from hl7build import order_message
 from prometheus_client import CollectorRegistry, generate_latest
 
+from tests.hl7build import order_message
+from tests.support import free_port
 from worker.guideline import Knowledge
 from worker.logs import JSONFormatter
 from worker.opsview import OpsCollector, overview
@@ -22,7 +23,6 @@ from worker.publish import DeliveryOutcome
 from worker.runtime import Stores
 from worker.settings import Route, Settings
 from worker.store import RedisStore
-from worker.testing import free_port
 
 DEST = "10.1.2.3:2576"
 T0 = 1_700_000_000.0
@@ -56,6 +56,7 @@ def setup(knowledge: Knowledge) -> Iterator[tuple[Processor, Publisher, RedisSto
     )
     stores = Stores(settings, client)
     store = stores.store
+    assert isinstance(store, RedisStore)
     publisher = Publisher()
     processor = Processor(
         settings,
@@ -125,6 +126,7 @@ def test_not_sent_is_listed_with_the_undelivered_under_destination_none(
     settings = Settings(redis_url=None)  # no destination at all
     stores = Stores(settings, client)
     store = stores.store
+    assert isinstance(store, RedisStore)
     from worker.publish import Publisher as RealPublisher
 
     processor = Processor(settings, knowledge, stores, RealPublisher(settings), lambda *_: None)

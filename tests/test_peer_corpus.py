@@ -9,13 +9,13 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import SHARED
 
+from tests.conftest import SHARED
+from tests.support import Serve
 from worker.cli import main
 from worker.hl7.batch import is_batch, split_batch
 from worker.hl7.escape import Delimiters
 from worker.hl7.parse import parse_message, peek_msh, split_messages
-from worker.testing import Serve
 
 CORPUS = SHARED / "peer-corpus"
 pytestmark = pytest.mark.skipif(not CORPUS.is_dir(), reason="shared/ not beside the repo")

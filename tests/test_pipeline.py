@@ -8,15 +8,15 @@ from typing import Any
 
 import fakeredis
 import pytest
-from hl7build import order_message
 
+from tests.hl7build import order_message
+from tests.support import FakeOrderingSystem, Serve, wait_until
 from worker.guideline import Knowledge
 from worker.hl7.parse import peek_msh
 from worker.pipeline import Processor
 from worker.publish import DeliveryOutcome
 from worker.runtime import Stores
 from worker.settings import Route, Settings
-from worker.testing import FakeOrderingSystem, Serve, wait_until
 
 
 class RecordingPublisher:

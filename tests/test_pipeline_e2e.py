@@ -9,10 +9,10 @@ from collections.abc import Iterator
 
 import pytest
 import redis
-from conftest import real_redis
-from hl7build import order_message
 
-from worker.testing import Advisory, FakeOrderingSystem, Serve, wait_until
+from tests.conftest import real_redis
+from tests.hl7build import order_message
+from tests.support import Advisory, FakeOrderingSystem, Serve, wait_until
 
 pytestmark = pytest.mark.slow
 

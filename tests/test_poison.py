@@ -13,13 +13,13 @@ from datetime import UTC, datetime
 
 import pytest
 import redis
-from conftest import real_redis
-from hl7build import order_message
 
+from tests.conftest import real_redis
+from tests.hl7build import order_message
+from tests.support import FakeOrderingSystem, Serve, wait_until
 from worker.cli import main
 from worker.journal import Journal, message_key
 from worker.store import DeadLetter, MemoryStore, RedisStore
-from worker.testing import FakeOrderingSystem, Serve, wait_until
 
 DB = int(os.environ.get("ORDERCHECK_TEST_REDIS_DB_E2E", "12"))
 
@@ -99,7 +99,7 @@ def test_embedded_worker_sets_a_failing_message_aside(knowledge: object) -> None
 
     runtime = EmbeddedRuntime(Settings(redis_url=None), knowledge)  # type: ignore[arg-type]
 
-    def boom(data: bytes, received_at: float) -> list[str]:
+    def boom(data: bytes, received_at: float, down: set[str] | None = None) -> list[str]:
         raise RuntimeError("boom")
 
     runtime.processor.process = boom  # type: ignore[method-assign]
@@ -119,14 +119,14 @@ def test_a_batch_that_died_reruns_one_message_per_task(monkeypatch: pytest.Monke
     aside after max_attempts (3) runs, the other is cleared when it finishes."""
     import fakeredis
 
-    from worker import tasks
+    from worker import celery_app, tasks
 
     journal = Journal(fakeredis.FakeRedis())
     queued: list[list[tuple[str, float]]] = []
     monkeypatch.setattr(
         tasks.validate_batch, "apply_async", lambda args, **kw: queued.append(args[0])
     )
-    monkeypatch.setattr(tasks.settings, "max_attempts", 3)
+    monkeypatch.setattr(celery_app.settings, "max_attempts", 3)
     good = (order_message(control_id="GOOD").decode("latin-1"), 1_700_000_000.0)
     bad = (order_message(control_id="BAD", placer="PBAD").decode("latin-1"), 1_700_000_000.0)
     assert tasks._guard(journal, [good, bad]) == [good, bad]  # run 1, then the worker dies

@@ -9,8 +9,8 @@ from importlib import resources
 from pathlib import Path
 
 import pytest
-from hl7build import order_message
 
+from tests.hl7build import order_message
 from worker.check import Checker
 from worker.guideline import Knowledge, load_knowledge
 from worker.history import InMemoryHistory

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hl7build import order_message
 
+from tests.hl7build import order_message
 from worker.check import Checker
 from worker.guideline import default_knowledge
 from worker.history import InMemoryHistory
@@ -229,7 +229,8 @@ def test_each_sheet_names_patient_accession_and_has_a_header_and_print_button(cl
     assert "script-src 'self'" in resp.headers["Content-Security-Policy"]
     assert '<script src="/static/protocol.js"' in body
     assert "script-src" not in client.get("/").headers["Content-Security-Policy"]
-    assert client.get("/static/protocol.js").status_code == 200
+    with client.get("/static/protocol.js") as js:  # a file response: closed after reading
+        assert js.status_code == 200
 
 
 def test_ct_sheets_say_when_the_mri_protocol_applies_and_show_mri_contraindicated(

@@ -10,13 +10,14 @@ import subprocess
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
-from conftest import ROOT, SEEDS
 from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.parser import parse_message as hl7apy_parse
-from hl7build import order_message
 
+from tests.conftest import ROOT, SEEDS
+from tests.hl7build import order_message
 from worker.check import Checker, MessageOutcome
 from worker.cli import main
 from worker.errors import GuidelineError
@@ -31,13 +32,13 @@ CT = "73701^CT LOWER EXTREMITY W CONTRAST^CPT4"
 NOW = datetime(2026, 11, 20, 9, 30, 5, tzinfo=UTC)
 
 
-def _outcome(checker: Checker, **order: str) -> MessageOutcome:
+def _outcome(checker: Checker, **order: Any) -> MessageOutcome:
     outcome = checker.check_message(order_message(**order))
     assert outcome.raw is not None and outcome.orders
     return outcome
 
 
-def _result(checker: Checker, **order: str) -> CheckResult:
+def _result(checker: Checker, **order: Any) -> CheckResult:
     return _outcome(checker, **order).results[0]
 
 

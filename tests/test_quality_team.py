@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import replaycorpus
-from reviewdata import build_records
 
+from tests import replaycorpus
+from tests.reviewdata import build_records
 from worker.cli import main
 from worker.commands import flags as flags_command
 from worker.commands import replay
@@ -294,6 +294,7 @@ def test_terminal_output_has_no_control_character(
     rec = hostile_record()
     store._records[rec.id] = rec
     controls = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u202e]")
+    argv: tuple[str, ...]
     for argv in (("list",), ("show", rec.id), ("summary",)):
         code, out, err = flags(capsys, *argv)
         assert code == 0 and not controls.search(out) and not controls.search(err), argv

@@ -140,7 +140,7 @@ def test_journal_add_done_and_stale(monkeypatch: pytest.MonkeyPatch) -> None:
     from worker import journal as jmod
 
     clock = [1000.0]
-    monkeypatch.setattr(jmod.time, "time", lambda: clock[0])
+    monkeypatch.setattr("worker.journal.time.time", lambda: clock[0])
     j = jmod.Journal(fakeredis.FakeRedis())
     j.add([(b"MSH|one\r", 1.0), (b"MSH|two\xe9\r", 2.0)])
     assert j.size() == 2
@@ -159,11 +159,11 @@ def test_journaled_enqueue_and_requeue_stale(monkeypatch: pytest.MonkeyPatch) ->
     from worker import journal as jmod
 
     clock = [1000.0]
-    monkeypatch.setattr(jmod.time, "time", lambda: clock[0])
+    monkeypatch.setattr("worker.journal.time.time", lambda: clock[0])
     client = fakeredis.FakeRedis()
     j = jmod.Journal(client)
     enqueue = jmod.journaled_direct(j, "ordercheck.validate_batch", "q", 60)
-    enqueue([(b"A", 1.0)])
+    enqueue([(b"A", 1.0)], [])
     assert client.llen("q") == 1 and j.size() == 1  # queued and journaled together
 
     class Down:
@@ -171,7 +171,7 @@ def test_journaled_enqueue_and_requeue_stale(monkeypatch: pytest.MonkeyPatch) ->
             raise ConnectionError("broker down")
 
     with pytest.raises(ConnectionError):
-        jmod.journaled_direct(jmod.Journal(Down()), "t", "q", 60)([(b"B", 2.0)])
+        jmod.journaled_direct(jmod.Journal(Down()), "t", "q", 60)([(b"B", 2.0)], [])
     assert j.size() == 1 and client.llen("q") == 1  # refused (AR): neither kept nor queued
     clock[0] += 100
     queued: list[list[tuple[bytes, float]]] = []

@@ -5,10 +5,11 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
+from typing import cast
 
 import pytest
-import replaycorpus
 
+from tests import replaycorpus
 from worker.cli import main
 from worker.commands import replay
 from worker.history import InMemoryHistory
@@ -71,7 +72,7 @@ def test_files_share_the_run_and_line_ends_do_not_matter(corpus: Path, tmp_path:
     assert summary["messages"] == N + 100
     assert (
         summary["rejected"]
-        == _expected_summary(N)["rejected"] + replaycorpus.expected(100)[0]["garbage"]
+        == cast(int, _expected_summary(N)["rejected"]) + replaycorpus.expected(100)[0]["garbage"]
     )
 
 
@@ -84,8 +85,8 @@ def test_cli_json_is_one_object(corpus: Path, capsys: pytest.CaptureFixture[str]
 
 def test_cli_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "small.hl7"
-    with path.open("wb") as out:
-        replaycorpus.write_corpus(out, 50)
+    with path.open("wb") as corpus:
+        replaycorpus.write_corpus(corpus, 50)
     assert main(["replay", str(path)]) == 0
     out = capsys.readouterr().out
     for label in (

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from reviewdata import FLAGGED, populate
 
+from tests.reviewdata import FLAGGED, populate
 from worker.records import AdvisoryQuery, AdvisoryRecord
 from worker.review import create_app
 from worker.review.chart import stacked_bars
@@ -357,7 +357,9 @@ def test_decision_form_appends_and_validates(client: Any, mem: tuple[MemoryStore
             },
         )
         assert resp.status_code == 302
-    audit = store.get(rid).audit
+    rec = store.get(rid)
+    assert rec is not None
+    audit = rec.audit
     assert [(d.state, d.reviewer, d.reason_code) for d in audit] == [
         ("accepted", "alice", ""),
         ("overridden", "alice", "mri-unavailable"),
@@ -393,7 +395,8 @@ def test_summary_and_protocol_pages(client: Any, mem: tuple[MemoryStore, Any]) -
     body = client.get("/protocol").get_data(as_text=True)
     assert body.count('class="sheet card"') == 3
     assert "Suspected haemorrhage" in body and "pacemaker" in body
-    assert "break-after: page" in client.get("/static/review.css").get_data(as_text=True)
+    with client.get("/static/review.css") as css:  # a file response: closed after reading
+        assert "break-after: page" in css.get_data(as_text=True)
 
 
 def test_no_patient_identifier_reaches_a_log(
@@ -682,7 +685,9 @@ def test_quality_team_in_headless_chromium(
             # Logging out ends the session: the old cookie no longer opens anything.
             cookies = context.cookies()
             page.click("button:has-text('Log out')")
-            context.add_cookies(cookies)  # put the old cookie back, as a thief would
+            # put the old cookie back, as a thief would (Playwright types a read Cookie and a
+            # SetCookieParam apart though one is the other's fields)
+            context.add_cookies(cookies)  # type: ignore[arg-type]
             page.goto(f"{url}/summary")
             assert page.url.startswith(f"{url}/login")
             # The 401 and 400 above are expected; nothing else (no CSP violation, no script).

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from hl7build import order_message
 
+from tests.hl7build import order_message
 from worker.check import Checker
 from worker.guideline import RULE_IDS, Knowledge, load_knowledge
 from worker.models import CheckResult, HistoryEntry, OrderFacts, SiteSettings

@@ -16,7 +16,6 @@ import shutil
 import socket
 import ssl
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Coroutine, Iterator
@@ -27,11 +26,9 @@ from typing import Any, TypeVar
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
-
-from harness import RedisServer
-from hl7build import order_message
-
+from bench.harness import RedisServer
+from tests.hl7build import order_message
+from tests.support import FakeOrderingSystem, free_port, wait_until
 from worker.cli import main as cli_main
 from worker.errors import StoreError
 from worker.hl7.ack import ack_fields
@@ -41,7 +38,6 @@ from worker.publish import Publisher
 from worker.records import AdvisoryRecord, advisory_id
 from worker.settings import Route, Settings
 from worker.store import RedisStore, RejectedEntry
-from worker.testing import FakeOrderingSystem, free_port, wait_until
 
 T = TypeVar("T")
 WAIT = 10.0  # seconds: the bound of any single wait here
@@ -189,6 +185,7 @@ class Running:
         finally:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self.thread.join(WAIT)
+            self.loop.close()
 
 
 def listen(**changes: Any) -> Settings:
@@ -283,9 +280,18 @@ def test_advisory_delivered_over_tls(running: list[Running], certs: Certs) -> No
         )
         assert exchange(r.port, order("PUBTLS1"))[0] == "AA"
         wait_until(lambda: "PPUBTLS1" in ris.by_placer(), WAIT, "the advisory over TLS")
-        rec = r.service.stores.store.get(advisory_id("EPIC", "HOSP", "PUBTLS1", 0))
-        assert rec is not None and rec.delivery == "delivered"
+        store, rid = r.service.stores.store, advisory_id("EPIC", "HOSP", "PUBTLS1", 0)
+
+        def delivered() -> bool:  # marked once the ACK is read, just after the frame arrived
+            rec = store.get(rid)
+            return rec is not None and rec.delivery == "delivered"
+
+        wait_until(delivered, WAIT, "the advisory marked delivered")
     finally:
+        # The listener first: its kept TLS connection closes, so the ordering system's TLS
+        # shutdown of it completes before its loop is closed (no socket left to the GC).
+        while running:
+            running.pop().stop()
         ris.stop()
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import CONTRACT_FIELDS, ROOT, SEEDS, SHARED
 
+from tests.conftest import CONTRACT_FIELDS, ROOT, SEEDS, SHARED
 from worker.cli import main
 
 

@@ -16,11 +16,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
 
+from tests.conftest import ROOT
+from tests.support import FakeOrderingSystem, Serve, free_port, wait_until
 from worker.serve import CeleryWorker, Service, StartupError
 from worker.settings import Settings
-from worker.testing import FakeOrderingSystem, Serve, free_port, wait_until
 
 SEED = ROOT / "seeds" / "01-epic-ct-femur-left.hl7"
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import io
 
-from conftest import SEEDS
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.conftest import SEEDS
 from worker.hl7.parse import MessageSplitter, iter_messages, split_messages
 
 MSG = (

@@ -11,9 +11,9 @@ import io
 from collections.abc import Callable
 
 import pytest
-from conftest import SEEDS
-from hl7build import segment
 
+from tests.conftest import SEEDS
+from tests.hl7build import segment
 from worker.check import Checker
 from worker.errors import HL7ParseError
 from worker.guideline import Knowledge
@@ -546,7 +546,7 @@ def _lower_ids(data: bytes) -> bytes:
     return b"\r".join(out)
 
 
-_CLOTHES = {
+_CLOTHES: dict[str, Callable[[bytes], bytes]] = {
     "crlf": lambda d: b"\r\n".join(_segments_of(d)),
     "lf-and-blank-lines": lambda d: b"\n\n".join(_segments_of(d)) + b"\n\n\n",
     "bom-and-ctrl-z": lambda d: codecs.BOM_UTF8 + d + b"\x1a",

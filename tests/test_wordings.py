@@ -4,8 +4,8 @@ and none is flagged when the guideline does not call for a flag."""
 from __future__ import annotations
 
 import pytest
-import wordings
 
+from tests import wordings
 from worker.check import Checker
 
 CASES = wordings.cases()

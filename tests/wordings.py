@@ -29,7 +29,7 @@ import random
 from dataclasses import dataclass, field
 from itertools import product
 
-from hl7build import order_message
+from tests.hl7build import order_message
 
 CATEGORIES = (
     "mri_documented",
@@ -90,9 +90,25 @@ PAST_DATES = (
     "28 Oct",
     "1st November 2026",
 )
-FUTURE_DATES = ("12/18", "12/03/2026", "2026-12-01", "Dec 4", "11/27", "1/15/2027", "next week")
+FUTURE_DATES: tuple[str, ...] = (
+    "12/18",
+    "12/03/2026",
+    "2026-12-01",
+    "Dec 4",
+    "11/27",
+    "1/15/2027",
+    "next week",
+)
 FUTURE_DATES += ("3 Dec", "15th December", "in 2 weeks")
-WWO = ("w/wo", "W+WO", "WWO", "w/ & w/o", "wo/w", "with and without contrast", "w/o & w/")
+WWO: tuple[str, ...] = (
+    "w/wo",
+    "W+WO",
+    "WWO",
+    "w/ & w/o",
+    "wo/w",
+    "with and without contrast",
+    "w/o & w/",
+)
 WWO += ("W/WO CONTRAST", "w+w/o", "pre and post contrast", "+/- gad", "with/without", "w wo")
 ANY_CONTRAST = (*WWO, "(no contrast)", "without contrast", "w/ contrast", "with gadolinium", "")
 
@@ -640,8 +656,10 @@ def abbreviation(rng: random.Random) -> list[Wording]:
         proc = _fill(rng.choice(ORDERS[kind]), words)
         text = _styled(_fill(template, words) + ". XR: calcification", rng)
         if kind == "ct":
-            expect = {"advice_in": frozenset({"CT_FOR_MINERALISATION"})}
-            out.append(Wording("abbreviation", proc, text, APPROPRIATE, key=f"mo_{i}", **expect))
+            advice = frozenset({"CT_FOR_MINERALISATION"})
+            out.append(
+                Wording("abbreviation", proc, text, APPROPRIATE, advice_in=advice, key=f"mo_{i}")
+            )
         else:
             flag = frozenset({FLAG[kind]})
             out.append(Wording("abbreviation", proc, text, FLAGGED, flag, key=f"mo_{i}"))
@@ -678,7 +696,11 @@ DISTANCES = (
     "{d} cm scar from prior excision nearby",
     "healed {d} cm incision",
 )
-SMALL = ("1.5 cm superficial mass", "superficial lump 2 cm", "2 x 1.5 cm subcutaneous nodule")
+SMALL: tuple[str, ...] = (
+    "1.5 cm superficial mass",
+    "superficial lump 2 cm",
+    "2 x 1.5 cm subcutaneous nodule",
+)
 SMALL += ("small superficial mass (3 cm)", "25 mm subcutaneous lump")
 BIG = ("7 cm mass", "mass 8 x 5 cm", "6.5cm lump", "deep mass 3 cm", "90 mm mass")
 
@@ -694,11 +716,20 @@ def size_distance(rng: random.Random) -> list[Wording]:
         mass = rng.choice(SMALL if small else BIG)
         where = _fill(template, words)
         text = _styled(f"{mass}, {_fill('{side} thigh', words)}, {where}. XR done", rng)
-        if small:
-            expect = {"advice_out": frozenset({"MRI_ADD_CONTRAST", "REFER_SARCOMA_CENTRE"})}
-        else:
-            expect = {"advice_in": frozenset({"MRI_ADD_CONTRAST"})}
-        out.append(Wording("size_distance", proc, text, APPROPRIATE, key=str(i), **expect))
+        none: frozenset[str] = frozenset()
+        advice_in = none if small else frozenset({"MRI_ADD_CONTRAST"})
+        advice_out = frozenset({"MRI_ADD_CONTRAST", "REFER_SARCOMA_CENTRE"}) if small else none
+        out.append(
+            Wording(
+                "size_distance",
+                proc,
+                text,
+                APPROPRIATE,
+                advice_in=advice_in,
+                advice_out=advice_out,
+                key=str(i),
+            )
+        )
     return out
 
 

@@ -651,6 +651,8 @@ class CeleryWorker:
             os.close(self._ready_fd)
             self._ready_fd = -1
         self._relay.join(5)
+        if self.proc.stdout is not None and not self._relay.is_alive():
+            self.proc.stdout.close()  # the relay has read it to the end
 
 
 def start_celery_worker(settings: Settings) -> CeleryWorker:

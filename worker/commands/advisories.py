@@ -133,26 +133,30 @@ def _resend(settings: Settings, stores: Stores, ids: list[str]) -> int:
     from worker.pipeline import Processor
     from worker.publish import Publisher
 
+    publisher = Publisher(settings)
     processor = Processor(
         settings,
         load_knowledge(settings.code_map, protocols=settings.protocols_file),
         stores,
-        Publisher(settings),
+        publisher,
         lambda *_: None,
     )
     status = 0
-    for rec_id in ids:
-        if stores.store.get(rec_id) is None:
-            print(f"{rec_id}: no such advisory", file=sys.stderr)
-            status = 2
-            continue
-        ok = processor.resend(rec_id)
-        rec = stores.store.get(rec_id)
-        if ok:
-            print(f"{rec_id}: delivered to {rec.destination if rec else '?'}")
-            continue
-        state = rec.delivery if rec else "?"
-        error = rec.delivery_error if rec else ""
-        print(f"{rec_id}: {state}: {error}")
-        status = max(status, 1)
+    try:
+        for rec_id in ids:
+            if stores.store.get(rec_id) is None:
+                print(f"{rec_id}: no such advisory", file=sys.stderr)
+                status = 2
+                continue
+            ok = processor.resend(rec_id)
+            rec = stores.store.get(rec_id)
+            if ok:
+                print(f"{rec_id}: delivered to {rec.destination if rec else '?'}")
+                continue
+            state = rec.delivery if rec else "?"
+            error = rec.delivery_error if rec else ""
+            print(f"{rec_id}: {state}: {error}")
+            status = max(status, 1)
+    finally:
+        publisher.close()  # its kept connections
     return status

@@ -53,7 +53,7 @@ from worker.review.filters import (
 )
 from worker.review.lookup import page_and_total
 from worker.review.present import hl7_segments, local_time, procedure_of, reason_label
-from worker.review.sessions import sessions_for
+from worker.review.sessions import Sessions, sessions_for
 from worker.review.summary import (
     UNKNOWN_PROVIDER,
     driving_facts,
@@ -109,6 +109,21 @@ REFUSED_PAGE = 50  # refused messages per page of /refused
 def create_app(store: AdvisoryStore, settings: Settings) -> Flask:
     """The review page over *store*; logins from *settings* (review_users, review_token)."""
     app = Flask("worker.review")
+    _configure(app, settings)
+    sessions = sessions_for(store, SESSION_HOURS * 3600)
+    _add_guards(app, sessions)
+    _add_login(app, settings, sessions)
+    _add_list(app, store)
+    _add_detail(app, store)
+    _add_summary(app, store)
+    find_routes.register(app, store, _filters, settings.retention_days)
+    protocol_pages.register(app, store, settings, CSP)  # the worklist (worker/review/protocol.py)
+    _add_refused(app, store)
+    return app
+
+
+def _configure(app: Flask, settings: Settings) -> None:
+    """Session cookie, CSRF protection, limits; the templates' filters and globals."""
     secret = settings.review_secret.get_secret_value() if settings.review_secret else ""
     app.config.update(
         SECRET_KEY=secret or secrets.token_hex(32),
@@ -128,18 +143,6 @@ def create_app(store: AdvisoryStore, settings: Settings) -> Flask:
         ORDERCHECK_REFRESH=REFRESH_SECONDS,
     )
     CSRFProtect(app)
-    throttle = Throttle()
-    sessions = sessions_for(store, SESSION_HOURS * 3600)
-
-    def logged_in() -> bool:
-        """A session cookie whose server-side id is still live (not logged out)."""
-        sid = session.get("sid")
-        if session.get("reviewer") and isinstance(sid, str) and sessions.alive(sid):
-            return True
-        if session:
-            session.clear()
-        return False
-
     app.jinja_env.filters.update(
         local_time=local_time, percent=percent, reason_label=reason_label, procedure=procedure_of
     )
@@ -150,7 +153,19 @@ def create_app(store: AdvisoryStore, settings: Settings) -> Flask:
         search_by=find_routes.SEARCH_BY,
     )
 
-    # -- guards ----------------------------------------------------------------------------------
+
+def _add_guards(app: Flask, sessions: Sessions) -> None:
+    """Login required (but on the public endpoints), security headers, the error pages."""
+
+    def logged_in() -> bool:
+        """A session cookie whose server-side id is still live (not logged out)."""
+        sid = session.get("sid")
+        if session.get("reviewer") and isinstance(sid, str) and sessions.alive(sid):
+            return True
+        if session:
+            session.clear()
+        return False
+
     @app.before_request
     def require_login() -> BaseResponse | None:
         if request.endpoint == "static" or logged_in() or request.endpoint in PUBLIC_ENDPOINTS:
@@ -193,7 +208,11 @@ def create_app(store: AdvisoryStore, settings: Settings) -> Flask:
             "reachable?). The error was logged without its details.",
         ), 500
 
-    # -- login -----------------------------------------------------------------------------------
+
+def _add_login(app: Flask, settings: Settings, sessions: Sessions) -> None:
+    """/login (throttled per user name and address) and /logout."""
+    throttle = Throttle()
+
     @app.route("/login", methods=["GET", "POST"])
     def login() -> Any:
         nxt = _safe_next(request.values.get("next"))
@@ -240,7 +259,10 @@ def create_app(store: AdvisoryStore, settings: Settings) -> Flask:
         session.clear()
         return redirect(url_for("login"))
 
-    # -- list --------------------------------------------------------------------------------
+
+def _add_list(app: Flask, store: AdvisoryStore) -> None:
+    """/: the advisories, filtered and paged, newest first."""
+
     @app.get("/")
     def advisories() -> Any:
         filters = _filters(request.args)
@@ -285,7 +307,10 @@ def create_app(store: AdvisoryStore, settings: Settings) -> Flask:
             resp.headers["Refresh"] = str(app.config["ORDERCHECK_REFRESH"])
         return resp
 
-    # -- one advisory --------------------------------------------------------------------------
+
+def _add_detail(app: Flask, store: AdvisoryStore) -> None:
+    """/advisories/<id>: one advisory, and the reviewer's decision on it."""
+
     def _detail(
         advisory_id: str, error: str = "", form: dict[str, str] | None = None, status: int = 200
     ) -> tuple[str, int]:
@@ -328,7 +353,10 @@ def create_app(store: AdvisoryStore, settings: Settings) -> Flask:
         flash(f"Recorded: {made.state}" + (f" ({made.rule})." if made.rule else "."))
         return redirect(url_for("advisory", advisory_id=advisory_id) + "#audit")
 
-    # -- summary -----------------------------------------------------------------------------
+
+def _add_summary(app: Flask, store: AdvisoryStore) -> None:
+    """/summary: flags per ISO week, by rule and by ordering provider."""
+
     @app.get("/summary")
     def summary() -> Any:
         try:
@@ -383,12 +411,10 @@ def create_app(store: AdvisoryStore, settings: Settings) -> Flask:
             ),
         )
 
-    find_routes.register(app, store, _filters, settings.retention_days)
 
-    # -- protocol worklist (worker/review/protocol.py) ------------------------------------------
-    protocol_pages.register(app, store, settings, CSP)
+def _add_refused(app: Flask, store: AdvisoryStore) -> None:
+    """/refused: the messages refused (AR/AE) and the dead letters, kept for review."""
 
-    # -- refused messages (AR/AE), kept for review -----------------------------------------------
     @app.get("/refused")
     def refused() -> Any:
         try:
@@ -403,5 +429,3 @@ def create_app(store: AdvisoryStore, settings: Settings) -> Flask:
             page=page,
             more=len(entries) > REFUSED_PAGE,
         )
-
-    return app
