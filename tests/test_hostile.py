@@ -275,6 +275,20 @@ def test_a_batch_in_one_frame_gets_one_batch_of_acks() -> None:
     assert len(rec.queued) == 2
 
 
+@pytest.mark.parametrize(
+    "empty", [b"FHS", b"BHS|^~\\&|EPIC|HOSP|||20261120||||B9\rBTS|0\r", b"FHS|^~\\&\rFTS|0"]
+)
+def test_a_batch_that_holds_no_message_is_refused_not_answered_empty(empty: bytes) -> None:
+    ingestor, rec = _ingestor()
+    reply = ingestor.handle(empty)
+    assert reply is not None and not rec.queued
+    segs = _segments(reply)
+    msa = [s for s in segs if s[0] == "MSA"]
+    assert len(msa) == 1 and msa[0][1] in ("AE", "AR")  # the sender learns it was refused
+    assert any(s[0] == "ERR" for s in segs) and ["BTS", "1"] in segs
+    assert len(rec.kept) == 1  # kept for review, as every refused message
+
+
 def test_a_line_that_is_not_a_segment_gets_ae_100_naming_it() -> None:
     ingestor, rec = _ingestor()
     msg = order_message(control_id="JUNK1").replace(b"\rPID|", b"\rjunk line here\rPID|", 1)

@@ -156,7 +156,9 @@ class Ingestor:
         spans: list[tuple[int, int, Batch | None]] = []
         for frame in frames:
             batch = split_batch(frame)
-            messages = [frame] if batch is None else batch.messages
+            # A batch that holds no message is refused as one (its ACK says why, in the batch
+            # answer), never answered with an empty batch: the sender must learn of it.
+            messages = [frame] if batch is None or not batch.messages else batch.messages
             spans.append((len(flat), len(flat) + len(messages), batch))
             flat += messages
         replies, remember = self._handle_messages(flat)
