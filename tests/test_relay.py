@@ -28,6 +28,7 @@ def test_the_workers_lines_are_relayed_whole_and_in_order(
     assert worker.proc.wait(timeout=30) == 0
     worker._relay.join(timeout=30)
     assert not worker._relay.is_alive()
+    worker.stop()  # closes its pipes
     lines = capfd.readouterr().err.splitlines()
     records = [json.loads(line) for line in lines]  # every line is one JSON object
     assert [r["n"] for r in records if "n" in r] == list(range(3000))
