@@ -290,3 +290,17 @@ def test_review_command_notes_missing_redis_and_bad_port(
     assert "serving on http://127.0.0.1:8099/" in err
     assert main(["review", "--port", "70000"]) == 2
     assert "out of range" in capsys.readouterr().err
+
+
+def test_the_stream_entry_text_is_the_flags_json_object() -> None:
+    """The worker writes flags_json_text() (pydantic's serialiser) where the review and
+    `flags list --json` read flags_json(): the same object, non-ASCII text included."""
+    from tests.reviewdata import build_records
+
+    records = build_records()
+    assert records
+    for rec in records:
+        rec = rec.model_copy(
+            update={"result": rec.result.model_copy(update={"reason": "Größe ≥ 5 cm"})}
+        )
+        assert json.loads(rec.flags_json_text()) == json.loads(json.dumps(rec.flags_json()))

@@ -463,7 +463,7 @@ class RedisStore:
             f"{self.p}adv:pending",
             *(f"{self.p}patadv:{_sha(k)}" for k in patient_keys),
         ]
-        entry = json.dumps(record.flags_json()) if stream else ""
+        entry = record.flags_json_text() if stream else ""
         args: list[Any] = [
             record.id,
             _ts(record.received_at),
