@@ -10,8 +10,12 @@ and placer numbers and a patient from a pool of --patients, in batches of --batc
 worker's JSON log lines written to /dev/null, advisories delivered over MLLP to a fake ordering
 system in a process of its own.
 
-It prints the CPU time per message (best of --repeat runs, all threads of this process), then
-runs once more under cProfile with a CPU clock and prints each stage's share of that profile:
+It prints the CPU time per message (best of --repeat runs, all threads of this process); then
+the same run with each stage's functions wrapped in a CPU clock of the calling thread (a few
+calls per message: the figures are those of an unprofiled run), the rest being the delivery
+threads and the pipeline's glue; then one run under cProfile with a CPU clock and each stage's
+share of that profile (cProfile costs most where Python calls are many and small: it inflates
+the HL7 read and the text reader):
 
     HL7 read          worker.hl7.parse.parse_message + worker.hl7.read.read_message
     facts / text      worker.facts.extract (terms, negation, sizes, sites, prior studies)
@@ -37,6 +41,7 @@ import pstats
 import random
 import socket
 import time
+from typing import Any
 
 from bench.e2e import load_templates, rewrite
 from tests.support import FakeOrderingSystem, free_port, wait_until
@@ -99,6 +104,54 @@ def run(processor: Processor, batches: list[list[bytes]]) -> int:
     return done
 
 
+class StageClock:
+    """Wraps functions so that the CPU time of the calling thread spent in them adds up per
+    stage (an inner stage's time is taken out of the outer one's)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._inner = 0.0  # time of stages run inside the current one
+
+    def wrap(self, owner: Any, name: str, stage: str) -> None:
+        function = getattr(owner, name)
+        clock = self
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            outer_inner, clock._inner = clock._inner, 0.0
+            start = time.thread_time()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                spent = time.thread_time() - start
+                clock.seconds[stage] = clock.seconds.get(stage, 0.0) + spent - clock._inner
+                clock._inner = outer_inner + spent
+
+        setattr(owner, name, timed)
+
+
+def clocked_stages() -> tuple[StageClock, list[tuple[Any, str, Any]]]:
+    """The stages' functions wrapped (pipeline, check, ledger); returns the clock and what to
+    put back."""
+    from worker import check, ledger, pipeline
+
+    clock = StageClock()
+    targets = [
+        (pipeline, "parse_message", "HL7 read"),
+        (pipeline, "read_message", "HL7 read"),
+        (check, "extract", "facts / text"),
+        (check.Checker, "check_parsed", "rules + result"),
+        (pipeline, "build_advisory", "advisory build"),
+        (ledger.RedisLedger, "take", "Redis: locks + histories"),
+        (ledger.RedisLedger, "record", "Redis: records + releases"),
+        (ledger.RedisLedger, "write", "Redis: delivery states"),
+        (pipeline.Processor, "_finish_all", "delivery (wait for threads)"),
+    ]
+    saved = [(owner, name, owner.__dict__[name]) for owner, name, _ in targets]
+    for owner, name, stage in targets:
+        clock.wrap(owner, name, stage)
+    return clock, saved
+
+
 def stage_times(stats: pstats.Stats) -> dict[str, float]:
     table = stats.stats  # type: ignore[attr-defined]
     out: dict[str, float] = {}
@@ -156,6 +209,18 @@ def main() -> None:
         f"{args.batch}, {advisories:,} advisories delivered"
     )
     print(f"  CPU per message (best of {args.repeat}): {best / len(data) * 1e6:,.0f} us")
+    clock, saved = clocked_stages()
+    proc = processor()
+    start = time.process_time()
+    run(proc, batches)
+    total = time.process_time() - start
+    for owner, name, function in saved:
+        setattr(owner, name, function)
+    print(f"  by stage, unprofiled (this run: {total / len(data) * 1e6:,.0f} us per message):")
+    for stage, seconds in clock.seconds.items():
+        print(f"    {stage:30s} {seconds / len(data) * 1e6:6,.0f} us")
+    rest = total - sum(clock.seconds.values())
+    print(f"    {'delivery threads, glue':30s} {rest / len(data) * 1e6:6,.0f} us")
     profile = cProfile.Profile(time.process_time)
     proc = processor()
     profile.enable()
