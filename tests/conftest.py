@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,6 +14,19 @@ from worker.check import Checker
 from worker.guideline import Knowledge, default_knowledge
 from worker.history import InMemoryHistory
 from worker.store import AdvisoryStore, MemoryStore, RedisStore
+
+
+@pytest.fixture(autouse=True)
+def _root_logging_restored() -> Iterator[None]:
+    """A command run in-process (serve, cds) sets up logging on the stderr pytest captured for
+    that test; later threads would write to it after pytest closed it. Put the root logger's
+    handlers and level back after each test."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
 
 ROOT = Path(__file__).resolve().parent.parent
 SEEDS = ROOT / "seeds"
