@@ -178,3 +178,56 @@ def test_journaled_enqueue_and_requeue_stale(monkeypatch: pytest.MonkeyPatch) ->
     assert jmod.requeue_stale(j, queued.append, grace=60, queue_length=lambda: 5) == 0
     assert jmod.requeue_stale(j, queued.append, grace=60, queue_length=lambda: 0) == 1
     assert queued[-1] == [(b"A", 1.0)]
+
+
+def _queued_batches(client: Any, queue: str = "q") -> list[list[str]]:
+    """The messages of each task in *queue*, newest task first (LPUSH end)."""
+    import base64
+    import json
+
+    out = []
+    for item in client.lrange(queue, 0, -1):
+        envelope = json.loads(item)
+        args = json.loads(base64.b64decode(envelope["body"]))[0]
+        assert envelope["headers"]["id"] == envelope["properties"]["correlation_id"]
+        out.append([text for text, _ in args[0]])
+    return out
+
+
+def test_while_behind_a_batch_joins_the_task_still_waiting_at_the_queue_head() -> None:
+    from worker import journal as jmod
+
+    client = fakeredis.FakeRedis()
+    j = jmod.Journal(client)
+    behind = [True]
+    lengths: list[int] = []
+    enqueue = jmod.journaled_direct(
+        j, "ordercheck.validate_batch", "q", 60, on_queued=lengths.append,
+        merge_when=lambda: behind[0], max_task_messages=5,
+    )  # fmt: skip
+    enqueue([(b"A1", 1.0), (b"A2", 1.0)], [])
+    enqueue([(b"B1", 2.0), (b"B2", 2.0), (b"B3", 2.0)], [])  # joins A's task: 5 messages
+    assert _queued_batches(client) == [["A1", "A2", "B1", "B2", "B3"]]
+    enqueue([(b"C1", 3.0)], [])  # 6 would be too many: a task of its own
+    assert _queued_batches(client) == [["C1"], ["A1", "A2", "B1", "B2", "B3"]]
+    client.lpop("q")  # a worker cannot take the head, but the test can: C's task is gone
+    enqueue([(b"D1", 4.0)], [])  # the task it would join is not at the head: its own task
+    assert _queued_batches(client) == [["D1"], ["A1", "A2", "B1", "B2", "B3"]]
+    behind[0] = False
+    enqueue([(b"E1", 5.0)], [])  # the workers keep up: no waiting for company
+    assert _queued_batches(client)[0] == ["E1"]
+    assert j.size() == 8 and lengths == [1, 1, 2, 2, 3]  # every message journaled
+
+
+def test_a_batch_never_joins_a_task_a_worker_has_taken() -> None:
+    from worker import journal as jmod
+
+    client = fakeredis.FakeRedis()
+    enqueue = jmod.journaled_direct(
+        jmod.Journal(client), "ordercheck.validate_batch", "q", 60,
+        merge_when=lambda: True, max_task_messages=32,
+    )  # fmt: skip
+    enqueue([(b"A1", 1.0)], [])
+    taken = client.rpop("q")  # Celery takes from the tail: the only task
+    enqueue([(b"B1", 2.0)], [])
+    assert taken is not None and _queued_batches(client) == [["B1"]]

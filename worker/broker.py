@@ -25,9 +25,12 @@ _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 _ORIGIN = f"gen{os.getpid()}@{socket.gethostname()}"
 
 
-def task_message(task: str, args: list[Any], queue: str, time_limit: int | None) -> str:
-    """The queued form of `task.apply_async(args)` on *queue* (the payload kombu LPUSHes)."""
-    task_id = str(uuid.uuid4())
+def task_message(
+    task: str, args: list[Any], queue: str, time_limit: int | None, task_id: str | None = None
+) -> str:
+    """The queued form of `task.apply_async(args)` on *queue* (the payload kombu LPUSHes);
+    *task_id*: the task's id (default: a new one)."""
+    task_id = task_id or str(uuid.uuid4())
     body = json.dumps([args, {}, _EMBED]).encode("utf-8")
     return json.dumps(
         {

@@ -214,6 +214,8 @@ class Service:
                 settings.task_time_limit,
                 on_queued=self._on_queued,
                 record_acks=record_acks,
+                merge_when=lambda: self.queued > settings.batch_when_queued,
+                max_task_messages=settings.max_task_messages,
             )
             enqueue_with_acks: EnqueueWithAcks | None = journaled_many
 

@@ -69,6 +69,9 @@ class Settings(BaseSettings):
     # tasks cost the workers less per message (batch_linger_behind 0 turns it off).
     batch_when_queued: int = Field(default=4, ge=0)
     batch_linger_behind: float = Field(default=0.004, ge=0, le=0.1)
+    # While the workers are behind (as above), a batch joins the task queued last if that task
+    # still waits at the queue's newest end, up to max_task_messages messages a task (1: never).
+    max_task_messages: int = Field(default=32, ge=1, le=500)
 
     # Seconds between the listener's returns of freed heap memory to the operating system
     # (glibc malloc_trim; 0: never). Without them its RSS creeps up with fragmentation.
