@@ -240,3 +240,16 @@ def test_worker_imports_check_names_a_missing_module(monkeypatch: pytest.MonkeyP
     assert problem is not None
     assert problem.startswith("the Celery worker cannot start: ModuleNotFoundError")
     assert "packaging" in problem
+
+
+def test_demo_without_sample_orders_says_what_to_give(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An installed package has no seeds/: the demo names what to pass, in one line."""
+    from worker.commands import demo
+
+    monkeypatch.setattr(demo, "SEEDS", tmp_path / "no-seeds")
+    monkeypatch.chdir(tmp_path)
+    assert main(["demo"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "ordercheck demo FILE" in err

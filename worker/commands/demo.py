@@ -50,9 +50,19 @@ def run(args: argparse.Namespace) -> int:
     from worker.serve import Service
     from worker.testing import FakeOrderingSystem
 
-    paths = [Path(p) for p in args.paths] or sorted(SEEDS.glob("*.hl7"))
+    # The sample orders of a checkout; an installed package has none: those of the current
+    # directory's seeds/, else the files given.
+    paths = (
+        [Path(p) for p in args.paths]
+        or sorted(SEEDS.glob("*.hl7"))
+        or sorted((Path.cwd() / "seeds").glob("*.hl7"))
+    )
     if not paths:
-        print("ordercheck: no HL7 files to send", file=sys.stderr)
+        print(
+            "ordercheck: no HL7 files to send: give some (ordercheck demo FILE ...), or run it "
+            "from a checkout, whose seeds/ holds the sample orders",
+            file=sys.stderr,
+        )
         return 2
     ris = FakeOrderingSystem().start()
     settings = Settings(
