@@ -572,30 +572,27 @@ class CeleryWorker:
 
         assert self.proc.stdout is not None
         fd = self.proc.stdout.fileno()
-        rest = b""
-        while chunk := os.read(fd, 65536):
-            *lines, rest = (rest + chunk).split(b"\n")
+
+        def relay(raws: list[bytes]) -> None:
             out = []
-            for raw in lines:
+            for raw in raws:
                 line = raw.decode("utf-8", "replace").rstrip()
                 if line.strip():
                     self._tail.append(line)
                     out.append(wrap_line(line, "celery.worker") + "\n")
-            if len(rest) > RELAY_LINE_MAX:  # no line end for this long: pass it on as it is
-                out.append(wrap_line(rest.decode("utf-8", "replace"), "celery.worker") + "\n")
-                rest = b""
             if out:
-                try:
+                with contextlib.suppress(OSError, ValueError):  # our stderr is gone: keep draining
                     sys.stderr.write("".join(out))
                     sys.stderr.flush()
-                except (OSError, ValueError):  # our stderr is gone: keep draining the pipe
-                    pass
-        if rest.strip():
-            line = rest.decode("utf-8", "replace").rstrip()
-            self._tail.append(line)
-            with contextlib.suppress(OSError, ValueError):
-                sys.stderr.write(wrap_line(line, "celery.worker") + "\n")
-                sys.stderr.flush()
+
+        rest = b""
+        while chunk := os.read(fd, 65536):
+            *lines, rest = (rest + chunk).split(b"\n")
+            if len(rest) > RELAY_LINE_MAX:  # no line end for this long: pass it on as it is
+                lines.append(rest)
+                rest = b""
+            relay(lines)
+        relay([rest])  # the last line, when it had no line end
 
     def cause(self) -> str:
         """The last error line it wrote (a traceback's last line), else its last line."""
