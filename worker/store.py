@@ -258,7 +258,7 @@ class MemoryStore:
                 yield rec
 
     def publish(self, record: AdvisoryRecord) -> None:
-        self.stream.append(json.dumps(record.flags_json()))
+        self.stream.append(record.flags_json_text())
         del self.stream[:-10000]
 
     def keep_rejected(self, entry: RejectedEntry) -> None:
@@ -598,7 +598,7 @@ class RedisStore:
         with redis_errors:
             self.r.xadd(
                 f"{self.p}advisories",
-                {"advisory": json.dumps(record.flags_json())},
+                {"advisory": record.flags_json_text()},
                 maxlen=self.stream_maxlen,
                 approximate=True,
             )
