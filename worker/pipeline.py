@@ -122,7 +122,10 @@ class Processor:
             self.checker
             if history is None
             else Checker(
-                self.kn, _ReadAhead(self.stores.history, job.keys, history), self.checker.site
+                self.kn,
+                _ReadAhead(self.stores.history, job.keys, history),
+                self.checker.site,
+                self.checker.today,
             )
         )
         outcome = checker.check_parsed(job.parsed)
