@@ -10,21 +10,22 @@ and placer numbers and a patient from a pool of --patients, in batches of --batc
 worker's JSON log lines written to /dev/null, advisories delivered over MLLP to a fake ordering
 system in a process of its own.
 
-It prints the CPU time per message (best of --repeat runs, all threads of this process); then
+It prints the CPU time per message (best of --repeat runs, all threads of this process), then
 the same run with each stage's functions wrapped in a CPU clock of the calling thread (a few
-calls per message: the figures are those of an unprofiled run), the rest being the delivery
-threads and the pipeline's glue; then one run under cProfile with a CPU clock and each stage's
-share of that profile (cProfile costs most where Python calls are many and small: it inflates
-the HL7 read and the text reader):
+calls per message, so the figures are those of an unprofiled run; see clocked_stages):
 
-    HL7 read          worker.hl7.parse.parse_message + worker.hl7.read.read_message
-    facts / text      worker.facts.extract (terms, negation, sizes, sites, prior studies)
-    rules + result    worker.check.Checker.evaluate (the validators, advice, protocol)
-    advisory build    worker.hl7.build.build_advisory
-    record + Redis    the ledger's steps: the records' JSON, redis-py, the Lua scripts' calls
-    delivery + log    worker.pipeline.Processor._finish_all: each message's advisories sent over
-                      MLLP and its one JSON log line, in threads (cProfile sees only the
-                      calling thread: their work shows as its wait for them)
+    HL7 read                      parse_message + read_message, as the pipeline calls them
+    facts / text                  facts.extract (terms, negation, sizes, sites, prior studies)
+    rules + result                the rest of Checker.check_parsed (validators, advice, protocol)
+    advisory build                hl7.build.build_advisory
+    Redis: ...                    the ledger's three steps (records' JSON and redis-py included)
+    delivery (wait for threads)   the calling thread's part of Processor._finish_all
+    delivery threads, glue        the rest: MLLP sends and ACKs, the log line per message (in the
+                                  delivery threads), the pipeline's own code
+
+With --top N, one more run under cProfile (CPU clock) lists the N functions that cost most by
+their own time; cProfile inflates code made of many small Python calls (the HL7 read, the text
+reader), so read it for the ranking, not for the shares.
 
 Celery's share is not here: it is a pool process's CPU per message in bench.e2e
 minus this figure (an echo task costs a pool process about 270 us).
@@ -51,16 +52,6 @@ from worker.pipeline import Processor
 from worker.publish import Publisher
 from worker.runtime import Stores, redis_client
 from worker.settings import Settings
-
-# (label, functions (file suffix, name)) whose inclusive time is the stage's.
-STAGES: list[tuple[str, list[tuple[str, str]]]] = [
-    ("HL7 read", [("hl7/parse.py", "parse_message"), ("hl7/read.py", "read_message")]),
-    ("facts / text", [("worker/facts.py", "extract")]),
-    ("rules + result", [("worker/check.py", "evaluate")]),
-    ("advisory build", [("hl7/build.py", "build_advisory")]),
-    ("record + Redis", [("worker/ledger.py", n) for n in ("take", "record", "write")]),
-    ("delivery + log line", [("worker/pipeline.py", "_finish_all")]),
-]
 
 
 def messages(n: int, patients: int, seed: int) -> list[bytes]:
@@ -152,18 +143,6 @@ def clocked_stages() -> tuple[StageClock, list[tuple[Any, str, Any]]]:
     return clock, saved
 
 
-def stage_times(stats: pstats.Stats) -> dict[str, float]:
-    table = stats.stats  # type: ignore[attr-defined]
-    out: dict[str, float] = {}
-    for label, keys in STAGES:
-        out[label] = sum(
-            ct
-            for (path, _line, name), (_cc, _nc, _tt, ct, _callers) in table.items()
-            if any(path.endswith(suffix) and name == fn for suffix, fn in keys)
-        )
-    return out
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--messages", type=int, default=4000)
@@ -171,7 +150,9 @@ def main() -> None:
     parser.add_argument("--patients", type=int, default=5000)
     parser.add_argument("--repeat", type=int, default=3, help="timed runs (the best is shown)")
     parser.add_argument("--redis-db", type=int, default=9, help="Redis database (flushed)")
-    parser.add_argument("--top", type=int, default=0, help="also print the top N functions")
+    parser.add_argument(
+        "--top", type=int, default=0, help="also profile a run and print its top N functions"
+    )
     args = parser.parse_args()
     configure("INFO")  # the worker's JSON log lines, written to /dev/null
     devnull = open(os.devnull, "w")  # noqa: SIM115 - open for the whole run
@@ -221,18 +202,13 @@ def main() -> None:
         print(f"    {stage:30s} {seconds / len(data) * 1e6:6,.0f} us")
     rest = total - sum(clock.seconds.values())
     print(f"    {'delivery threads, glue':30s} {rest / len(data) * 1e6:6,.0f} us")
-    profile = cProfile.Profile(time.process_time)
-    proc = processor()
-    profile.enable()
-    run(proc, batches)
-    profile.disable()
-    stats = pstats.Stats(profile)
-    total = sum(tt for (_cc, _nc, tt, _ct, _c) in stats.stats.values())  # type: ignore[attr-defined]
-    print("  share of the profiled CPU time by stage (inclusive; the rest: the pipeline's glue):")
-    for label, seconds in stage_times(stats).items():
-        print(f"    {label:20s} {seconds / total * 100:5.1f}%")
     if args.top:
-        stats.sort_stats("tottime").print_stats(args.top)
+        profile = cProfile.Profile(time.process_time)
+        proc = processor()
+        profile.enable()
+        run(proc, batches)
+        profile.disable()
+        pstats.Stats(profile).sort_stats("tottime").print_stats(args.top)
     ris.terminate()
     ris.join()
     client.flushdb()
